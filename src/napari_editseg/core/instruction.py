@@ -1,0 +1,58 @@
+"""Method step 3: the edit instruction, and which of its tokens are the expression."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class Instruction:
+    expression: str  # normalised: single spaces, lower case
+    text: str  # the instruction that is encoded
+    token_positions: tuple[int, ...]  # positions of the expression's tokens in the encoded sequence
+    truncated: bool  # True when the tokenizer cut the instruction
+
+
+def normalise_expression(expression: Any) -> str:
+    if not isinstance(expression, str):
+        raise ValueError(f"expression must be text, got {type(expression).__name__}")
+    text = re.sub(r"\s+", " ", expression).strip().lower()
+    if not text:
+        raise ValueError("expression is empty: describe the object to segment, e.g. 'the dog on the left'")
+    return text
+
+
+def _find(haystack: Sequence[int], needle: Sequence[int], start: int) -> int:
+    """Index of ``needle`` in ``haystack``, looking at ``start`` first."""
+    n = len(needle)
+    candidates = [start] + [i for i in range(len(haystack) - n + 1) if i != start]
+    for i in candidates:
+        if list(haystack[i:i + n]) == list(needle):
+            return i
+    raise ValueError(
+        "the instruction template splits the expression into other tokens than it has alone; "
+        "put spaces around '{}' in instruction_template"
+    )
+
+
+def build_instruction(expression: str, template: str, tokenizer: Any, max_length: int) -> Instruction:
+    """Fill the template and locate the expression's tokens (never SOT/EOT/padding/template words)."""
+    expression = normalise_expression(expression)
+    text = template.replace("{}", expression)
+    plain = tokenizer(text, add_special_tokens=False).input_ids
+    expression_ids = tokenizer(expression, add_special_tokens=False).input_ids
+    prefix_ids = tokenizer(template.split("{}")[0].strip(), add_special_tokens=False).input_ids
+    start = _find(plain, expression_ids, len(prefix_ids))
+    with_special = tokenizer(text).input_ids
+    offset = 1 if with_special and with_special[0] == tokenizer.bos_token_id else 0
+    n_special = len(with_special) - len(plain)
+    truncated = len(plain) + n_special > max_length
+    last_content = max_length - (n_special - offset)  # positions from here on hold EOT/padding
+    positions = tuple(p for p in range(start + offset, start + offset + len(expression_ids)) if p < last_content)
+    if not positions:
+        raise ValueError(
+            f"the expression does not fit in the text encoder's {max_length} tokens after the template's words"
+        )
+    return Instruction(expression, text, positions, truncated)

@@ -1,0 +1,171 @@
+"""Loading an instruction-editing model (hub id, local folder or HF cache), device and dtype."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from huggingface_hub import constants as hub_constants
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+
+
+class ModelNotAvailableError(OSError):
+    """The model's weights are neither on this machine nor downloadable now."""
+
+
+def choose_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU here (try --device cpu)")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for, but torch sees no Apple GPU here (try --device cpu)")
+    return chosen
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def choose_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> torch.dtype:
+    """``auto``: float16 on CUDA, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class EditingModel:
+    """The parts of an InstructPix2Pix-style pipeline that one-step segmentation needs."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def check(self) -> None:
+        """Refuse models that cannot be an image editor of the InstructPix2Pix kind."""
+        expected = 2 * self.vae.config.latent_channels
+        if self.unet.config.in_channels != expected:
+            raise ValueError(
+                f"{self.source!r} is not an InstructPix2Pix-style editing model: its UNet takes "
+                f"{self.unet.config.in_channels} input channels, an editing model takes {expected} "
+                "(noise latents + image latents)"
+            )
+        if self.text_encoder.config.hidden_size != self.unet.config.cross_attention_dim:
+            raise ValueError(
+                f"{self.source!r}: text encoder width {self.text_encoder.config.hidden_size} does not match "
+                f"the UNet's cross_attention_dim {self.unet.config.cross_attention_dim}"
+            )
+
+
+def _pipeline_class():
+    # Importing the pipeline makes transformers warn about optional image processors
+    # we never use; keep the user's terminal quiet.
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return StableDiffusionInstructPix2PixPipeline
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (deprecating the old name); use what it takes."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+_DTYPE_KEYWORD = _dtype_keyword()
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else is meant as a folder."""
+    return (
+        Path(model).expanduser().exists()
+        or model.startswith((".", "~", "/"))
+        or model.count("/") > 1
+        or "\\" in model
+    )
+
+
+def load_editing_model(
+    model: str = DEFAULT_MODEL,
+    device: Union[str, torch.device] = "auto",
+    dtype: Union[str, torch.dtype] = "auto",
+    local_files_only: Optional[bool] = None,
+) -> EditingModel:
+    """Load UNet, VAE, text encoder, tokenizer and scheduler; nothing else is downloaded.
+
+    ``model`` is a hub id (fetched once into the Hugging Face cache), a cached hub id
+    (used offline), or a local folder in diffusers layout. ``HF_HUB_OFFLINE=1`` or
+    ``local_files_only=True`` never touches the network.
+    """
+    torch_device = choose_device(device)
+    torch_dtype = choose_dtype(dtype, torch_device)
+    model = str(model)
+    folder = Path(model).expanduser()
+    if _looks_like_path(model):
+        if not folder.is_dir():
+            raise ModelNotAvailableError(f"model folder {model!r} does not exist")
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(
+                f"{model!r} is not a diffusers model folder (no model_index.json); "
+                "save one with pipeline.save_pretrained(folder)"
+            )
+        model = str(folder)
+    offline = bool(local_files_only) or hub_constants.HF_HUB_OFFLINE
+    try:
+        pipe = _pipeline_class().from_pretrained(
+            model, **{_DTYPE_KEYWORD: torch_dtype}, local_files_only=offline,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as error:
+        if folder.is_dir():
+            raise ValueError(f"could not load the model folder {model!r}: {error}") from None
+        tried = "the Hugging Face cache only (offline mode)" if offline else "the Hugging Face cache and the hub"
+        raise ModelNotAvailableError(
+            f"weights for model {model!r} are not available: tried {tried} "
+            f"({hub_constants.HF_HUB_CACHE}). Fix: on a machine with internet run "
+            f"`hf download {model}` (or run this command once there) and copy the cache, "
+            "or pass a local diffusers folder with --model PATH."
+        ) from None
+    loaded = EditingModel(
+        unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        scheduler=pipe.scheduler, source=model, device=torch_device, dtype=torch_dtype,
+    )
+    loaded.check()
+    for part in (loaded.unet, loaded.vae, loaded.text_encoder):
+        part.to(torch_device).eval().requires_grad_(False)
+    return loaded

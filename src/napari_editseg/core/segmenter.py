@@ -1,0 +1,320 @@
+"""EditSegmenter: set an image once, then segment what each expression names.
+
+Reads top to bottom like a diffusers pipeline, one method per stage of
+``docs/method.md``: encode image (cached) → encode instruction → one UNet forward
+with capture → prior → prototypes and scores → mask at the image's own size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .capture import AttentionStore, forward_and_capture
+from .discriminate import Point, features_at, pixel_features, prototypes, score, to_grid
+from .image import model_size, to_model_input, to_rgb_float
+from .instruction import Instruction, build_instruction
+from .layout import CapturePlan, UNetLayout
+from .mask import make_mask, to_image_size
+from .model import DEFAULT_MODEL, EditingModel, load_editing_model
+from .prior import attention_prior
+from .settings import AUTO, DISCRIMINATE_SETTINGS, SegmentationSettings, check_names
+
+
+@dataclass
+class Segmentation:
+    """One expression's result. Arrays are numpy; maps are at the image's own size.
+
+    ``features`` (D×h×w, unit vectors) and ``prior_work`` (h×w) are the work-grid
+    inputs of the last stages, kept so :meth:`EditSegmenter.refine` needs no UNet pass.
+    """
+
+    expression: str
+    instruction: str
+    truncated: bool
+    mask: np.ndarray  # bool H×W
+    scores: np.ndarray  # float32 H×W in [0, 1]: S, foreground probability
+    prior: np.ndarray  # float32 H×W in [0, 1]: P, where the model looked
+    settings: SegmentationSettings
+    timings: dict[str, float]
+    features: np.ndarray
+    prior_work: np.ndarray
+    fg_prototypes: np.ndarray
+    bg_prototypes: np.ndarray
+    positive: tuple[Point, ...] = ()
+    negative: tuple[Point, ...] = ()
+
+    @property
+    def area(self) -> float:
+        """Share of the image inside the mask."""
+        return float(self.mask.mean())
+
+
+@dataclass
+class ForwardResult:
+    """The captured maps of one batched UNet forward, one row per instruction."""
+
+    instructions: list[Instruction]
+    settings: SegmentationSettings
+    plan: CapturePlan
+    latent_grid: tuple[int, int]
+    store: AttentionStore
+    noise_pred: Optional[torch.Tensor]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EditSegmenter:
+    """Referring segmentation from one UNet forward of an instruction-editing model.
+
+    >>> segmenter = EditSegmenter.from_pretrained()          # timbrooks/instruct-pix2pix
+    >>> segmenter.set_image(image)                           # H×W(×3|4) numpy array
+    >>> result = segmenter.segment("the dog on the left")
+    >>> result.mask                                          # bool H×W
+    """
+
+    def __init__(self, model: EditingModel, settings: Optional[SegmentationSettings] = None, **overrides: Any):
+        self.model = model
+        self.layout = UNetLayout(model.unet, model.vae_factor)
+        self.settings = (settings or SegmentationSettings()).replace(**overrides)
+        self.resolve_settings()  # fail now, not at the first click, on settings this model cannot take
+        self._rgb: Optional[np.ndarray] = None
+        self._latents: dict[tuple[int, int], torch.Tensor] = {}
+        self._image_timings: dict[str, float] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: Union[str, torch.device] = "auto",
+        dtype: Union[str, torch.dtype] = "auto",
+        local_files_only: Optional[bool] = None,
+        **settings: Any,
+    ) -> "EditSegmenter":
+        """Load a hub id, cached id or local diffusers folder (see :func:`load_editing_model`)."""
+        check_names(settings)
+        return cls(load_editing_model(model, device, dtype, local_files_only), **settings)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def image_shape(self) -> Optional[tuple[int, int]]:
+        return None if self._rgb is None else self._rgb.shape[:2]
+
+    # -- settings ---------------------------------------------------------------------
+    def resolve_settings(self, **overrides: Any) -> SegmentationSettings:
+        """The settings a call would use: defaults, then overrides, with every "auto" resolved."""
+        resolved = self.layout.resolve(self.settings.replace(**overrides))
+        if resolved.timestep == AUTO:
+            return resolved.replace(timestep=int(self._schedule().timesteps[0]))
+        if not 0 <= resolved.timestep < self.model.scheduler.config.num_train_timesteps:
+            raise ValueError(
+                f"setting 'timestep'={resolved.timestep}: must lie in "
+                f"[0, {self.model.scheduler.config.num_train_timesteps - 1}]"
+            )
+        return resolved
+
+    def _schedule(self):
+        """A fresh copy of the model's scheduler over its whole training schedule.
+
+        Fresh each time because diffusers schedulers keep a step index between calls.
+        """
+        scheduler = type(self.model.scheduler).from_config(self.model.scheduler.config)
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps, device=self.device)
+        return scheduler
+
+    # -- step 1-2: image --------------------------------------------------------------
+    def set_image(self, image: np.ndarray) -> None:
+        """Take an H×W, H×W×3 or H×W×4 image and encode it once for every later expression."""
+        self._rgb = to_rgb_float(image)
+        self._latents = {}
+        settings = self.resolve_settings()
+        self._image_latents(settings)
+
+    def _image_latents(self, settings: SegmentationSettings) -> torch.Tensor:
+        if self._rgb is None:
+            raise ValueError("no image is set: call set_image(image) first")
+        size = model_size(*self._rgb.shape[:2], settings.resolution, settings.size_multiple, settings.keep_aspect)
+        if size not in self._latents:
+            start = time.perf_counter()
+            x = to_model_input(self._rgb, size).to(self.device, self.model.dtype)
+            with torch.inference_mode():
+                # unscaled mode of the posterior: what InstructPix2Pix conditions on
+                self._latents[size] = self.model.vae.encode(x).latent_dist.mode()
+            self._image_timings = {"encode_image": time.perf_counter() - start}
+        return self._latents[size]
+
+    # -- step 3: instruction ----------------------------------------------------------
+    def _max_tokens(self) -> int:
+        return min(self.model.tokenizer.model_max_length, self.model.text_encoder.config.max_position_embeddings)
+
+    def _encode_text(self, texts: list[str]) -> torch.Tensor:
+        """As the diffusers pipeline encodes a prompt: padded to max length, truncated."""
+        tokens = self.model.tokenizer(
+            texts, padding="max_length", max_length=self._max_tokens(), truncation=True, return_tensors="pt"
+        )
+        mask = tokens.attention_mask.to(self.device) if getattr(
+            self.model.text_encoder.config, "use_attention_mask", False) else None
+        return self.model.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+
+    # -- step 4: the one UNet forward -------------------------------------------------
+    def _noisy_latents(self, settings: SegmentationSettings, image_latents: torch.Tensor, batch: int):
+        """Noise (``noise_samples`` draws) prepared as the pipeline does at its first step.
+
+        At a later timestep (a study setting), the noise is added to the image's own
+        scaled latents, which stand in for the edit trajectory at that time.
+        """
+        scheduler = self._schedule()
+        first = scheduler.timesteps[0]
+        t = first if settings.timestep == int(first) else torch.tensor(settings.timestep, device=self.device)
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        shape = (settings.noise_samples, self.model.vae.config.latent_channels, *image_latents.shape[-2:])
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=image_latents.dtype)
+        if t is first:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            clean = image_latents.expand(settings.noise_samples, -1, -1, -1) * self.model.vae.config.scaling_factor
+            latents = scheduler.add_noise(clean, noise, t.reshape(1))
+        latents = scheduler.scale_model_input(latents, t)
+        return latents.repeat(batch, 1, 1, 1), t
+
+    def forward(self, expressions: Sequence[str], early_exit: bool = True, **overrides: Any) -> ForwardResult:
+        """One batched UNet forward for ``expressions`` on the set image, capturing its maps.
+
+        ``early_exit=False`` runs the whole UNet and returns its noise prediction, which
+        equals the first UNet call of diffusers' InstructPix2Pix pipeline (guidance off).
+        """
+        if isinstance(expressions, str):
+            raise ValueError("expressions must be a list of texts; use segment() for one")
+        if not expressions:
+            raise ValueError("no expressions given")
+        settings = self.resolve_settings(**overrides)
+        plan = self.layout.plan(settings)
+        instructions = [
+            build_instruction(e, settings.instruction_template, self.model.tokenizer, self._max_tokens())
+            for e in expressions
+        ]
+        image_latents = self._image_latents(settings)
+        timings = {}
+        with torch.inference_mode():
+            start = time.perf_counter()
+            text = self._encode_text([i.text for i in instructions])
+            timings["encode_text"] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            samples = settings.noise_samples
+            latents, t = self._noisy_latents(settings, image_latents, len(instructions))
+            sample = torch.cat([latents, image_latents.expand(len(latents), -1, -1, -1)], dim=1)
+            noise_pred, store = forward_and_capture(
+                self.model.unet, sample, t, text.repeat_interleave(samples, dim=0), plan, early_exit
+            )
+            timings["unet"] = time.perf_counter() - start
+        return ForwardResult(instructions, settings, plan, tuple(image_latents.shape[-2:]), store, noise_pred, timings)
+
+    # -- steps 5-7 --------------------------------------------------------------------
+    def segment(self, expression: str, **overrides: Any) -> Segmentation:
+        """Segment what ``expression`` names in the set image; ``overrides`` change settings."""
+        return self.segment_batch([expression], **overrides)[0]
+
+    def segment_batch(self, expressions: Sequence[str], **overrides: Any) -> list[Segmentation]:
+        """Several expressions on the set image in ONE batched UNet forward."""
+        forward = self.forward(expressions, **overrides)
+        settings, plan, store = forward.settings, forward.plan, forward.store
+        samples = settings.noise_samples
+        h, w = forward.latent_grid
+        latent_side = max(h, w)
+        work_grid = (max(1, round(h * settings.work_resolution / latent_side)),
+                     max(1, round(w * settings.work_resolution / latent_side)))
+        affinity_grid = (h >> plan.affinity_level, w >> plan.affinity_level)
+        grids = [(h >> level, w >> level) for level in plan.cross_levels]
+
+        def per_expression(t: torch.Tensor) -> torch.Tensor:
+            # rows are expression-major, noise_samples per expression: average the draws
+            return t.reshape(len(expressions), samples, *t.shape[1:]).mean(dim=1)
+
+        cross = [per_expression(store.cross[name]) for name in plan.cross_layers]
+        affinity = per_expression(store.affinity)
+        blocks = [per_expression(store.features[name]) for name in plan.feature_modules]
+        results = []
+        for i, instruction in enumerate(forward.instructions):
+            start = time.perf_counter()
+            prior_work = attention_prior(
+                [c[i] for c in cross], grids, instruction.token_positions, affinity[i], affinity_grid,
+                work_grid, settings.token_reduce, settings.propagation_steps,
+            )
+            prior_time = time.perf_counter() - start
+            features = pixel_features([b[i] for b in blocks], work_grid)
+            timings = {**self._image_timings, **forward.timings, "prior": prior_time}
+            base = Segmentation(
+                expression=instruction.expression, instruction=instruction.text, truncated=instruction.truncated,
+                mask=np.zeros(self.image_shape, bool), scores=np.zeros(self.image_shape, np.float32),
+                prior=to_image_size(prior_work, self.image_shape), settings=settings, timings=timings,
+                features=features.cpu().numpy(), prior_work=prior_work.cpu().numpy(),
+                fg_prototypes=np.zeros((0, features.shape[0]), np.float32),
+                bg_prototypes=np.zeros((0, features.shape[0]), np.float32),
+            )
+            results.append(self._discriminate(base, settings, (), ()))
+        return results
+
+    def refine(
+        self,
+        segmentation: Segmentation,
+        positive: Sequence[Point] = (),
+        negative: Sequence[Point] = (),
+        **overrides: Any,
+    ) -> Segmentation:
+        """Re-score from cached features: no UNet forward.
+
+        ``positive`` / ``negative`` are (row, col) pixels of the image; their features
+        join the foreground / background prototypes, on top of earlier clicks.
+        ``overrides`` may change the settings of steps 6-7 only
+        (``mask_threshold``, ``fg_quantile``, ``bg_quantile``, ``temperature``, …).
+        """
+        check_names(overrides)
+        for name in overrides:
+            if name not in DISCRIMINATE_SETTINGS:
+                raise ValueError(
+                    f"setting {name!r} changes the UNet forward or the prior: call segment() with it; "
+                    f"refine() takes {', '.join(sorted(DISCRIMINATE_SETTINGS))}"
+                )
+        settings = segmentation.settings.replace(**overrides)
+        return self._discriminate(
+            segmentation, settings,
+            tuple(segmentation.positive) + tuple(map(tuple, positive)),
+            tuple(segmentation.negative) + tuple(map(tuple, negative)),
+        )
+
+    def _discriminate(
+        self,
+        base: Segmentation,
+        settings: SegmentationSettings,
+        positive: tuple[Point, ...],
+        negative: tuple[Point, ...],
+    ) -> Segmentation:
+        """Steps 6-7 on a segmentation's cached work-grid features and prior."""
+        start = time.perf_counter()
+        features = torch.from_numpy(base.features)
+        prior_work = torch.from_numpy(base.prior_work)
+        image_shape = base.mask.shape
+        grid = tuple(prior_work.shape)
+        fg, bg = prototypes(
+            features, prior_work, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed
+        )
+        fg = torch.cat([fg, features_at(features, to_grid(positive, image_shape, grid))])
+        bg = torch.cat([bg, features_at(features, to_grid(negative, image_shape, grid))])
+        scores_work = score(features, fg, bg, settings.temperature)
+        middle = time.perf_counter()
+        scores = to_image_size(scores_work, image_shape)
+        mask = make_mask(scores, base.prior, settings.mask_threshold, settings.keep, settings.fill_holes)
+        end = time.perf_counter()
+        timings = {**base.timings, "discriminate": middle - start, "mask": end - middle}
+        return replace(
+            base, mask=mask, scores=scores, settings=settings, timings=timings,
+            fg_prototypes=fg.numpy(), bg_prototypes=bg.numpy(), positive=positive, negative=negative,
+        )

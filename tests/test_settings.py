@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from napari_editseg import SegmentationSettings
+from napari_editseg.core.layout import UNetLayout
+from napari_editseg.core.settings import SETTING_NAMES, parse_setting
+
+METHOD_MD_NAMES = (
+    "resolution keep_aspect instruction_template timestep seed noise_samples prior_resolutions token_reduce "
+    "affinity_resolution propagation_steps feature_blocks work_resolution fg_quantile bg_quantile bg_prototypes "
+    "temperature mask_threshold keep fill_holes"
+).split()
+
+
+def test_every_setting_of_the_method_exists_with_its_default():
+    s = SegmentationSettings()
+    assert set(METHOD_MD_NAMES) <= set(SETTING_NAMES)
+    assert (s.keep_aspect, s.instruction_template, s.seed, s.noise_samples) == (True, "make the {} red", 0, 1)
+    assert (s.token_reduce, s.propagation_steps, s.fg_quantile, s.bg_quantile) == ("mean", 2, 0.9, 0.5)
+    assert (s.bg_prototypes, s.temperature, s.mask_threshold, s.keep, s.fill_holes) == (1, 10.0, 0.5, "all", False)
+
+
+def test_unknown_setting_is_named_with_a_suggestion():
+    with pytest.raises(ValueError, match="unknown setting 'mask_treshold'.*mask_threshold"):
+        SegmentationSettings().replace(mask_treshold=0.3)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mask_threshold=0.3", ("mask_threshold", 0.3)),
+        ("prior_resolutions=16,32", ("prior_resolutions", (16, 32))),
+        ("feature_blocks=up_blocks.1, up_blocks.2", ("feature_blocks", ("up_blocks.1", "up_blocks.2"))),
+        ("keep_aspect=false", ("keep_aspect", False)),
+        ("resolution=auto", ("resolution", "auto")),
+        ("keep=peak", ("keep", "peak")),
+    ],
+)
+def test_settings_parse_from_command_line_text(text, expected):
+    assert parse_setting(text) == expected
+    SegmentationSettings().replace(**dict([expected]))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"mask_threshold": 1.5}, "must lie in"),
+        ({"temperature": 0}, "must be > 0"),
+        ({"keep": "largest"}, "expected one of all, peak"),
+        ({"instruction_template": "make it red"}, "exactly one"),
+        ({"noise_samples": 0}, ">= 1"),
+        ({"resolution": "big"}, "not a number"),
+        ({"prior_resolutions": ()}, "one or more"),
+        ({"keep_aspect": "maybe"}, "true/false"),
+    ],
+)
+def test_bad_values_are_refused_with_the_setting_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentationSettings().replace(**overrides)
+
+
+def instruct_pix2pix_layout() -> UNetLayout:
+    """The published InstructPix2Pix UNet config, built on the meta device (no memory, no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=8, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+    return UNetLayout(unet, vae_factor=8)
+
+
+def test_auto_settings_resolve_to_the_method_defaults_on_instruct_pix2pix():
+    layout = instruct_pix2pix_layout()
+    s = layout.resolve(SegmentationSettings())
+    assert s.resolution == 512 and s.size_multiple == 64 and s.work_resolution == 64
+    assert s.prior_resolutions == (16, 32) and s.affinity_resolution == 32
+    assert s.feature_blocks == ("up_blocks.1", "up_blocks.2")
+    plan = layout.plan(s)
+    assert plan.stop_after == "up_blocks.2"  # up_blocks.3 (64x64 attention) never runs
+    assert set(plan.cross_levels) == {1, 2}
+    assert all(".attn2" in n for n in plan.cross_layers) and all(".attn1" in n for n in plan.self_layers)
+    # 16x16 attention lives in down_blocks.2 and up_blocks.1, 32x32 in down_blocks.1 and up_blocks.2
+    assert {UNetLayout.block_of(n) for n in plan.cross_layers} == {
+        "down_blocks.1", "down_blocks.2", "up_blocks.1", "up_blocks.2"}
+
+
+def test_auto_follows_an_explicit_resolution_and_explicit_values_win():
+    layout = instruct_pix2pix_layout()
+    s = layout.resolve(SegmentationSettings(resolution=768))
+    assert s.prior_resolutions == (24, 48) and s.affinity_resolution == 48 and s.work_resolution == 96
+    s = layout.resolve(SegmentationSettings(prior_resolutions=(32,), feature_blocks=("up_blocks.1",)))
+    assert s.prior_resolutions == (32,) and s.feature_blocks == ("up_blocks.1",)
+    assert layout.plan(s).stop_after == "up_blocks.2"  # 32x32 cross-attention is in up_blocks.2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"prior_resolutions": (20,)}, "no attention layer works at latent side 20"),
+        ({"affinity_resolution": 4}, "available: 8, 16, 32, 64"),
+        ({"feature_blocks": ("up_blocks.9",)}, "not a block of this UNet"),
+        ({"size_multiple": 32}, "multiple of 64"),
+    ],
+)
+def test_settings_this_unet_cannot_take_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        instruct_pix2pix_layout().resolve(SegmentationSettings(**overrides))
