@@ -6,13 +6,11 @@ background prototype sets, and each pixel is scored against the closest of each 
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.cluster.vq import kmeans2
+from scipy.cluster.vq import kmeans
 
 from .image import resize
 
@@ -41,11 +39,9 @@ def prototypes(
     background = flat[p <= torch.quantile(p, bg_quantile)]
     if bg_prototypes == 1 or len(background) <= bg_prototypes:
         return fg, background.mean(dim=0, keepdim=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns when a cluster ends up empty; we drop those
-        centroids, labels = kmeans2(background.double().numpy(), bg_prototypes, seed=seed, minit="++")
-    used = np.unique(labels)
-    return fg, torch.from_numpy(centroids[used]).to(features.dtype)
+    # k-means with restarts (scipy keeps the lowest distortion); empty clusters are dropped
+    centroids, _ = kmeans(background.double().numpy(), bg_prototypes, iter=10, seed=seed)
+    return fg, torch.from_numpy(centroids).to(features.dtype)
 
 
 def to_grid(points: Sequence[Point], image_shape: tuple[int, int], grid: tuple[int, int]) -> list[tuple[int, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_fill_holes
+from scipy.ndimage import binary_fill_holes, distance_transform_edt
 from skimage.measure import label
 
 from .image import resize
@@ -18,17 +18,17 @@ def to_image_size(work_map: torch.Tensor, image_shape: tuple[int, int]) -> np.nd
 def make_mask(
     scores: np.ndarray, prior: np.ndarray, threshold: float, keep: str = "all", fill_holes: bool = False
 ) -> np.ndarray:
-    """``scores >= threshold``; ``keep="peak"`` keeps only the connected parts at the prior's maximum."""
+    """``scores >= threshold``; ``keep="peak"`` keeps only the connected part at the prior's
+    maximum (or, when the maximum lies outside the mask, the part nearest to it)."""
     mask = scores >= threshold
     if keep == "peak" and mask.any():
         parts = label(mask, connectivity=2)
-        peak_part = parts[np.unravel_index(np.argmax(prior), prior.shape)]
-        if peak_part == 0:
-            # the prior's maximum is outside the mask: keep the part the prior likes most
-            best = np.zeros(parts.max() + 1)
-            np.maximum.at(best, parts.ravel(), prior.ravel())
-            best[0] = -1.0
-            peak_part = int(np.argmax(best))
+        peak = np.unravel_index(np.argmax(prior), prior.shape)
+        if not mask[peak]:
+            # the prior's maximum falls outside the mask: move it to the nearest mask pixel
+            _, nearest = distance_transform_edt(~mask, return_indices=True)
+            peak = tuple(index[peak] for index in nearest)
+        peak_part = parts[peak]
         mask = parts == peak_part
     if fill_holes:
         mask = binary_fill_holes(mask)
