@@ -1,0 +1,95 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from skimage import io
+
+from napari_editseg.cli import main
+from napari_editseg.core.settings import SETTING_NAMES
+
+
+@pytest.fixture()
+def picture_file(tmp_path, picture):
+    path = tmp_path / "picture.png"
+    io.imsave(path, picture, check_contrast=False)
+    return path
+
+
+def test_segment_writes_a_mask_overlay_and_maps(tiny_model_dir, picture_file, tmp_path, capsys):
+    out = tmp_path / "out" / "disc.png"
+    code = main(["segment", str(picture_file), "the red disc", "--model", str(tiny_model_dir), "--device", "cpu",
+                 "-o", str(out), "--overlay", str(tmp_path / "overlay.png"), "--scores", str(tmp_path / "s.npy"),
+                 "--prior", str(tmp_path / "p.npy"), "--set", "mask_threshold=0.4", "--set", "keep=peak"])
+    assert code == 0
+    mask = io.imread(out)
+    assert mask.shape == (45, 60) and set(np.unique(mask)) <= {0, 255}
+    scores = np.load(tmp_path / "s.npy")
+    assert scores.shape == (45, 60) and scores.dtype == np.float32
+    assert np.load(tmp_path / "p.npy").shape == (45, 60)
+    assert io.imread(tmp_path / "overlay.png").shape == (45, 60, 3)
+    assert "the red disc" in capsys.readouterr().out
+
+
+def test_several_expressions_write_one_mask_each_from_one_image_encode(tiny_model_dir, picture_file, tmp_path):
+    code = main(["segment", str(picture_file), "-e", "the disc", "-e", "the square", "--model",
+                 str(tiny_model_dir), "-o", str(tmp_path / "m.tif")])
+    assert code == 0
+    for i in (1, 2):
+        assert io.imread(tmp_path / f"m-{i}.tif").shape == (45, 60)
+
+
+def test_a_sample_picture_needs_no_file(tiny_model_dir, tmp_path):
+    code = main(["segment", "--sample", "coins", "the coin at the top left", "--model", str(tiny_model_dir),
+                 "-o", str(tmp_path / "coin.png")])
+    assert code == 0
+    assert io.imread(tmp_path / "coin.png").shape == (303, 384)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "missing.png", "x"], "does not exist"),
+        (["segment", "{picture}", "   "], "empty"),
+        (["segment", "{picture}"], "at least one expression"),
+        (["segment", "{picture}", "x", "--set", "treshold=1"], "unknown setting 'treshold'"),
+        (["segment", "{picture}", "x", "--set", "mask_threshold=high"], "not a number"),
+        (["segment", "{picture}", "x", "--set", "temperature"], "NAME=VALUE"),
+        (["segment", "{unreadable}", "x"], "could not read"),
+        (["segment", "--sample", "moonbase", "x"], "unknown sample"),
+        (["segment", "{picture}", "x", "--model", "{nowhere}"], "does not exist"),
+        (["segment", "{picture}", "x", "--set", "prior_resolutions=5"], "no attention layer works at latent side 5"),
+    ],
+)
+def test_bad_input_gives_one_line_and_a_non_zero_exit(args, message, picture_file, tiny_model_dir, tmp_path,
+                                                      capsys):
+    unreadable = tmp_path / "broken.png"
+    unreadable.write_bytes(b"not a png at all")
+    names = {"picture": picture_file, "unreadable": unreadable, "nowhere": tmp_path / "no-model"}
+    argv = [a.format(**names) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_model_dir)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_weights_end_in_one_clear_line_in_a_real_process(picture_file):
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_editseg.cli", "segment", str(picture_file), "the disc",
+         "--model", "someone/not-downloaded-model"],
+        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert done.returncode == 3
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "someone/not-downloaded-model" in done.stderr and "not available" in done.stderr
+
+
+def test_help_documents_every_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = capsys.readouterr().out
+    for name in SETTING_NAMES:
+        assert f"  {name} [" in text
+    assert "mask_threshold [0.5]" in text and "instruction_template [make the {} red]" in text
