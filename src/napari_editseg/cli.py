@@ -12,6 +12,7 @@ import numpy as np
 
 from .core.model import DEFAULT_MODEL, ModelNotAvailableError
 from .core.settings import SegmentationSettings, parse_setting
+from .files import read_image, write_labels
 
 # scikit-image's pictures that ship with it (no download), with something to ask for
 SAMPLES = {
@@ -34,19 +35,6 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def read_image(path: str) -> np.ndarray:
-    """PNG, JPEG, TIFF and what else scikit-image reads, as a numpy array."""
-    from skimage import io
-
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"image file {path!r} does not exist")
-    try:
-        return np.asarray(io.imread(file))
-    except Exception as error:  # every reader fails its own way; the user needs one line
-        raise ValueError(f"could not read {path!r} as an image ({type(error).__name__}: {error})") from None
-
-
 def sample_image(name: str) -> np.ndarray:
     from skimage import data
 
@@ -56,16 +44,9 @@ def sample_image(name: str) -> np.ndarray:
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
-    """A label image the size of the input: 0 background, 255 (PNG/JPEG) or 1 (TIFF) object."""
-    from skimage import io
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(path, mask.astype(np.uint8))
-    else:
-        io.imsave(path, (mask * 255).astype(np.uint8), check_contrast=False)
+    """The mask at the image's size: 0/255 in PNG/JPEG (visible in any viewer), 0/1 in TIFF."""
+    scale = 1 if path.suffix.lower() in (".tif", ".tiff") else 255
+    write_labels(path, mask.astype(np.uint8) * scale)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colour=(1.0, 0.1, 0.1), alpha: float = 0.5) -> np.ndarray:
@@ -124,6 +105,45 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--prior", help="also write the attention prior P (float32 .npy, image size)")
     add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
+
+    batch = commands.add_parser(
+        "batch", help="label a folder of images (or a CSV of image,expression rows)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write one label image per input image (same size). Resumable: outputs that exist are "
+                    "skipped. Runs unchanged under `accelerate launch` (each process takes a shard).",
+        epilog=settings_help(),
+    )
+    batch.add_argument("input", nargs="?", help="folder of images")
+    batch.add_argument("expression", nargs="?", help="what to segment in every image")
+    batch.add_argument("--csv", help="CSV with columns image,expression (several rows per image: labels 1, 2, ...)")
+    batch.add_argument("--out", required=True, help="output folder")
+    batch.add_argument("--format", choices=("tif", "png"), default="tif", help="label image format (default tif)")
+    batch.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    add_model_arguments(batch)
+    batch.set_defaults(run=run_batch)
+
+    evaluate = commands.add_parser(
+        "eval", help="RefCOCO / RefCOCO+ / RefCOCOg evaluation, exact zero-shot protocol",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score a method on a referring-segmentation split (docs/evaluation.md). Resumable with the "
+                    "same --out; runs unchanged under `accelerate launch`.",
+        epilog=settings_help(),
+    )
+    evaluate.add_argument("--data-root", required=True, help="refer-layout root, or a folder of parquet files")
+    evaluate.add_argument("--dataset", required=True, choices=("refcoco", "refcoco+", "refcocog"))
+    evaluate.add_argument("--split", required=True, help="val, test, testA, testB, ...")
+    evaluate.add_argument("--split-by", choices=("unc", "umd", "google"),
+                          help="default: unc (refcoco, refcoco+), umd (refcocog)")
+    evaluate.add_argument("--layout", choices=("auto", "refer", "parquet"), default="auto")
+    evaluate.add_argument("--limit", type=int, help="only the first N samples")
+    evaluate.add_argument("--method", choices=("editseg", "whole-image", "centre", "prior-only"), default="editseg")
+    evaluate.add_argument("--out", default="report.json", help="report JSON (per-sample records beside it)")
+    evaluate.add_argument("--strict", action="store_true", help="Prec@X counts IoU > X (TAS, Ref-Diff) not >= X")
+    evaluate.add_argument("--binarise", choices=("eq1", "gt0"), default="eq1",
+                          help="ground truth from summed polygons: == 1 (reference code) or > 0")
+    evaluate.add_argument("--sentence", choices=("sent", "raw"), default="sent", help="refer field used as text")
+    add_model_arguments(evaluate)
+    evaluate.set_defaults(run=run_eval)
     return parser
 
 
@@ -167,6 +187,49 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}{note}")
     print(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
           f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s")
+    return 0
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from .batch import jobs_from_csv, jobs_from_folder, run_batch as label_all, summary
+
+    if args.csv:
+        jobs = jobs_from_csv(Path(args.csv), Path(args.out), args.format)
+    elif args.input and args.expression and args.expression.strip():
+        jobs = jobs_from_folder(Path(args.input), args.expression, Path(args.out), args.format)
+    else:
+        raise ValueError("give INPUT_DIR and a non-empty EXPRESSION, or --csv FILE")
+    overrides = parse_settings(args.settings)
+    SegmentationSettings().replace(**overrides)
+
+    def factory():
+        from ._distributed import process_state, segmenter_device
+        from .core.segmenter import EditSegmenter
+
+        device = segmenter_device(process_state(), args.device)
+        return EditSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype, **overrides)
+
+    report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite)
+    print(summary(report))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ._distributed import process_state
+    from .eval.run import EvalConfig, evaluate, report_table
+
+    overrides = parse_settings(args.settings)
+    SegmentationSettings().replace(**overrides)
+    config = EvalConfig(
+        data_root=args.data_root, dataset=args.dataset, split=args.split, split_by=args.split_by,
+        layout=args.layout, limit=args.limit, method=args.method, model=args.model, device=args.device,
+        dtype=args.dtype, settings=overrides, out=args.out, strict=args.strict, binarise=args.binarise,
+        sentence_field=args.sentence,
+    )
+    report = evaluate(config)
+    if process_state().is_main_process:
+        print(report_table(report))
+        print(f"report: {args.out}")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""RefCOCO-family evaluation with the exact zero-shot protocol (docs/evaluation.md)."""

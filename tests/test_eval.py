@@ -1,0 +1,328 @@
+"""RefCOCO evaluation: exact protocol on a synthetic dataset written in the real layouts."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import io
+
+from napari_editseg.cli import main
+from napari_editseg.eval.metrics import score_sample, summarise
+from napari_editseg.eval.refer import annotation_mask, read_dataset, select_split
+from napari_editseg.eval.run import EvalConfig, centre_ellipse, evaluate
+
+IMAGES = {1: (40, 50), 2: (36, 36), 3: (30, 44)}  # id: (height, width)
+
+
+def rect(x0, y0, x1, y1):
+    return [float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)]
+
+
+ANNOTATIONS = {
+    10: (1, [rect(5, 5, 15, 15), rect(25, 20, 35, 30)]),  # two disjoint polygons
+    11: (1, [rect(10, 10, 30, 30), rect(20, 20, 40, 38)]),  # two overlapping polygons
+    20: (2, [[4.0, 30.0, 18.0, 4.0, 32.0, 30.0]]),  # a triangle
+    31: (3, [rect(8, 6, 30, 24)]),
+}
+REFS = [  # ref_id, ann_id, split, sentences
+    (100, 10, "val", ["the two squares", "both boxes"]),
+    (101, 11, "testA", ["the overlapping pair"]),
+    (102, 20, "testB", ["the triangle", "the pointy thing"]),
+    (103, 31, "val", ["the box on the right"]),
+    (104, 31, "train", ["a training sentence"]),
+]
+
+
+def write_refer(root: Path, broken_image: int = None) -> Path:
+    folder = root / "images" / "mscoco" / "images" / "train2014"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = []
+    for image_id, (h, w) in IMAGES.items():
+        name = f"COCO_train2014_{image_id:012d}.jpg"
+        if image_id == broken_image:
+            (folder / name).write_bytes(b"this is not a jpeg")
+        else:
+            io.imsave(folder / name, rng.integers(0, 255, (h, w, 3), dtype=np.uint8), check_contrast=False)
+        images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+    annotations = [{"id": ann_id, "image_id": image_id, "category_id": 1, "segmentation": polys, "iscrowd": 0,
+                    "area": 1.0, "bbox": [0, 0, 1, 1]} for ann_id, (image_id, polys) in ANNOTATIONS.items()]
+    (root / "refcoco").mkdir()
+    (root / "refcoco" / "instances.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+    refs = []
+    for ref_id, ann_id, split, sentences in REFS:
+        image_id = ANNOTATIONS[ann_id][0]
+        sents = [{"tokens": s.split(), "raw": s.upper() + "!", "sent": s, "sent_id": ref_id * 10 + i}
+                 for i, s in enumerate(sentences)]
+        refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "category_id": 1, "split": split,
+                     "sent_ids": [s["sent_id"] for s in sents], "sentences": sents,
+                     "file_name": f"COCO_train2014_{image_id:012d}_{ref_id}.jpg"})  # not a real file, as in refer
+    with (root / "refcoco" / "refs(unc).p").open("wb") as handle:
+        pickle.dump(refs, handle)
+    return root
+
+
+@pytest.fixture()
+def refer_root(tmp_path):
+    return write_refer(tmp_path / "refer")
+
+
+def write_parquet(refer: Path, folder: Path) -> Path:
+    """The same data in the jxu124/refcoco-benchmark layout: one row per image, image embedded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    instances = json.loads((refer / "refcoco" / "instances.json").read_text())
+    refs = pickle.loads((refer / "refcoco" / "refs(unc).p").read_bytes())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    folder.mkdir(parents=True)
+    for split in ("val", "testA", "testB"):
+        rows = []
+        for image in instances["images"]:
+            chosen = [r for r in select_split(refs, split) if r["image_id"] == image["id"]]
+            if not chosen:
+                continue
+            path = refer / "images" / "mscoco" / "images" / "train2014" / image["file_name"]
+            rows.append({
+                "image": {"bytes": path.read_bytes(), "path": image["file_name"]},
+                "image_info": image,
+                "ref_list": [{"ann_info": json.dumps(anns[r["ann_id"]]), "ref_info": json.dumps(r)} for r in chosen],
+            })
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"refcoco_unc_{split}-00000-of-00001-abcdef.parquet")
+    return folder
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+def test_iou_by_hand():
+    truth = np.array([[1, 0, 0], [1, 0, 0]], bool)
+    a = score_sample("a", np.array([[1, 1, 0], [0, 0, 0]], bool), truth)
+    assert (a.intersection, a.union, a.iou) == (1, 3, pytest.approx(1 / 3))
+    b = score_sample("b", truth.copy(), truth)
+    report = summarise([a, b])
+    assert report["mIoU"] == pytest.approx(100 * (1 / 3 + 1) / 2)
+    assert report["oIoU"] == pytest.approx(100 * 3 / 5)
+    assert report["precision"] == {"0.5": 50.0, "0.6": 50.0, "0.7": 50.0, "0.8": 50.0, "0.9": 50.0}
+
+
+def test_empty_failed_and_degenerate_samples_count():
+    truth = np.zeros((4, 4), bool)
+    truth[:2] = True
+    empty = score_sample("e", np.zeros((4, 4), bool), truth)
+    failed = score_sample("f", None, truth, "RuntimeError: boom")
+    nothing = score_sample("n", np.zeros((2, 2), bool), np.zeros((2, 2), bool))
+    assert (empty.iou, empty.union, empty.empty) == (0.0, 8, True)
+    assert (failed.union, failed.failed, failed.error) == (8, True, "RuntimeError: boom")
+    assert nothing.iou == 0.0  # U = 0 scores 0
+    report = summarise([empty, failed, nothing])
+    assert (report["n_samples"], report["failures"], report["empty_predictions"]) == (3, 1, 3)
+    assert report["sum_union"] == 16 and report["mIoU"] == 0.0
+
+
+def test_a_prediction_of_another_size_is_an_error_not_a_broadcast():
+    with pytest.raises(ValueError, match="never broadcast"):
+        score_sample("x", np.ones((1, 4), bool), np.ones((4, 4), bool))
+
+
+def test_precision_at_exactly_the_threshold_strict_or_not():
+    truth = np.array([[1, 1, 0, 0]], bool)
+    half = score_sample("h", np.array([[1, 0, 0, 0]], bool), truth)  # IoU exactly 0.5
+    assert summarise([half])["precision"]["0.5"] == 100.0
+    assert summarise([half], strict=True)["precision"]["0.5"] == 0.0
+
+
+def test_results_do_not_depend_on_order_or_sharding():
+    rng = np.random.default_rng(0)
+    scores = [score_sample(str(i), rng.random((9, 9)) > 0.5, rng.random((9, 9)) > 0.4) for i in range(50)]
+    whole = summarise(scores)
+    shards = summarise(scores[1::2] + scores[0::2])
+    assert whole == shards
+    with pytest.raises(ValueError, match="duplicate"):
+        summarise(scores + scores[:1])
+
+
+# -- readers ---------------------------------------------------------------------------
+
+def test_split_selection_follows_the_refer_api():
+    refs = [{"split": s} for s in ("train", "val", "testA", "testB", "testC", "test")]
+    assert [r["split"] for r in select_split(refs, "testA")] == ["testA"]
+    assert [r["split"] for r in select_split(refs, "testB")] == ["testB"]
+    assert [r["split"] for r in select_split(refs, "test")] == ["testA", "testB", "testC", "test"]
+    assert [r["split"] for r in select_split(refs, "val")] == ["val"]
+    with pytest.raises(ValueError, match="no such split"):
+        select_split(refs, "validation")
+
+
+def test_refer_layout_samples_images_and_masks(refer_root):
+    val = read_dataset(refer_root, "refcoco", "val")
+    assert [s.key for s in val] == ["100/1000", "100/1001", "103/1030"]
+    assert [s.sentence for s in val] == ["the two squares", "both boxes", "the box on the right"]
+    assert read_dataset(refer_root, "refcoco", "val", sentence_field="raw")[0].sentence == "THE TWO SQUARES!"
+    assert val[0].load_image().shape == (40, 50, 3)  # the file name came from instances.json
+    mask = val[0].load_mask()
+    assert mask.shape == (40, 50)
+    parts = [annotation_mask([p], 40, 50) for p in ANNOTATIONS[10][1]]
+    assert mask.sum() == parts[0].sum() + parts[1].sum() > 0
+    assert {s.split for s in read_dataset(refer_root, "refcoco", "testA")} == {"testA"}
+    assert len(read_dataset(refer_root, "refcoco", "testB")) == 2
+
+
+def test_overlapping_polygons_binarise_eq1_or_gt0(refer_root):
+    sample = read_dataset(refer_root, "refcoco", "testA")[0]
+    first, second = (annotation_mask([p], 40, 50) for p in ANNOTATIONS[11][1])
+    assert (first & second).any()
+    assert np.array_equal(sample.load_mask(), first ^ second)  # == 1: the overlap drops out
+    gt0 = read_dataset(refer_root, "refcoco", "testA", binarise="gt0")[0]
+    assert np.array_equal(gt0.load_mask(), first | second)
+
+
+def test_parquet_layout_gives_the_same_samples(refer_root, tmp_path):
+    folder = write_parquet(refer_root, tmp_path / "parquet" / "data")
+    for split in ("val", "testA", "testB"):
+        a = read_dataset(refer_root, "refcoco", split)
+        b = read_dataset(tmp_path / "parquet", "refcoco", split, layout="parquet")
+        assert [s.key for s in a] == [s.key for s in b] and [s.sentence for s in a] == [s.sentence for s in b]
+        for x, y in zip(a, b):
+            assert np.array_equal(x.load_mask(), y.load_mask())
+            assert np.array_equal(x.load_image(), y.load_image())
+    assert read_dataset(folder.parent, "refcoco", "val")[0].key == "100/1000"  # auto layout
+    with pytest.raises(ValueError, match="no refcoco_plus_unc_val"):
+        read_dataset(tmp_path / "parquet", "refcoco+", "val")
+
+
+# -- the harness -----------------------------------------------------------------------
+
+def config(root, out, **kw):
+    return EvalConfig(data_root=str(root), dataset="refcoco", split="val", out=str(out), **kw)
+
+
+def test_whole_image_baseline_by_hand(refer_root, tmp_path):
+    report = evaluate(config(refer_root, tmp_path / "r.json", method="whole-image"), progress=False)
+    samples = read_dataset(refer_root, "refcoco", "val")
+    areas = [s.load_mask().sum() for s in samples]
+    sizes = [s.height * s.width for s in samples]
+    assert report["mIoU"] == pytest.approx(100 * np.mean(np.array(areas) / np.array(sizes)))
+    assert report["oIoU"] == pytest.approx(100 * sum(areas) / sum(sizes))
+    assert (report["n_samples"], report["n_refs"], report["n_images"]) == (3, 2, 2)
+    assert report["method"] == "whole-image" and report["model"] is None
+    assert json.loads((tmp_path / "r.json").read_text())["mIoU"] == report["mIoU"]
+
+
+def test_centre_ellipse_covers_a_quarter():
+    assert centre_ellipse(300, 400).mean() == pytest.approx(0.25, abs=0.01)
+    assert centre_ellipse(300, 400)[150, 200] and not centre_ellipse(300, 400)[0, 0]
+
+
+def test_editseg_and_prior_only_run_on_the_tiny_model(refer_root, tmp_path, tiny_model_dir):
+    for method in ("editseg", "prior-only"):
+        report = evaluate(config(refer_root, tmp_path / f"{method}.json", method=method, model=str(tiny_model_dir),
+                                 device="cpu"), progress=False)
+        assert report["n_samples"] == 3 and report["failures"] == 0
+        assert report["settings"]["prior_resolutions"] == [4, 8]  # resolved, not "auto"
+        assert set(report["precision"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
+
+
+def test_a_failing_sample_is_scored_zero_never_skipped(tmp_path):
+    root = write_refer(tmp_path / "broken", broken_image=3)
+    report = evaluate(config(root, tmp_path / "r.json", method="whole-image"), progress=False)
+    assert report["n_samples"] == 3 and report["failures"] == 1
+    records = [json.loads(line) for p in tmp_path.glob("r.json.samples*.jsonl") for line in p.read_text().splitlines()]
+    failed = [r for r in records if r["failed"]]
+    assert failed[0]["intersection"] == 0 and failed[0]["union"] > 0 and "could not read" in failed[0]["error"]
+
+
+def test_resume_skips_what_is_done_and_refuses_another_run(refer_root, tmp_path, tiny_model_dir, segmenter,
+                                                           count_calls):
+    out = tmp_path / "r.json"
+    cfg = dict(method="editseg", model=str(tiny_model_dir), device="cpu")
+    with count_calls(segmenter.model.unet) as first:
+        evaluate(config(refer_root, out, limit=2, **cfg), segmenter=segmenter, progress=False)
+    assert first.calls == 1  # the two samples of image 1 share one batched forward
+    with pytest.raises(ValueError, match="another run"):
+        evaluate(config(refer_root, out, **cfg), segmenter=segmenter, progress=False)  # limit differs
+    out2 = tmp_path / "full.json"
+    with count_calls(segmenter.model.unet) as full:
+        whole = evaluate(config(refer_root, out2, **cfg), segmenter=segmenter, progress=False)
+    with count_calls(segmenter.model.unet) as again:
+        resumed = evaluate(config(refer_root, out2, **cfg), segmenter=segmenter, progress=False)
+    assert (full.calls, again.calls) == (2, 0)
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == \
+        {k: v for k, v in whole.items() if k != "wall_time_s"}
+    lines = (tmp_path / "full.json.samples.rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_full_split_counts_are_checked_against_the_published_ones(refer_root, tmp_path, capsys):
+    code = main(["eval", "--data-root", str(refer_root), "--dataset", "refcoco", "--split", "val",
+                 "--method", "centre", "--out", str(tmp_path / "c.json")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "DIFFERS from the published 10834" in out
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert {"mIoU", "oIoU", "precision", "n_samples", "method", "dataset", "split"} <= set(report)
+    assert report["expected_n_samples"] == 10834 and report["n_samples_as_published"] is False
+
+
+def test_accelerate_shards_merge_to_the_single_process_numbers(refer_root, tmp_path, tiny_model_dir):
+    args = ["eval", "--data-root", str(refer_root), "--dataset", "refcoco", "--split", "val",
+            "--model", str(tiny_model_dir), "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "one.json")]) == 0
+    # `--multi_gpu` is accelerate's torchrun launcher; without CUDA the processes use gloo on the CPU
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "napari_editseg.cli",
+         *args, "--out", str(tmp_path / "two.json")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2 and len(list(tmp_path.glob("two.json.samples.rank*.jsonl"))) == 2
+    for key in ("mIoU", "oIoU", "precision", "n_samples", "sum_intersection", "sum_union"):
+        assert one[key] == two[key], key
+
+
+@pytest.mark.skipif(not os.environ.get("REFER_DATA_ROOT"), reason="set REFER_DATA_ROOT to a real refer-layout root")
+def test_real_refcoco_val_counts_and_a_baseline(tmp_path):
+    root = os.environ["REFER_DATA_ROOT"]
+    samples = read_dataset(root, "refcoco", "val")
+    assert len(samples) == 10834
+    report = evaluate(config(root, tmp_path / "r.json", method="centre", limit=200), progress=False)
+    assert report["n_samples"] == 200 and report["failures"] == 0
+
+
+# -- batch labelling ----------------------------------------------------------------------
+
+def test_batch_labels_a_folder_skips_unreadable_files_and_resumes(tmp_path, tiny_model_dir, picture, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, size in enumerate([(45, 60), (30, 30), (50, 20)]):
+        io.imsave(inputs / f"img{i}.png", picture[:size[0], :size[1]] if i < 2 else
+                  np.zeros(size + (3,), np.uint8), check_contrast=False)
+    (inputs / "broken.png").write_bytes(b"\x89PNG but not really")
+    args = ["batch", str(inputs), "the red disc", "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir),
+            "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "labelled 3 image(s)" in out and "1 unreadable" in out and "broken.png" in out
+    for i, size in enumerate([(45, 60), (30, 30), (50, 20)]):
+        labels = io.imread(tmp_path / "out" / f"img{i}.tif")
+        assert labels.shape == size and set(np.unique(labels)) <= {0, 1}
+    assert main(args) == 0
+    assert "labelled 0 image(s); 3 already done" in capsys.readouterr().out
+
+
+def test_batch_from_a_csv_gives_one_label_per_expression(tmp_path, tiny_model_dir, picture):
+    io.imsave(tmp_path / "a.png", picture, check_contrast=False)
+    (tmp_path / "jobs.csv").write_text("image,expression\na.png,the red disc\na.png,the blue square\n")
+    assert main(["batch", "--csv", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "out"), "--format", "png",
+                 "--model", str(tiny_model_dir), "--set", "mask_threshold=0.2"]) == 0
+    labels = io.imread(tmp_path / "out" / "a.png")
+    assert labels.shape == (45, 60) and set(np.unique(labels)) <= {0, 1, 2}
+    report = json.loads((tmp_path / "out" / "batch_report.json").read_text())
+    assert report["written"][0]["labels"] == {"1": "the red disc", "2": "the blue square"}
