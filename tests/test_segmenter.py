@@ -113,6 +113,17 @@ def test_captured_maps_have_the_documented_shapes_and_rows_sum_to_one(segmenter,
     assert store.features["up_blocks.2"].shape[-2:] == (h, w)
 
 
+def test_self_attention_in_head_chunks_equals_one_head_at_a_time(segmenter, picture, monkeypatch):
+    from napari_editseg.core import capture
+
+    segmenter.set_image(picture)
+    together = segmenter.forward(["the disc"], early_exit=False)
+    monkeypatch.setattr(capture, "SELF_ATTENTION_BUDGET", 1)  # forces one head per chunk
+    alone = segmenter.forward(["the disc"], early_exit=False)
+    torch.testing.assert_close(together.store.affinity, alone.store.affinity)
+    torch.testing.assert_close(together.noise_pred, alone.noise_pred)
+
+
 def test_the_image_is_encoded_once_for_many_expressions(segmenter, picture, count_calls):
     with count_calls(segmenter.model.vae.encoder) as encodes, count_calls(segmenter.model.unet) as forwards:
         segmenter.set_image(picture)

@@ -19,6 +19,9 @@ from torch import nn
 from .layout import CapturePlan
 
 
+SELF_ATTENTION_BUDGET = 256 * 2**20  # bytes of self-attention probabilities computed at once
+
+
 class AttentionStore:
     """Maps from one forward pass, all float32 and averaged over heads.
 
@@ -49,8 +52,9 @@ class CapturingAttnProcessor:
     """Attention with an explicit softmax whose head-averaged probabilities go to a store.
 
     Same signature and result as diffusers' ``AttnProcessor``. Self-attention is
-    computed one head at a time, so a per-head N×N map never exists for all heads at
-    once; cross-attention maps are N×77 and are computed for all heads together.
+    computed a few heads at a time (as many as fit in ``SELF_ATTENTION_BUDGET``) and
+    summed as it goes, so per-head N×N maps of all heads never exist at once for large N;
+    cross-attention maps are N×77 and are computed for all heads together.
     """
 
     def __init__(self, store: AttentionStore, name: str):
@@ -107,15 +111,18 @@ class CapturingAttnProcessor:
             out = torch.matmul(probs.to(value.dtype), value)
             self.store.cross[self.name] = probs.mean(dim=1)
         else:
+            # heads in chunks small enough that a chunk's N×N maps stay under SELF_ATTENTION_BUDGET
+            per_head = 4 * batch * length * length
+            step = max(1, min(heads, SELF_ATTENTION_BUDGET // per_head))
             out = torch.empty_like(query)
             summed = None
-            for h in range(heads):
-                mask = None if attention_mask is None else attention_mask[:, h]
-                p = probabilities(query[:, h], key[:, h], mask)  # B×N×N, one head
-                out[:, h] = torch.matmul(p.to(value.dtype), value[:, h])
-                summed = p if summed is None else summed.add_(p)
+            for h in range(0, heads, step):
+                mask = None if attention_mask is None else attention_mask[:, h:h + step]
+                p = probabilities(query[:, h:h + step], key[:, h:h + step], mask)  # B×chunk×N×N
+                out[:, h:h + step] = torch.matmul(p.to(value.dtype), value[:, h:h + step])
+                part = p.sum(dim=1)
+                summed = part if summed is None else summed.add_(part)
             self.store.add_self(summed / heads)
-
         hidden_states = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
