@@ -36,6 +36,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from docsection import replace_section  # noqa: E402
 
 
 def real_size_model(device: torch.device, dtype: torch.dtype):
@@ -292,13 +295,7 @@ Measured {time.strftime('%Y-%m-%d')} on **{f['machine']}**, {f['dtype']}, 512×5
 
 ![time per expression](images/latency-{kind}.png)
 <!-- measured:{kind}:end -->"""
-    text = doc.read_text() if doc.exists() else ""
-    start, end = f"<!-- measured:{kind}:start -->", f"<!-- measured:{kind}:end -->"
-    if start in text and end in text:
-        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
-    else:
-        text += "\n" + section + "\n"
-    doc.write_text(text)
+    replace_section(doc, kind, section)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from napari_editseg import EditSegmenter
 from napari_editseg.shapes_world import KINDS, TEST_SEEDS, TUNE_SEEDS, held_out, score_scenes
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from docsection import replace_section  # noqa: E402
 TIMESTEPS = ("auto", 900, 750, 500, 250, 100)
 SWEEP = {  # one setting at a time around the defaults
     "feature_blocks": [("up_blocks.1",), ("up_blocks.2",), ("up_blocks.0", "up_blocks.1", "up_blocks.2")],
@@ -155,7 +159,7 @@ def write_doc(doc: Path, r: dict) -> None:
                       f"{v['prior-only']['mIoU']:.1f} | {v['object accuracy']:.0f} % |" for t, v in r["timesteps"].items())
     sweep = "\n".join(f"| {k} | {v['mIoU']:.1f} | {v['oIoU']:.1f} | {v['P@0.5']:.0f} | {v['object accuracy']:.0f} % |"
                       for k, v in r["sweep"].items())
-    section = f"""<!-- measured:start -->
+    section = f"""<!-- measured:shapes:start -->
 Measured {time.strftime('%Y-%m-%d')} by `benchmarks/shapes_world/evaluate.py` on the shipped checkpoint, CPU,
 {r['scenes']} held-out scenes (kinds balanced), default settings resolved to
 `prior_resolutions={tuple(r['settings']['prior_resolutions'])}`, `affinity_resolution={r['settings']['affinity_resolution']}`,
@@ -183,14 +187,8 @@ mean absolute error to the target edit in grey levels: inside the named object {
 {sweep}
 
 ![examples](images/shapes-world.png)
-<!-- measured:end -->"""
-    text = doc.read_text() if doc.exists() else ""
-    start, end = "<!-- measured:start -->", "<!-- measured:end -->"
-    if start in text and end in text:
-        text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
-    else:
-        text += "\n" + section + "\n"
-    doc.write_text(text)
+<!-- measured:shapes:end -->"""
+    replace_section(doc, "shapes", section)
 
 
 if __name__ == "__main__":

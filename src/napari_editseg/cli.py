@@ -86,12 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment the object a sentence names, from one UNet forward of an image-editing model.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    segment = commands.add_parser(
-        "segment",
-        help="segment one image",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Segment what each expression names in IMAGE and write one mask per expression.",
-        epilog=settings_help() + "\n\nsamples (--sample NAME): " + ", ".join(SAMPLES) +
+
+    def command(name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=description, epilog=settings_help() + epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    segment = command(
+        "segment", "segment one image",
+        "Segment what each expression names in IMAGE and write one mask per expression.",
+        "\n\nsamples (--sample NAME): " + ", ".join(SAMPLES) +
         "\n\nexample:\n  napari-editseg segment --sample astronaut \"the woman's face\" -o face.png",
     )
     segment.add_argument("inputs", nargs="*", metavar="IMAGE EXPRESSION",
@@ -106,12 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
 
-    batch = commands.add_parser(
-        "batch", help="label a folder of images (or a CSV of image,expression rows)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Write one label image per input image (same size). Resumable: outputs that exist are "
-                    "skipped. Runs unchanged under `accelerate launch` (each process takes a shard).",
-        epilog=settings_help(),
+    batch = command(
+        "batch", "label a folder of images (or a CSV of image,expression rows)",
+        "Write one label image per input image (same size). Resumable: outputs that exist are skipped. "
+        "Runs unchanged under `accelerate launch` (each process takes a shard).",
     )
     batch.add_argument("input", nargs="?", help="folder of images")
     batch.add_argument("expression", nargs="?", help="what to segment in every image")
@@ -122,12 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(batch)
     batch.set_defaults(run=run_batch)
 
-    evaluate = commands.add_parser(
-        "eval", help="RefCOCO / RefCOCO+ / RefCOCOg evaluation, exact zero-shot protocol",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Score a method on a referring-segmentation split (docs/evaluation.md). Resumable with the "
-                    "same --out; runs unchanged under `accelerate launch`.",
-        epilog=settings_help(),
+    evaluate = command(
+        "eval", "RefCOCO / RefCOCO+ / RefCOCOg evaluation, exact zero-shot protocol",
+        "Score a method on a referring-segmentation split (docs/evaluation.md). Resumable with the same "
+        "--out; runs unchanged under `accelerate launch`.",
     )
     evaluate.add_argument("--data-root", required=True, help="refer-layout root, or a folder of parquet files")
     evaluate.add_argument("--dataset", required=True, choices=("refcoco", "refcoco+", "refcocog"))
