@@ -58,6 +58,7 @@ def edits_really(model_dir: str, samples: list, steps: int = 20) -> dict:
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(model_dir, safety_checker=None,
                                                                    requires_safety_checker=False)
+    pipe.to(torch.float32)  # saved in fp16; CPU runs fp32
     pipe.set_progress_bar_config(disable=True)
     rows = []
     for i, s in enumerate(samples):

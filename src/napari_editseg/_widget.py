@@ -54,6 +54,7 @@ class Run:
     label_id: int
     expression: str
     overwrite: bool
+    segmenter: Optional[EditSegmenter] = None
     base: dict = field(default_factory=dict)  # index -> Segmentation from segment()
     current: dict = field(default_factory=dict)  # index -> Segmentation shown now
     written: dict = field(default_factory=dict)  # index -> _layers.Written
@@ -295,6 +296,7 @@ class EditSegWidget(QWidget):
         overrides = self.discrimination_settings()
 
         def start(segmenter):
+            run.segmenter = segmenter
             self._run = run
             self._say(f"Segmenting {expression!r} on {len(planes)} slice(s) …")
             worker = create_worker(segment_planes, segmenter, planes, expression, overrides,
@@ -363,13 +365,11 @@ class EditSegWidget(QWidget):
         run = self._run
         if run is None or not run.base or self._worker is not None:
             return
-        segmenter = self._segmenters[self._key()] if self._key() in self._segmenters else \
-            next(iter(self._segmenters.values()))
         clicks = self._clicks(run)
         settings = self.discrimination_settings()
         for index, base in run.base.items():
             positive, negative = clicks.get(index, ([], []))
-            self._write(run, index, segmenter.refine(base, positive, negative, **settings))
+            self._write(run, index, run.segmenter.refine(base, positive, negative, **settings))
         self._finished(run)
 
     def add_click_points(self, _=None) -> None:
