@@ -177,7 +177,14 @@ def train_unet(unet, text_encoder, tokenizer, data, args, device, log):
         noisy = scheduler.add_noise(target, noise, t)
         text = text_encoder(tokens.to(device))[0]
         pred = unet(torch.cat([noisy, source], dim=1), t, encoder_hidden_states=text).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        if args.loss_weighting == "snr+1":
+            # the v-prediction loss written for a noise predictor: ||eps - eps_hat||^2 / alpha_bar(t).
+            # Plain noise loss gives the early, high-noise steps (where an edit decides WHICH object
+            # changes) almost no weight; this restores it, clipped for stability.
+            alpha_bar = scheduler.alphas_cumprod.to(device)[t]
+            per_sample = per_sample * (1.0 / alpha_bar).clamp(max=args.max_weight)
+        loss = per_sample.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -223,6 +230,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--save-every", type=int, default=2000, help="save the EMA weights every N steps")
+    parser.add_argument("--loss-weighting", choices=("none", "snr+1"), default="snr+1",
+                        help="weight of each timestep's noise loss (snr+1: the v-prediction loss)")
+    parser.add_argument("--max-weight", type=float, default=50.0, help="clip of the snr+1 weight")
+    parser.add_argument("--resume", help="a checkpoint folder to continue from: its VAE is kept (no VAE "
+                                         "training), its text encoder and UNet are trained further")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,10 +249,21 @@ def main(argv=None):
 
     log({"command": vars(args)})
     tokenizer = word_tokenizer()
-    vae, text_encoder, unet = build_models(tokenizer, args.seed)
+    if args.resume:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(args.resume, subfolder="tokenizer")
+        vae = AutoencoderKL.from_pretrained(args.resume, subfolder="vae").float().to(device).eval()
+        vae.requires_grad_(False)
+        text_encoder = CLIPTextModel.from_pretrained(args.resume, subfolder="text_encoder").float()
+        unet = UNet2DConditionModel.from_pretrained(args.resume, subfolder="unet").float()
+        log({"resumed_from": args.resume, "scaling_factor": vae.config.scaling_factor})
+    else:
+        vae, text_encoder, unet = build_models(tokenizer, args.seed)
+        train_vae(vae, args.vae_steps, args.batch, 1e-3, device, log)
     log({"parameters": {name: sum(p.numel() for p in m.parameters())
                         for name, m in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet))}})
-    train_vae(vae, args.vae_steps, args.batch, 1e-3, device, log)
     data = encode_dataset(vae, tokenizer, args.scenes, device)
     for ema_unet, ema_text in train_unet(unet, text_encoder, tokenizer, data, args, device, log):
         save(out, vae, ema_text, tokenizer, ema_unet)
