@@ -258,9 +258,12 @@ def test_a_large_image_is_handled_at_its_own_size(segmenter):
         (np.zeros((0, 10)), "empty"),
     ],
 )
-def test_bad_images_are_refused_with_a_clear_error(segmenter, image, message):
+def test_bad_images_are_refused_with_a_clear_error(segmenter, image, message, picture):
+    segmenter.set_image(picture)
     with pytest.raises(ValueError, match=message):
         segmenter.set_image(image)
+    with pytest.raises(ValueError, match="set_image"):  # the earlier picture is not silently reused
+        segmenter.segment("the disc")
 
 
 def test_bad_expressions(segmenter, picture):

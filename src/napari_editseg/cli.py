@@ -25,7 +25,9 @@ SAMPLES = {
     "horse": "the horse",
     "retina": "the optic disc",
     "immunohistochemistry": "the brown stained cells",
+    "shapes": "red circle",  # a shapes-world scene, for the trained demo model (docs/shapes-world.md)
 }
+SHAPES_SCENE = 11_000_118  # a held-out scene: a red square, a red circle and a yellow circle
 
 
 def settings_help() -> str:
@@ -40,6 +42,10 @@ def sample_image(name: str) -> np.ndarray:
 
     if name not in SAMPLES:
         raise ValueError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
+    if name == "shapes":
+        from .shapes_world import make_sample
+
+        return make_sample(SHAPES_SCENE).image
     return getattr(data, name)()
 
 

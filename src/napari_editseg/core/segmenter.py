@@ -132,8 +132,8 @@ class EditSegmenter:
     # -- step 1-2: image --------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
         """Take an H×W, H×W×3 or H×W×4 image and encode it once for every later expression."""
+        self._rgb, self._latents = None, {}  # a refused image leaves no stale one behind
         self._rgb = to_rgb_float(image)
-        self._latents = {}
         settings = self.resolve_settings()
         self._image_latents(settings)
 
