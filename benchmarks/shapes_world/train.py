@@ -201,6 +201,8 @@ def train_unet(unet, text_encoder, tokenizer, data, args, device, log):
             log({"stage": "unet", "step": step, "loss": running, "lr": schedule.get_last_lr()[0]})
         if args.save_every and step and step % args.save_every == 0:
             yield ema_unet, ema_text
+        if args.stop_after and step + 1 >= args.stop_after:
+            break
     yield ema_unet, ema_text
 
 
@@ -230,6 +232,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--save-every", type=int, default=2000, help="save the EMA weights every N steps")
+    parser.add_argument("--stop-after", type=int, default=0,
+                        help="end after this many steps (the schedule still spans --steps)")
     parser.add_argument("--loss-weighting", choices=("none", "snr+1"), default="snr+1",
                         help="weight of each timestep's noise loss (snr+1: the v-prediction loss)")
     parser.add_argument("--max-weight", type=float, default=50.0, help="clip of the snr+1 weight")
