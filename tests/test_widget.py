@@ -235,6 +235,6 @@ def test_the_manifest_and_sample_data():
 
     manifest = npe2.PluginManifest.from_distribution("napari-editseg")
     assert {w.display_name for w in manifest.contributions.widgets} == {"Segment by words"}
-    assert {s.key for s in manifest.contributions.sample_data} == {"astronaut", "coffee", "chelsea"}
+    assert {s.key for s in manifest.contributions.sample_data} == {"astronaut", "coffee", "chelsea", "shapes"}
     data, meta, kind = _sample_data.coffee()[0]
     assert kind == "image" and data.ndim == 3 and meta["name"] == "coffee"

@@ -19,3 +19,8 @@ def coffee():
 
 def chelsea():
     return _sample("chelsea")
+
+
+def shapes():
+    """A shapes-world scene, for the trained demo model in benchmarks/shapes_world/checkpoint."""
+    return _sample("shapes")
