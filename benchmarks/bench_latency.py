@@ -43,10 +43,10 @@ from docsection import replace_section  # noqa: E402
 
 def real_size_model(device: torch.device, dtype: torch.dtype):
     """InstructPix2Pix's published component configs, randomly initialised."""
+    from conftest import byte_tokenizer  # a no-download tokenizer; token ids do not change the cost
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from conftest import byte_tokenizer  # a no-download tokenizer; token ids do not change the cost
     from napari_editseg.core.model import EditingModel
 
     torch.manual_seed(0)

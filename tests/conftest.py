@@ -50,8 +50,12 @@ TWO_LEVELS = dict(
 
 
 def build_tiny_pipeline(unet_layout: dict = FOUR_LEVELS, in_channels: int = 8, seed: int = 0):
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)

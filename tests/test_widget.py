@@ -15,8 +15,15 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
     pytest.skip("no X display: run the suite with tools/run-tests (it uses Xvfb)", allow_module_level=True)
 
 from napari_editseg import _layers  # noqa: E402
-from napari_editseg._widget import ALL, CLICKS_LAYER, NEGATIVE, POSITIVE, PRIOR_LAYER, SCORES_LAYER, \
-    EditSegWidget  # noqa: E402
+from napari_editseg._widget import (
+    ALL,
+    CLICKS_LAYER,
+    NEGATIVE,
+    POSITIVE,
+    PRIOR_LAYER,
+    SCORES_LAYER,
+    EditSegWidget,  # noqa: E402
+)
 
 
 @pytest.fixture()

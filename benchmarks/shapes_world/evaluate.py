@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from docsection import replace_section  # noqa: E402
+
 TIMESTEPS = ("auto", 900, 750, 500, 250, 100)
 SWEEP = {  # one setting at a time around the defaults
     "feature_blocks": [("up_blocks.1",), ("up_blocks.2",), ("up_blocks.0", "up_blocks.1", "up_blocks.2")],

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, LineEdit, PushButton, SpinBox
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence

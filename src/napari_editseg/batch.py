@@ -11,6 +11,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
 

@@ -196,7 +196,8 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from .batch import jobs_from_csv, jobs_from_folder, run_batch as label_all, summary
+    from .batch import jobs_from_csv, jobs_from_folder, summary
+    from .batch import run_batch as label_all
 
     if args.csv:
         jobs = jobs_from_csv(Path(args.csv), Path(args.out), args.format)

@@ -18,7 +18,6 @@ from torch import nn
 
 from .layout import CapturePlan
 
-
 SELF_ATTENTION_BUDGET = 256 * 2**20  # bytes of self-attention probabilities computed at once
 
 
