@@ -205,16 +205,21 @@ def main(argv=None) -> dict:
         figures["C_channels_last"], _ = timed(lambda: segmenter.segment(expressions[2]), device, args.repeats)
         model.unet.to(memory_format=torch.contiguous_format)
 
-        # memory over many consecutive calls (results dropped, as a user's loop would)
+        # memory over many consecutive calls (results dropped, as a user's loop would); a leak
+        # grows steadily from one checkpoint to the next, allocator caching settles early
         gc.collect()
         process = psutil.Process()
-        memory = []
-        for i in range(args.leak_calls):
+        checkpoints = sorted({10, args.leak_calls // 4, args.leak_calls // 2, 3 * args.leak_calls // 4,
+                              args.leak_calls} - {0})
+        memory = {}
+        for i in range(1, args.leak_calls + 1):
             segmenter.segment(expressions[i % len(expressions)])
-            if i in (9, args.leak_calls - 1):
+            if i in checkpoints:
                 gc.collect()
-                memory.append(torch.cuda.memory_allocated() if device.type == "cuda" else process.memory_info().rss)
-        figures["memory_after_10_calls_bytes"], figures["memory_after_n_calls_bytes"] = memory[0], memory[-1]
+                memory[i] = torch.cuda.memory_allocated() if device.type == "cuda" else process.memory_info().rss
+        figures["memory_by_calls_bytes"] = memory
+        figures["memory_after_10_calls_bytes"], figures["memory_after_n_calls_bytes"] = memory[10], memory[
+            args.leak_calls]
         figures["leak_calls"] = args.leak_calls
 
         pipe = StableDiffusionInstructPix2PixPipeline(
@@ -291,7 +296,8 @@ Measured {time.strftime('%Y-%m-%d')} on **{f['machine']}**, {f['dtype']}, 512×5
 - Peak memory: B {mib(f['B_peak_memory_bytes'])}, D {mib(f['D_peak_memory_bytes'])}
   ({'CUDA allocator peak' if kind == 'gpu' else 'process RSS, model included'}).
 - Memory after 10 and after {f['leak_calls']} consecutive `segment` calls:
-  {mib(f['memory_after_10_calls_bytes'])} → {mib(f['memory_after_n_calls_bytes'])} (growth {mib(growth)}).
+  {mib(f['memory_after_10_calls_bytes'])} → {mib(f['memory_after_n_calls_bytes'])} (growth {mib(growth)};
+  after {', '.join(f'{n}: {mib(b)}' for n, b in f['memory_by_calls_bytes'].items())}).
 
 ![time per expression](images/latency-{kind}.png)
 <!-- measured:{kind}:end -->"""
