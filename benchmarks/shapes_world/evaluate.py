@@ -77,6 +77,28 @@ def edits_really(model_dir: str, samples: list, steps: int = 20) -> dict:
             "error_outside_doing_nothing": float(nothing_outside)}
 
 
+@torch.inference_mode()
+def layer_accuracy(segmenter, samples: list, timestep="auto") -> dict:
+    """Object accuracy of each cross-attention layer's expression-token map alone: where in
+    the UNet (if anywhere) the words are grounded."""
+    from napari_editseg.core.image import normalise01, resize
+    from napari_editseg.shapes_world import prior_choice
+
+    overrides = {} if timestep == "auto" else {"timestep": timestep}
+    levels = tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
+    hits: dict = {}
+    for s in samples:
+        segmenter.set_image(s.image)
+        f = segmenter.forward([s.expression], prior_resolutions=levels, **overrides)
+        h, w = f.latent_grid
+        for name, level in zip(f.plan.cross_layers, f.plan.cross_levels):
+            probs = f.store.cross[name][0][:, list(f.instructions[0].token_positions)].mean(dim=1)
+            prior = resize(normalise01(probs.reshape(h >> level, w >> level)), s.mask.shape).numpy()
+            short = name.replace(".transformer_blocks.0.attn2", "").replace("attentions.", "attn")
+            hits.setdefault(short, []).append(prior_choice(prior, s.masks) == s.index)
+    return {name: round(100.0 * float(np.mean(h)), 1) for name, h in hits.items()}
+
+
 def figure(segmenter, samples: list, path: Path) -> None:
     import matplotlib
 
@@ -136,6 +158,8 @@ def main(argv=None) -> dict:
                                         "prior-only": headline(report, "prior-only")["all"],
                                         "object accuracy": round(report["object accuracy"]["all"], 1)}
         print("timestep", t, results["timesteps"][str(t)])
+    results["layers"] = {str(t): layer_accuracy(segmenter, test[:200], t) for t in ("auto", 500)}
+    print("layers", results["layers"])
     tune = held_out(args.sweep_scenes, TUNE_SEEDS)
     base = score_scenes(segmenter, tune, methods=("editseg",))
     results["sweep"] = {"defaults": headline(base, "editseg")["all"] | {
@@ -158,14 +182,15 @@ def main(argv=None) -> dict:
 def write_doc(doc: Path, r: dict) -> None:
     e = r["edits"]
     steps = "\n".join(f"| {t} | {v['editseg']['mIoU']:.1f} | {v['editseg']['P@0.5']:.0f} | "
-                      f"{v['prior-only']['mIoU']:.1f} | {v['object accuracy']:.0f} % |" for t, v in r["timesteps"].items())
+                      f"{v['prior-only']['mIoU']:.1f} | {v['object accuracy']:.0f} % |"
+                      for t, v in r["timesteps"].items())
     sweep = "\n".join(f"| {k} | {v['mIoU']:.1f} | {v['oIoU']:.1f} | {v['P@0.5']:.0f} | {v['object accuracy']:.0f} % |"
                       for k, v in r["sweep"].items())
     section = f"""<!-- measured:shapes:start -->
 Measured {time.strftime('%Y-%m-%d')} by `benchmarks/shapes_world/evaluate.py` on the shipped checkpoint, CPU,
 {r['scenes']} held-out scenes (kinds balanced), default settings resolved to
-`prior_resolutions={tuple(r['settings']['prior_resolutions'])}`, `affinity_resolution={r['settings']['affinity_resolution']}`,
-`feature_blocks={tuple(r['settings']['feature_blocks'])}`, `work_resolution={r['settings']['work_resolution']}`.
+`prior_resolutions={tuple(r['settings']['prior_resolutions'])}`,
+`affinity_resolution={r['settings']['affinity_resolution']}`, `feature_blocks={tuple(r['settings']['feature_blocks'])}`, `work_resolution={r['settings']['work_resolution']}`.
 
 **Main result** (mIoU / Prec@0.5, in %):
 
@@ -181,6 +206,14 @@ mean absolute error to the target edit in grey levels: inside the named object {
 | timestep | editseg mIoU | editseg P@0.5 | prior-only mIoU | prior object acc. |
 |---|---|---|---|---|
 {steps}
+
+**Where are the words grounded?** Object accuracy of each cross-attention layer's
+expression-token map alone (200 scenes; chance {r['main']['chance']['all']:.0f} %):
+
+| layer | {' | '.join(r['layers']['auto'])} |
+|---|{'---|' * len(r['layers']['auto'])}
+| earliest timestep | {' | '.join(f"{v:.0f}" for v in r['layers']['auto'].values())} |
+| timestep 500 | {' | '.join(f"{v:.0f}" for v in r['layers']['500'].values())} |
 
 **Settings sweep** (one at a time, {r['sweep']['defaults'] and 'on separate tuning scenes'}):
 
