@@ -19,17 +19,27 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from napari_editseg import EditSegmenter
-from napari_editseg.shapes_world import KINDS, TEST_SEEDS, TUNE_SEEDS, held_out, score_scenes
+from napari_editseg.shapes_world import (
+    KINDS,
+    TEST_SEEDS,
+    TUNE_SEEDS,
+    edit_errors,
+    held_out,
+    layer_accuracy,
+    load_pipeline,
+    score_scenes,
+    text_effect_accuracy,
+    with_other_expressions,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from docsection import replace_section  # noqa: E402
 
+OTHER = "other scene's words"  # the control: each scene gets the next scene's expression
+CONTROL = f"object accuracy, {OTHER}"
 TIMESTEPS = ("auto", 900, 750, 500, 250, 100)
 SWEEP = {  # one setting at a time around the defaults
     "feature_blocks": [("up_blocks.1",), ("up_blocks.2",), ("up_blocks.0", "up_blocks.1", "up_blocks.2")],
@@ -51,54 +61,6 @@ def headline(report: dict, method: str) -> dict:
             {"P@0.5": round(report[method][kind]["precision"]["0.5"], 2)} for kind in report[method]}
 
 
-@torch.inference_mode()
-def edits_really(model_dir: str, samples: list, steps: int = 20) -> dict:
-    """Full-pipeline edits: mean |edit − target| inside and outside the named object, against
-    the same errors of doing nothing (returning the input). 0-255 grey levels."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(model_dir, safety_checker=None,
-                                                                   requires_safety_checker=False)
-    pipe.to(torch.float32)  # saved in fp16; CPU runs fp32
-    pipe.set_progress_bar_config(disable=True)
-    rows = []
-    for i, s in enumerate(samples):
-        from PIL import Image
-
-        out = pipe(s.instruction, image=Image.fromarray(s.image), num_inference_steps=steps,
-                   generator=torch.Generator().manual_seed(i), output_type="np").images[0]
-        edit = (out * 255).astype(np.float32)
-        target, source = s.target.astype(np.float32), s.image.astype(np.float32)
-        rows.append([np.abs(edit - target)[s.mask].mean(), np.abs(source - target)[s.mask].mean(),
-                     np.abs(edit - target)[~s.mask].mean(), np.abs(source - target)[~s.mask].mean()])
-    inside, nothing_inside, outside, nothing_outside = np.mean(rows, axis=0)
-    return {"scenes": len(samples), "steps": steps, "error_inside_edit": float(inside),
-            "error_inside_doing_nothing": float(nothing_inside), "error_outside_edit": float(outside),
-            "error_outside_doing_nothing": float(nothing_outside)}
-
-
-@torch.inference_mode()
-def layer_accuracy(segmenter, samples: list, timestep="auto") -> dict:
-    """Object accuracy of each cross-attention layer's expression-token map alone: where in
-    the UNet (if anywhere) the words are grounded."""
-    from napari_editseg.core.image import normalise01, resize
-    from napari_editseg.shapes_world import prior_choice
-
-    overrides = {} if timestep == "auto" else {"timestep": timestep}
-    levels = tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
-    hits: dict = {}
-    for s in samples:
-        segmenter.set_image(s.image)
-        f = segmenter.forward([s.expression], prior_resolutions=levels, **overrides)
-        h, w = f.latent_grid
-        for name, level in zip(f.plan.cross_layers, f.plan.cross_levels):
-            probs = f.store.cross[name][0][:, list(f.instructions[0].token_positions)].mean(dim=1)
-            prior = resize(normalise01(probs.reshape(h >> level, w >> level)), s.mask.shape).numpy()
-            short = name.replace(".transformer_blocks.0.attn2", "").replace("attentions.", "attn")
-            hits.setdefault(short, []).append(prior_choice(prior, s.masks) == s.index)
-    return {name: round(100.0 * float(np.mean(h)), 1) for name, h in hits.items()}
-
-
 def figure(segmenter, samples: list, path: Path) -> None:
     import matplotlib
 
@@ -106,14 +68,14 @@ def figure(segmenter, samples: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(samples), 5, figsize=(7.5, 1.6 * len(samples)))
-    for row, s in zip(axes, samples):
+    for number, (row, s) in enumerate(zip(axes, samples)):
         segmenter.set_image(s.image)
         r = segmenter.segment(s.expression)
         for ax, (title, data) in zip(row, [("image", s.image), ("prior P", r.prior), ("score S", r.scores),
                                            ("mask", r.mask), ("truth", s.mask)]):
             ax.imshow(data, cmap=None if data.ndim == 3 else "magma", vmin=0, vmax=1 if data.ndim == 2 else None)
             ax.set_xticks([]), ax.set_yticks([])
-            if row is axes[0]:
+            if number == 0:
                 ax.set_title(title, fontsize=8)
         row[0].set_ylabel(s.expression, fontsize=7)
     fig.tight_layout()
@@ -123,13 +85,16 @@ def figure(segmenter, samples: list, path: Path) -> None:
 
 
 def table(rows: dict, columns=("editseg", "prior-only", "whole-image", "centre", "random object")) -> str:
-    """Markdown: one row per expression kind, mIoU / P@0.5 per method."""
-    lines = ["| kind | " + " | ".join(f"{c} mIoU / P@0.5" for c in columns) + " | prior object acc. | chance |",
-             "|---" * (len(columns) + 3) + "|"]
+    """Markdown: one row per expression kind, mIoU / P@0.5 per method, and the prior's object
+    accuracy with the scene's own words, with another scene's words (control), and chance."""
+    lines = ["| kind | " + " | ".join(f"{c} mIoU / P@0.5" for c in columns) +
+             " | prior object acc. | same, other scene's words | chance |",
+             "|---" * (len(columns) + 4) + "|"]
     for kind in list(KINDS) + ["all"]:
         cells = [f"{rows[c][kind]['mIoU']:.1f} / {rows[c][kind]['precision']['0.5']:.0f}" for c in columns]
         lines.append(f"| {kind} | " + " | ".join(cells) +
-                     f" | {rows['object accuracy'][kind]:.0f} % | {rows['chance'][kind]:.0f} % |")
+                     f" | {rows['object accuracy'][kind]:.0f} % | "
+                     f"{rows.get(CONTROL, rows['object accuracy'])[kind]:.0f} % | {rows['chance'][kind]:.0f} % |")
     return "\n".join(lines)
 
 
@@ -145,10 +110,12 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     segmenter = EditSegmenter.from_pretrained(args.model, device="cpu")
     test = held_out(args.scenes, TEST_SEEDS)
-    results: dict = {"model": args.model, "scenes": args.scenes,
+    results: dict = {"model": args.model, "scenes": args.scenes, "sweep_scenes": args.sweep_scenes,
                      "settings": {k: list(v) if isinstance(v, tuple) else v
                                   for k, v in segmenter.resolve_settings().to_dict().items()}}
     results["main"] = score_scenes(segmenter, test)
+    control = score_scenes(segmenter, with_other_expressions(test), methods=())
+    results["main"][CONTROL] = control["object accuracy"]
     print(table(results["main"]))
     results["timesteps"] = {}
     for t in TIMESTEPS:
@@ -158,7 +125,11 @@ def main(argv=None) -> dict:
                                         "prior-only": headline(report, "prior-only")["all"],
                                         "object accuracy": round(report["object accuracy"]["all"], 1)}
         print("timestep", t, results["timesteps"][str(t)])
-    results["layers"] = {str(t): layer_accuracy(segmenter, test[:200], t) for t in ("auto", 500)}
+    some, others = test[:200], with_other_expressions(test[:200])
+    results["layers"] = {"words": layer_accuracy(segmenter, some),
+                         OTHER: layer_accuracy(segmenter, others),
+                         "start token (image only)": layer_accuracy(segmenter, some, columns="start"),
+                         "words, timestep 500": layer_accuracy(segmenter, some, timestep=500)}
     print("layers", results["layers"])
     tune = held_out(args.sweep_scenes, TUNE_SEEDS)
     base = score_scenes(segmenter, tune, methods=("editseg",))
@@ -170,8 +141,15 @@ def main(argv=None) -> dict:
             results["sweep"][f"{name}={value}"] = headline(report, "editseg")["all"] | {
                 "object accuracy": round(report["object accuracy"]["all"], 1)}
             print("sweep", name, value, results["sweep"][f"{name}={value}"])
-    results["edits"] = edits_really(args.model, held_out(args.edit_scenes, TEST_SEEDS + 50_000))
+    pipe = load_pipeline(args.model)
+    edits = held_out(args.edit_scenes, TEST_SEEDS + 50_000)
+    results["edits"] = edit_errors(pipe, edits)
+    results["edits"][f"edited_object_accuracy, {OTHER}"] = edit_errors(
+        pipe, with_other_expressions(edits))["edited_object_accuracy"]
     print("edits", results["edits"])
+    results["text_effect"] = {"words": text_effect_accuracy(pipe, some),
+                              OTHER: text_effect_accuracy(pipe, others)}
+    print("text effect", results["text_effect"])
     figure(segmenter, held_out(8, TEST_SEEDS + 90_000), Path(args.doc).parent / "images" / "shapes-world.png")
     results["wall_time_s"] = time.perf_counter() - start
     Path(args.json).write_text(json.dumps(results, indent=1))
@@ -180,48 +158,65 @@ def main(argv=None) -> dict:
 
 
 def write_doc(doc: Path, r: dict) -> None:
-    e = r["edits"]
+    e, settings, chance = r["edits"], r["settings"], r["main"]["chance"]["all"]
     steps = "\n".join(f"| {t} | {v['editseg']['mIoU']:.1f} | {v['editseg']['P@0.5']:.0f} | "
                       f"{v['prior-only']['mIoU']:.1f} | {v['object accuracy']:.0f} % |"
                       for t, v in r["timesteps"].items())
+    columns = list(r["layers"])
+    layers = "\n".join(f"| {name} | " + " | ".join(f"{r['layers'][c][name]:.0f}" for c in columns) + " |"
+                       for name in r["layers"][columns[0]])
+    effect = "\n".join(f"| {t} | {r['text_effect']['words'][t]:.0f} % | "
+                       f"{r['text_effect'][OTHER][t]:.0f} % |"
+                       for t in r["text_effect"]["words"])
     sweep = "\n".join(f"| {k} | {v['mIoU']:.1f} | {v['oIoU']:.1f} | {v['P@0.5']:.0f} | {v['object accuracy']:.0f} % |"
                       for k, v in r["sweep"].items())
     section = f"""<!-- measured:shapes:start -->
 Measured {time.strftime('%Y-%m-%d')} by `benchmarks/shapes_world/evaluate.py` on the shipped checkpoint, CPU,
 {r['scenes']} held-out scenes (kinds balanced), default settings resolved to
-`prior_resolutions={tuple(r['settings']['prior_resolutions'])}`,
-`affinity_resolution={r['settings']['affinity_resolution']}`, `feature_blocks={tuple(r['settings']['feature_blocks'])}`, `work_resolution={r['settings']['work_resolution']}`.
+`prior_resolutions={tuple(settings['prior_resolutions'])}`, `affinity_resolution={settings['affinity_resolution']}`,
+`feature_blocks={tuple(settings['feature_blocks'])}`, `work_resolution={settings['work_resolution']}`.
+"Other scene's words" is the control: each scene gets the next scene's expression.
 
-**Main result** (mIoU / Prec@0.5, in %):
+**Main result** (mIoU / Prec@0.5, in %; object accuracy: does the prior's mass lie most on
+the named object):
 
 {table(r['main'])}
 
 **Does the model edit?** Full diffusers pipeline, {e['steps']} steps, default guidance, {e['scenes']} scenes;
 mean absolute error to the target edit in grey levels: inside the named object {e['error_inside_edit']:.1f}
 (doing nothing: {e['error_inside_doing_nothing']:.1f}); outside it {e['error_outside_edit']:.1f}
-(doing nothing: {e['error_outside_doing_nothing']:.1f}).
+(doing nothing: {e['error_outside_doing_nothing']:.1f}). The object the edit changed most is the named
+one in {e['edited_object_accuracy']:.0f} % of scenes; with another scene's instruction,
+{e[f"edited_object_accuracy, {OTHER}"]:.0f} % (chance {e['chance']:.0f} %).
 
-**Timestep of the one forward** (same scenes):
+**Does the one forward know where the edit goes?** The text's effect on one noise prediction,
+|ε(instruction) − ε(no text)|, largest on the named object (200 scenes; chance {chance:.0f} %):
+
+| timestep | scene's own words | other scene's words |
+|---|---|---|
+{effect}
+
+**Timestep of the one forward** (the {r['scenes']} scenes of the main result):
 
 | timestep | editseg mIoU | editseg P@0.5 | prior-only mIoU | prior object acc. |
 |---|---|---|---|---|
 {steps}
 
-**Where are the words grounded?** Object accuracy of each cross-attention layer's
-expression-token map alone (200 scenes; chance {r['main']['chance']['all']:.0f} %):
+**Where are the words grounded?** Object accuracy (%) of each cross-attention layer's map
+alone, first timestep unless said (200 scenes; chance {chance:.0f} %). The start-of-text
+token's map is the same for every sentence: what it gets right is image salience.
 
-| layer | {' | '.join(r['layers']['auto'])} |
-|---|{'---|' * len(r['layers']['auto'])}
-| earliest timestep | {' | '.join(f"{v:.0f}" for v in r['layers']['auto'].values())} |
-| timestep 500 | {' | '.join(f"{v:.0f}" for v in r['layers']['500'].values())} |
+| layer | {' | '.join(columns)} |
+|---|{'---|' * len(columns)}
+{layers}
 
-**Settings sweep** (one at a time, {r['sweep']['defaults'] and 'on separate tuning scenes'}):
+**Settings sweep** (one setting at a time, {r['sweep_scenes']} separate tuning scenes):
 
 | setting | mIoU | oIoU | P@0.5 | prior object acc. |
 |---|---|---|---|---|
 {sweep}
 
-![examples](images/shapes-world.png)
+![examples: image, prior P, score S, mask, truth](images/shapes-world.png)
 <!-- measured:shapes:end -->"""
     replace_section(doc, "shapes", section)
 

@@ -5,12 +5,13 @@ sample names one object with a referring expression, asks to recolour it
 (``make the <expression> <new colour>``) and carries the edited target image and the
 object's mask. A tiny editing model trained on it (``benchmarks/shapes_world``) is the
 one model here that has really learned to edit, so it is what can show whether the
-method finds the object a sentence names. numpy only.
+method finds the object a sentence names. The world is numpy only; the probes at the end
+take a loaded model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -173,6 +174,14 @@ def held_out(n: int, start: int = TEST_SEEDS, size: int = 64) -> list:
     return [make_sample(start + i, size, KINDS[i % len(KINDS)]) for i in range(n)]
 
 
+def with_other_expressions(samples: list) -> list:
+    """The control for every accuracy here: each scene gets the NEXT scene's expression and
+    instruction, its own image and truth. What a map still gets right then comes from the
+    image alone (the referred object is often the odd one out), not from the words."""
+    return [replace(s, expression=other.expression, instruction=other.instruction, new_colour=other.new_colour)
+            for s, other in zip(samples, samples[1:] + samples[:1])]
+
+
 def prior_choice(prior: np.ndarray, masks: list) -> int:
     """The object on which the prior lies most: highest mean prior inside it."""
     return int(np.argmax([prior[m].mean() for m in masks]))
@@ -215,3 +224,101 @@ def score_scenes(segmenter, samples: list, methods=METHODS, **overrides) -> dict
                         for kind in {s.kind for s in samples}}
     report["chance"]["all"] = 100.0 * float(np.mean([1 / len(s.masks) for s in samples]))
     return report
+
+
+# -- probes of a trained model (torch; used by the benchmark and the tests) ---------------
+def load_pipeline(model_dir: str):
+    """The checkpoint as diffusers' InstructPix2Pix pipeline, fp32 on the CPU."""
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(  # saved in fp16
+        model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def edit_errors(pipe, samples: list, steps: int = 20) -> dict:
+    """Does the model edit? Full-pipeline edits scored against the targets.
+
+    Mean |edit − target| inside and outside the named object, against the same errors of
+    doing nothing (returning the input), in 0-255 grey levels; and how often the object the
+    edit changed most (mean |edit − source|) is the named one: the model's own grounding.
+    """
+    import torch
+    from PIL import Image
+
+    rows = []
+    for i, s in enumerate(samples):
+        with torch.inference_mode():
+            out = pipe(s.instruction, image=Image.fromarray(s.image), num_inference_steps=steps,
+                       generator=torch.Generator().manual_seed(i), output_type="np").images[0]
+        edit = (out * 255).astype(np.float32)
+        target, source = s.target.astype(np.float32), s.image.astype(np.float32)
+        change = np.abs(edit - source).mean(axis=2)
+        rows.append([np.abs(edit - target)[s.mask].mean(), np.abs(source - target)[s.mask].mean(),
+                     np.abs(edit - target)[~s.mask].mean(), np.abs(source - target)[~s.mask].mean(),
+                     100.0 * (prior_choice(change, s.masks) == s.index), 100.0 / len(s.masks)])
+    inside, nothing_inside, outside, nothing_outside, accuracy, chance = np.mean(rows, axis=0)
+    return {"scenes": len(samples), "steps": steps, "error_inside_edit": float(inside),
+            "error_inside_doing_nothing": float(nothing_inside), "error_outside_edit": float(outside),
+            "error_outside_doing_nothing": float(nothing_outside),
+            "edited_object_accuracy": float(accuracy), "chance": float(chance)}
+
+
+def text_effect_accuracy(pipe, samples: list, timesteps=("first", 750, 500, 250)) -> dict:
+    """Does ONE forward already know where the edit goes, independently of any attention map?
+
+    The text's effect on the noise prediction, |ε(instruction) − ε(no text)| (same noise, same
+    image), is averaged per object; returns per timestep how often (%) the named object gets
+    the most. "first" is what the pipeline's first step sees: pure noise.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    alphas = pipe.scheduler.alphas_cumprod
+    hits: dict = {str(t): [] for t in timesteps}
+    for i, s in enumerate(samples):
+        with torch.inference_mode():
+            image = torch.from_numpy(s.image).permute(2, 0, 1)[None].float() / 127.5 - 1
+            source = pipe.vae.encode(image).latent_dist.mode()
+            tokens = pipe.tokenizer([s.instruction, ""], padding="max_length", return_tensors="pt",
+                                    max_length=pipe.tokenizer.model_max_length).input_ids
+            text = pipe.text_encoder(tokens)[0]
+            noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(i))
+            for t in timesteps:
+                if t == "first":
+                    latents, step = noise, pipe.scheduler.config.num_train_timesteps - 1
+                else:
+                    clean = source * pipe.vae.config.scaling_factor
+                    latents, step = alphas[t].sqrt() * clean + (1 - alphas[t]).sqrt() * noise, t
+                eps = pipe.unet(torch.cat([latents, source], 1).repeat(2, 1, 1, 1), step, text).sample
+                effect = F.interpolate((eps[0] - eps[1]).abs().mean(0)[None, None], size=s.mask.shape,
+                                       mode="bilinear")[0, 0].numpy()
+                hits[str(t)].append(prior_choice(effect, s.masks) == s.index)
+    return {t: 100.0 * float(np.mean(h)) for t, h in hits.items()}
+
+
+def layer_accuracy(segmenter, samples: list, columns: str = "expression", **overrides) -> dict:
+    """Object accuracy (%) of each cross-attention layer's expression-token map alone: where
+    in the UNet, if anywhere, the words are grounded. ``columns="start"`` reads the
+    start-of-text token instead, whose embedding (causal text encoder) is the same for every
+    sentence: what that map gets right is image salience."""
+    import torch
+
+    from .core.image import normalise01, resize
+
+    levels = tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
+    hits: dict = {}
+    for s in samples:
+        segmenter.set_image(s.image)
+        with torch.inference_mode():
+            f = segmenter.forward([s.expression], prior_resolutions=levels, **overrides)
+        h, w = f.latent_grid
+        for name, level in zip(f.plan.cross_layers, f.plan.cross_levels):
+            tokens = list(f.instructions[0].token_positions) if columns == "expression" else [0]
+            probs = f.store.cross[name][0][:, tokens].mean(dim=1)
+            prior = resize(normalise01(probs.reshape(h >> level, w >> level)), s.mask.shape).numpy()
+            short = name.replace(".transformer_blocks.0.attn2", "").replace("attentions.", "attn")
+            hits.setdefault(short, []).append(prior_choice(prior, s.masks) == s.index)
+    return {name: 100.0 * float(np.mean(h)) for name, h in hits.items()}
