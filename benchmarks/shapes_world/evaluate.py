@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     segmenter = EditSegmenter.from_pretrained(args.model, device="cpu")
     test = held_out(args.scenes, TEST_SEEDS)
-    results: dict = {"model": args.model, "scenes": args.scenes, "sweep_scenes": args.sweep_scenes,
+    results: dict = {"model": os.path.relpath(args.model, ROOT), "scenes": args.scenes,
+                     "sweep_scenes": args.sweep_scenes,
                      "settings": {k: list(v) if isinstance(v, tuple) else v
                                   for k, v in segmenter.resolve_settings().to_dict().items()}}
     results["main"] = score_scenes(segmenter, test)

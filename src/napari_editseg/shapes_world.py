@@ -230,10 +230,11 @@ def score_scenes(segmenter, samples: list, methods=METHODS, **overrides) -> dict
 def load_pipeline(model_dir: str):
     """The checkpoint as diffusers' InstructPix2Pix pipeline, fp32 on the CPU."""
     import torch
-    from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(  # saved in fp16
-        model_dir, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    from .core.model import _DTYPE_KEYWORD, _pipeline_class
+
+    pipe = _pipeline_class().from_pretrained(  # saved in fp16
+        model_dir, **{_DTYPE_KEYWORD: torch.float32}, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
