@@ -88,6 +88,28 @@ def test_auto_settings_resolve_to_the_method_defaults_on_instruct_pix2pix():
         "down_blocks.1", "down_blocks.2", "up_blocks.1", "up_blocks.2"}
 
 
+def test_auto_settings_pick_the_analogous_layers_on_a_three_level_sdxl_style_unet():
+    """SDXL's published block layout (3 levels, a plain finest level, cross-attention in the two
+    coarser ones, 128 latents), as the instruction-editing SDXL variants use it."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=128, in_channels=8, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        )
+    layout = UNetLayout(unet, vae_factor=8)
+    s = layout.resolve(SegmentationSettings())
+    # 128 x 8 = 1024; sides a multiple of 8 x 2^2; latent/4 and latent/2 carry cross-attention
+    assert (s.resolution, s.size_multiple, s.work_resolution) == (1024, 32, 128)
+    assert s.prior_resolutions == (32, 64) and s.affinity_resolution == 64
+    assert s.feature_blocks == ("up_blocks.0", "up_blocks.1")  # the two up-blocks before the last
+    assert layout.plan(s).stop_after == "up_blocks.1"  # the plain 128x128 up-block never runs
+
+
 def test_auto_follows_an_explicit_resolution_and_explicit_values_win():
     layout = instruct_pix2pix_layout()
     s = layout.resolve(SegmentationSettings(resolution=768))
