@@ -1,8 +1,8 @@
 """Screenshot of the dock widget in a real napari window, for docs/plugin.md.
 
-Run under a display (``xvfb-run -a -s "-screen 0 1400x900x24" python tools/screenshot_widget.py MODEL``).
-MODEL is a diffusers folder; without real weights at hand we use the tests' tiny random
-model, so the mask in the picture shows the interface, not the method's quality.
+Run under a display (``xvfb-run -a -s "-screen 0 1400x900x24" python tools/screenshot_widget.py MODEL
+[OUT] [EXPRESSION] [SAMPLE]``). MODEL is a diffusers folder; SAMPLE one of the plugin's sample
+pictures (astronaut, coffee, chelsea, shapes).
 """
 
 import sys
@@ -12,14 +12,15 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_editseg._sample_data import astronaut
+from napari_editseg import _sample_data
 from napari_editseg._widget import EditSegWidget
 
 
-def main(model: str, out: str = "docs/images/widget.png", expression: str = "the woman's face") -> None:
+def main(model: str, out: str = "docs/images/widget.png", expression: str = "the woman's face",
+         sample: str = "astronaut") -> None:
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 860)
-    data, meta, _ = astronaut()[0]
+    data, meta, _ = getattr(_sample_data, sample)()[0]
     viewer.add_image(data, **meta)
     widget = EditSegWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment by words")
