@@ -88,6 +88,18 @@ def test_auto_settings_resolve_to_the_method_defaults_on_instruct_pix2pix():
         "down_blocks.1", "down_blocks.2", "up_blocks.1", "up_blocks.2"}
 
 
+def test_prior_layers_decoder_keeps_only_the_up_block_cross_attention():
+    layout = instruct_pix2pix_layout()
+    s = layout.resolve(SegmentationSettings(prior_layers="decoder"))
+    plan = layout.plan(s)
+    assert {UNetLayout.block_of(n) for n in plan.cross_layers} == {"up_blocks.1", "up_blocks.2"}
+    assert plan.stop_after == "up_blocks.2" and s.prior_resolutions == (16, 32)
+    with pytest.raises(ValueError, match="no decoder cross-attention layer works at latent sides 8"):
+        layout.resolve(SegmentationSettings(prior_layers="decoder", prior_resolutions=(8,)))
+    with pytest.raises(ValueError, match="prior_layers.*expected one of all, decoder"):
+        SegmentationSettings(prior_layers="encoder")
+
+
 def test_auto_settings_pick_the_analogous_layers_on_a_three_level_sdxl_style_unet():
     """SDXL's published block layout (3 levels, a plain finest level, cross-attention in the two
     coarser ones, 128 latents), as the instruction-editing SDXL variants use it."""

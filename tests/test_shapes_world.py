@@ -22,6 +22,7 @@ from napari_editseg.shapes_world import (
     load_pipeline,
     make_sample,
     prior_choice,
+    score_scenes,
     text_effect_accuracy,
     with_other_expressions,
 )
@@ -128,6 +129,17 @@ def test_cross_attention_to_the_expression_tokens_is_grounded(trained_segmenter)
     own = layer_accuracy(trained_segmenter, scenes)["up_blocks.3.attn0"]
     other = layer_accuracy(trained_segmenter, with_other_expressions(scenes))["up_blocks.3.attn0"]
     assert own >= other + 10
+
+
+def test_a_decoder_only_prior_finds_the_object_more_often_on_this_model(trained_segmenter):
+    # the finding behind the prior_layers setting: measured on these 120 scenes, object accuracy
+    # 49 % with prior_layers="decoder" against 33 % with the default (all layers; chance 39 %),
+    # mIoU 16.2 against 7.7
+    scenes = held_out(120)
+    default = score_scenes(trained_segmenter, scenes, methods=("editseg",))
+    decoder = score_scenes(trained_segmenter, scenes, methods=("editseg",), prior_layers="decoder")
+    assert decoder["object accuracy"]["all"] >= default["object accuracy"]["all"] + 8
+    assert decoder["editseg"]["all"]["mIoU"] >= 1.5 * default["editseg"]["all"]["mIoU"]
 
 
 def test_features_recover_the_object_from_the_right_place(trained_segmenter):

@@ -320,6 +320,49 @@ def layer_accuracy(segmenter, samples: list, columns: str = "expression", **over
             tokens = list(f.instructions[0].token_positions) if columns == "expression" else [0]
             probs = f.store.cross[name][0][:, tokens].mean(dim=1)
             prior = resize(normalise01(probs.reshape(h >> level, w >> level)), s.mask.shape).numpy()
-            short = name.replace(".transformer_blocks.0.attn2", "").replace("attentions.", "attn")
-            hits.setdefault(short, []).append(prior_choice(prior, s.masks) == s.index)
+            hits.setdefault(short_name(name), []).append(prior_choice(prior, s.masks) == s.index)
     return {name: 100.0 * float(np.mean(h)) for name, h in hits.items()}
+
+
+def short_name(layer: str) -> str:
+    """``up_blocks.2.attentions.1.transformer_blocks.0.attn2`` -> ``up_blocks.2.attn1``."""
+    return layer.replace(".transformer_blocks.0.attn2", "").replace("attentions.", "attn")
+
+
+def prior_from_layers(segmenter, samples: list, layers=None) -> dict:
+    """Would another choice of layers make the method work? Steps 5-7 exactly as the method
+    runs them (affinity propagation, prototypes, mask), with the prior built from the given
+    cross-attention ``layers`` (short names, as :func:`layer_accuracy` reports them), or from
+    the ground truth when ``layers`` is None. Returns mIoU, Prec@0.5 and object accuracy (%)."""
+    import torch
+
+    from .core.image import resize
+    from .core.mask import to_image_size
+    from .core.prior import attention_prior
+    from .eval.metrics import score_sample, summarise
+
+    levels = tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
+    scores, hits = [], []
+    for i, s in enumerate(samples):
+        segmenter.set_image(s.image)
+        base = segmenter.segment(s.expression)
+        work_grid = tuple(base.prior_work.shape)
+        if layers is None:
+            prior = resize(torch.from_numpy(s.mask.astype(np.float32)), work_grid)
+        else:
+            with torch.inference_mode():
+                f = segmenter.forward([s.expression], prior_resolutions=levels)
+            h, w = f.latent_grid
+            chosen = [(n, level) for n, level in zip(f.plan.cross_layers, f.plan.cross_levels)
+                      if short_name(n) in layers]
+            prior = attention_prior(
+                [f.store.cross[n][0] for n, _ in chosen], [(h >> level, w >> level) for _, level in chosen],
+                f.instructions[0].token_positions, f.store.affinity[0],
+                (h >> f.plan.affinity_level, w >> f.plan.affinity_level), work_grid,
+                base.settings.token_reduce, base.settings.propagation_steps)
+        result = segmenter.refine(replace(base, prior_work=prior.numpy()))
+        scores.append(score_sample(str(i), result.mask, s.mask))
+        hits.append(prior_choice(to_image_size(prior, s.mask.shape), s.masks) == s.index)
+    summary = summarise(scores)
+    return {"mIoU": summary["mIoU"], "P@0.5": summary["precision"]["0.5"],
+            "object accuracy": 100.0 * float(np.mean(hits))}

@@ -152,7 +152,13 @@ class UNetLayout:
                     f"setting 'feature_blocks': {name!r} is not a block of this UNet; "
                     f"blocks: {', '.join(self.blocks)}"
                 )
-        cross = [a for a in self.attention if a.cross and a.level in prior_levels]
+        cross = [a for a in self.attention if a.cross and a.level in prior_levels
+                 and (settings.prior_layers == "all" or a.name.startswith("up_blocks."))]
+        if not cross:
+            raise ValueError(
+                f"setting 'prior_layers'={settings.prior_layers!r}: no decoder cross-attention layer works at "
+                f"latent sides {', '.join(map(str, settings.prior_resolutions))} for this model"
+            )
         self_ = tuple(a.name for a in self.attention if not a.cross and a.level == affinity_level)
         cross_names = tuple(a.name for a in cross)
         needed = {self.block_of(name) for name in cross_names + self_ + tuple(settings.feature_blocks)}

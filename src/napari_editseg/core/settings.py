@@ -51,6 +51,10 @@ class SegmentationSettings:
         AUTO, "latent sides of the cross-attention layers used for the prior; auto = latent/4, latent/2 (16,32)",
         FORWARD,
     )
+    prior_layers: Literal["all", "decoder"] = _setting(
+        "all", "which cross-attention layers at prior_resolutions make the prior: all (encoder and decoder) "
+        "or decoder (up-blocks only)", FORWARD,
+    )
     token_reduce: Literal["mean", "max"] = _setting(
         "mean", "how the expression tokens' attention maps are combined: mean or max", FORWARD
     )
@@ -122,7 +126,7 @@ _INT_OR_AUTO = {"resolution", "size_multiple", "timestep", "affinity_resolution"
 _INTS = {"seed", "noise_samples", "propagation_steps", "bg_prototypes"}
 _FLOATS = {"fg_quantile", "bg_quantile", "temperature", "mask_threshold"}
 _BOOLS = {"keep_aspect", "fill_holes"}
-_CHOICES = {"token_reduce": ("mean", "max"), "keep": ("all", "peak")}
+_CHOICES = {"token_reduce": ("mean", "max"), "keep": ("all", "peak"), "prior_layers": ("all", "decoder")}
 
 
 def _coerce(name: str, value: Any) -> Any:
