@@ -229,8 +229,8 @@ token's map is the same for every sentence: what it gets right is image salience
 {layers}
 
 **Would other layers make the method work?** Steps 5–7 exactly as the method runs them, with
-the prior built from other cross-attention layers, or from the ground truth (the first 200
-scenes):
+the prior built from other cross-attention layers (or steps 6–7 on the ground truth as prior;
+the first 200 scenes):
 
 | prior from | editseg mIoU | P@0.5 | prior object acc. |
 |---|---|---|---|
