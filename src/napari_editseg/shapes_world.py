@@ -307,21 +307,25 @@ def layer_accuracy(segmenter, samples: list, columns: str = "expression", **over
     sentence: what that map gets right is image salience."""
     import torch
 
-    from .core.image import normalise01, resize
+    from .core.prior import expression_attention
 
-    levels = tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
     hits: dict = {}
     for s in samples:
         segmenter.set_image(s.image)
         with torch.inference_mode():
-            f = segmenter.forward([s.expression], prior_resolutions=levels, **overrides)
+            f = segmenter.forward([s.expression], prior_resolutions=every_cross_side(segmenter), **overrides)
         h, w = f.latent_grid
+        tokens = f.instructions[0].token_positions if columns == "expression" else (0,)
         for name, level in zip(f.plan.cross_layers, f.plan.cross_levels):
-            tokens = list(f.instructions[0].token_positions) if columns == "expression" else [0]
-            probs = f.store.cross[name][0][:, tokens].mean(dim=1)
-            prior = resize(normalise01(probs.reshape(h >> level, w >> level)), s.mask.shape).numpy()
+            prior = expression_attention([f.store.cross[name][0]], [(h >> level, w >> level)], tokens, "mean",
+                                         s.mask.shape).numpy()
             hits.setdefault(short_name(name), []).append(prior_choice(prior, s.masks) == s.index)
     return {name: 100.0 * float(np.mean(h)) for name, h in hits.items()}
+
+
+def every_cross_side(segmenter) -> tuple[int, ...]:
+    """``prior_resolutions`` that capture every cross-attention layer of the loaded UNet."""
+    return tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
 
 
 def short_name(layer: str) -> str:
@@ -341,7 +345,6 @@ def prior_from_layers(segmenter, samples: list, layers=None) -> dict:
     from .core.prior import attention_prior
     from .eval.metrics import score_sample, summarise
 
-    levels = tuple(segmenter.layout.latent_side >> level for level in segmenter.layout.cross_levels)
     scores, hits = [], []
     for i, s in enumerate(samples):
         segmenter.set_image(s.image)
@@ -351,7 +354,7 @@ def prior_from_layers(segmenter, samples: list, layers=None) -> dict:
             prior = resize(torch.from_numpy(s.mask.astype(np.float32)), work_grid)
         else:
             with torch.inference_mode():
-                f = segmenter.forward([s.expression], prior_resolutions=levels)
+                f = segmenter.forward([s.expression], prior_resolutions=every_cross_side(segmenter))
             h, w = f.latent_grid
             chosen = [(n, level) for n, level in zip(f.plan.cross_layers, f.plan.cross_levels)
                       if short_name(n) in layers]
