@@ -27,7 +27,7 @@ SAMPLES = {
     "immunohistochemistry": "the brown stained cells",
     "shapes": "red circle",  # a shapes-world scene, for the trained demo model (docs/shapes-world.md)
 }
-SHAPES_SCENE = 11_000_118  # a held-out scene: a red square, a red circle and a yellow circle
+SHAPES_SCENE = 11_000_118  # a held-out scene: a red circle and a green triangle
 
 
 def settings_help() -> str:
