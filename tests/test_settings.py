@@ -12,12 +12,24 @@ METHOD_MD_NAMES = (
 ).split()
 
 
-def test_every_setting_of_the_method_exists_with_its_default():
-    s = SegmentationSettings()
+def test_every_setting_of_the_method_exists_and_the_paper_preset_restores_the_first_defaults():
+    s = SegmentationSettings.paper()
     assert set(METHOD_MD_NAMES) <= set(SETTING_NAMES)
     assert (s.keep_aspect, s.instruction_template, s.seed, s.noise_samples) == (True, "make the {} red", 0, 1)
     assert (s.token_reduce, s.propagation_steps, s.fg_quantile, s.bg_quantile) == ("mean", 2, 0.9, 0.5)
     assert (s.bg_prototypes, s.temperature, s.mask_threshold, s.keep, s.fill_holes) == (1, 10.0, 0.5, "all", False)
+    assert (s.prior_source, s.token_norm, s.fg_select, s.edge_refine) == ("attention", "none", "quantile", "none")
+    assert SegmentationSettings.paper(keep="peak").keep == "peak"
+
+
+def test_the_defaults_measured_on_the_shapes_world():
+    # docs/method.md, "Defaults and the evidence": each differs from the paper preset on evidence
+    s = SegmentationSettings()
+    assert (s.prior_source, s.relevance_from, s.relevance_baseline, s.token_norm) == (
+        "relevance", "features", "template", "none")
+    assert (s.fg_select, s.bg_prototypes, s.edge_refine, s.edge_radius, s.edge_eps, s.keep) == (
+        "otsu", 5, "guided", 2.0, 1e-3, "peak")
+    assert s.min_confidence == 0.0
 
 
 def test_unknown_setting_is_named_with_a_suggestion():
@@ -52,6 +64,12 @@ def test_settings_parse_from_command_line_text(text, expected):
         ({"resolution": "big"}, "not a number"),
         ({"prior_resolutions": ()}, "one or more"),
         ({"keep_aspect": "maybe"}, "true/false"),
+        ({"prior_source": "clip"}, "expected one of attention, relevance, fused"),
+        ({"edge_refine": "crf"}, "expected one of none, guided"),
+        ({"edge_radius": 0}, "must be > 0"),
+        ({"token_scale": -1}, "must be > 0"),
+        ({"min_confidence": 2}, "must lie in"),
+        ({"fg_select": "top"}, "expected one of quantile, otsu, peak"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(overrides, message):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_editseg import EditSegmenter
-from napari_editseg.eval.metrics import score_sample, summarise
+from napari_editseg.core.settings import PAPER
 from napari_editseg.shapes_world import (
     COLOURS,
     KINDS,
@@ -130,21 +130,37 @@ def test_cross_attention_to_the_expression_tokens_is_grounded(trained_segmenter)
 
 
 def test_a_decoder_only_prior_finds_the_object_more_often_on_this_model(trained_segmenter):
-    # the finding behind the prior_layers setting: measured on these 120 scenes, object accuracy
-    # 49 % with prior_layers="decoder" against 33 % with the default (all layers; chance 39 %),
-    # mIoU 16.2 against 7.7
+    # the finding behind the prior_layers setting (attention prior, the paper's path): measured
+    # on these 120 scenes, object accuracy 49 % with prior_layers="decoder" against 33 % with
+    # all layers (chance 39 %), mIoU 16.2 against 7.7
     scenes = held_out(120)
-    default = score_scenes(trained_segmenter, scenes, methods=("editseg",))
-    decoder = score_scenes(trained_segmenter, scenes, methods=("editseg",), prior_layers="decoder")
+    default = score_scenes(trained_segmenter, scenes, methods=("editseg",), **PAPER)
+    decoder = score_scenes(trained_segmenter, scenes, methods=("editseg",), **PAPER, prior_layers="decoder")
     assert decoder["object accuracy"]["all"] >= default["object accuracy"]["all"] + 8
     assert decoder["editseg"]["all"]["mIoU"] >= 1.5 * default["editseg"]["all"]["mIoU"]
 
 
-def test_features_recover_the_object_from_the_right_place(trained_segmenter):
-    # steps 6-7 alone: given a prior that lies on the named object, the prototypes and cosine
-    # scores of the trained features find it. Measured mIoU 23 (whole image: 5); the 16x16
-    # work grid and fg_quantile=0.9 (more cells than small objects have) cap it.
+def test_the_default_prior_reads_the_words(trained_segmenter):
+    # the relevance prior (the default): measured on these 120 scenes, object accuracy 55 % with
+    # the scene's own words against 42.5 % with the next scene's (chance 39 %), editseg mIoU 36.2
+    # against 8.8 for the paper's preset, whose attention prior is at chance here (33 %).
+    # Ignoring the expression, or comparing the instruction with itself, makes own = other.
+    scenes = held_out(120, TEST_SEEDS + 30_000)
+    own = score_scenes(trained_segmenter, scenes, methods=("editseg",))
+    other = score_scenes(trained_segmenter, with_other_expressions(scenes), methods=())
+    assert own["object accuracy"]["all"] >= other["object accuracy"]["all"] + 10
+    paper = score_scenes(trained_segmenter, scenes, methods=("editseg",), **PAPER)
+    assert own["editseg"]["all"]["mIoU"] >= 2 * paper["editseg"]["all"]["mIoU"]
+
+
+def test_features_and_edges_delineate_the_object_from_the_right_place(trained_segmenter):
+    # steps 6-7 alone: given a prior that lies on the named object (the ground truth as prior),
+    # the prototypes, the cosine scores and the guided filter find it. Measured mIoU 99.7 and
+    # boundary F 0.998 on these scenes (solid shapes: the image's own edges are all it takes);
+    # with the paper's preset (fixed-share prototypes, one background prototype, no edge step)
+    # mIoU 23.5 and boundary F 0.07.
     scenes = held_out(60, TEST_SEEDS + 70_000)
-    on_object = prior_from_layers(trained_segmenter, scenes, layers=None)  # the truth as prior
-    whole = summarise([score_sample(str(i), np.ones_like(s.mask), s.mask) for i, s in enumerate(scenes)])
-    assert on_object["mIoU"] >= max(15, 2.5 * whole["mIoU"])
+    ceiling = prior_from_layers(trained_segmenter, scenes, layers=None)  # the truth as prior
+    paper = prior_from_layers(trained_segmenter, scenes, layers=None, **PAPER)
+    assert ceiling["mIoU"] >= 70 and ceiling["boundary F"] >= 0.8
+    assert paper["mIoU"] < 35 and paper["boundary F"] < 0.5

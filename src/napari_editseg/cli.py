@@ -189,7 +189,9 @@ def run_segment(args: argparse.Namespace) -> int:
             if path:
                 np.save(numbered(path, index, len(expressions)), values)
         note = " (instruction truncated to fit the text encoder)" if result.truncated else ""
-        print(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}{note}")
+        found = "" if result.found else f" - nothing found (below min_confidence {result.settings.min_confidence:g})"
+        print(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}, "
+              f"confidence {result.confidence:.2f}{found}{note}")
     print(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
           f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s")
     return 0

@@ -333,28 +333,29 @@ def short_name(layer: str) -> str:
     return layer.replace(".transformer_blocks.0.attn2", "").replace("attentions.", "attn")
 
 
-def prior_from_layers(segmenter, samples: list, layers=None) -> dict:
+def prior_from_layers(segmenter, samples: list, layers=None, **overrides) -> dict:
     """Would another choice of layers make the method work? Steps 5-7 exactly as the method
     runs them (affinity propagation, prototypes, mask), with the prior built from the given
     cross-attention ``layers`` (short names, as :func:`layer_accuracy` reports them), or from
-    the ground truth when ``layers`` is None. Returns mIoU, Prec@0.5 and object accuracy (%)."""
+    the ground truth when ``layers`` is None; ``overrides`` are settings of the segmentation.
+    Returns mIoU, Prec@0.5, object accuracy (%) and the mean boundary F-score (2 px)."""
     import torch
 
     from .core.image import resize
     from .core.mask import to_image_size
     from .core.prior import attention_prior
-    from .eval.metrics import score_sample, summarise
+    from .eval.metrics import boundary_f_score, score_sample, summarise
 
-    scores, hits = [], []
+    scores, hits, boundaries = [], [], []
     for i, s in enumerate(samples):
         segmenter.set_image(s.image)
-        base = segmenter.segment(s.expression)
+        base = segmenter.segment(s.expression, **overrides)
         work_grid = tuple(base.prior_work.shape)
         if layers is None:
             prior = resize(torch.from_numpy(s.mask.astype(np.float32)), work_grid)
         else:
             with torch.inference_mode():
-                f = segmenter.forward([s.expression], prior_resolutions=every_cross_side(segmenter))
+                f = segmenter.forward([s.expression], **overrides, prior_resolutions=every_cross_side(segmenter))
             h, w = f.latent_grid
             chosen = [(n, level) for n, level in zip(f.plan.cross_layers, f.plan.cross_levels)
                       if short_name(n) in layers]
@@ -363,9 +364,11 @@ def prior_from_layers(segmenter, samples: list, layers=None) -> dict:
                 f.instructions[0].token_positions, f.store.affinity[0],
                 (h >> f.plan.affinity_level, w >> f.plan.affinity_level), work_grid,
                 base.settings.token_reduce, base.settings.propagation_steps)
-        result = segmenter.refine(replace(base, prior_work=prior.numpy()))
+        # the image-size prior too: keep="peak" keeps the part at ITS maximum
+        result = segmenter.refine(replace(base, prior_work=prior.numpy(), prior=to_image_size(prior, s.mask.shape)))
         scores.append(score_sample(str(i), result.mask, s.mask))
+        boundaries.append(boundary_f_score(result.mask, s.mask))
         hits.append(prior_choice(to_image_size(prior, s.mask.shape), s.masks) == s.index)
     summary = summarise(scores)
     return {"mIoU": summary["mIoU"], "P@0.5": summary["precision"]["0.5"],
-            "object accuracy": 100.0 * float(np.mean(hits))}
+            "object accuracy": 100.0 * float(np.mean(hits)), "boundary F": float(np.mean(boundaries))}

@@ -39,6 +39,15 @@ class AttentionStore:
         self.self_sum = probs if self.self_sum is None else self.self_sum + probs
         self.self_count += 1
 
+    def take_rows(self, rows: slice) -> "AttentionStore":
+        """A store holding only the given batch rows (the other rows' maps are dropped)."""
+        kept = AttentionStore()
+        kept.cross = {name: t[rows] for name, t in self.cross.items()}
+        kept.self_sum = None if self.self_sum is None else self.self_sum[rows]
+        kept.self_count = self.self_count
+        kept.features = {name: t[rows] for name, t in self.features.items()}
+        return kept
+
     @property
     def affinity(self) -> torch.Tensor:
         """Self-attention averaged over the captured layers; rows sum to 1."""

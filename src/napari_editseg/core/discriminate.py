@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.cluster.vq import kmeans
 
 from .image import resize
 
@@ -31,17 +31,85 @@ def prototypes(
     bg_quantile: float,
     bg_prototypes: int = 1,
     seed: int = 0,
+    fg_select: str = "quantile",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground (1×D) and background (K×D) prototypes picked by the prior's quantiles."""
-    flat = features.reshape(features.shape[0], -1).T  # N×D
+    """Foreground (1×D) and background (K×D) prototypes picked by the prior.
+
+    ``fg_select="quantile"``: foreground where P ≥ its ``fg_quantile``, a fixed share of the
+    grid whatever the object's size (and every cell when more than that share ties at the
+    minimum). ``"otsu"``: where P lies above Otsu's threshold of P, a split the prior's own
+    distribution sets; the background set then also stays below that threshold. ``"peak"``:
+    only the connected part of that region holding the prior's maximum; the other parts
+    above the threshold are rivals the expression did not pick, and join the background set.
+    """
+    flat = features.reshape(features.shape[0], -1)  # D×N, contiguous: means as matrix products
     p = prior.reshape(-1).float()
-    fg = flat[p >= torch.quantile(p, fg_quantile)].mean(dim=0, keepdim=True)
-    background = flat[p <= torch.quantile(p, bg_quantile)]
-    if bg_prototypes == 1 or len(background) <= bg_prototypes:
-        return fg, background.mean(dim=0, keepdim=True)
-    # k-means with restarts (scipy keeps the lowest distortion); empty clusters are dropped
-    centroids, _ = kmeans(background.double().numpy(), bg_prototypes, iter=10, seed=seed)
-    return fg, torch.from_numpy(centroids).to(features.dtype)
+    bg_limit = torch.quantile(p, bg_quantile)
+    rivals = torch.zeros_like(p, dtype=torch.bool)
+    if fg_select in ("otsu", "peak"):
+        threshold = otsu_threshold(p)
+        chosen = p > threshold
+        if not chosen.any():  # a flat prior: nothing lies above the split
+            chosen = p >= p.max()
+        if fg_select == "peak":
+            peak = torch.from_numpy(peak_region(chosen.reshape(prior.shape).numpy(), prior.numpy())).reshape(-1)
+            chosen, rivals = peak, chosen & ~peak
+        bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
+    else:
+        chosen = p >= torch.quantile(p, fg_quantile)
+    fg = (flat @ chosen.to(flat.dtype) / chosen.sum())[None]
+    in_background = (p <= bg_limit) | rivals
+    if bg_prototypes == 1 or int(in_background.sum()) <= bg_prototypes:
+        return fg, (flat @ in_background.to(flat.dtype) / in_background.sum())[None]
+    return fg, kmeans_means(flat[:, in_background], bg_prototypes, seed)
+
+
+CLUSTER_DIMS = 32  # k-means runs on this many principal components: refine stays fast at UNet widths
+PCA_SAMPLE = 512  # columns the principal components are estimated from
+
+
+def kmeans_means(columns: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """k×D means (in the features' own space) of the k-means clusters of the columns (D×N).
+
+    scipy's k-means (10 restarts from random points, lowest distortion kept) runs on the
+    columns' ``CLUSTER_DIMS`` principal components (a seeded randomised SVD of up to
+    ``PCA_SAMPLE`` of them): the directions
+    that separate background modes are the ones of most variance, and refine stays fast at
+    UNet widths. Empty clusters are dropped.
+    """
+    from scipy.cluster.vq import kmeans, vq
+
+    columns = columns.float()
+    points = columns.T - columns.mean(dim=1)
+    if columns.shape[0] > CLUSTER_DIMS:
+        with torch.random.fork_rng(devices=[]):  # svd_lowrank draws from the global generator: leave it as it was
+            torch.manual_seed(seed)
+            sample = points[torch.randperm(len(points))[:PCA_SAMPLE]]  # the components of a sample suffice
+            _, _, v = torch.svd_lowrank(sample, q=min(CLUSTER_DIMS, len(sample)), niter=2, M=None)
+        points = points @ v
+    points = points.double().numpy()
+    codebook, _ = kmeans(points, k, iter=10, seed=seed)
+    assign = torch.from_numpy(vq(points, codebook)[0]).long()
+    counts = torch.bincount(assign, minlength=len(codebook))
+    one_hot = torch.nn.functional.one_hot(assign, len(codebook)).to(columns.dtype)  # N×k
+    means = (columns @ one_hot / counts.clamp(min=1)).T
+    return means[counts > 0]
+
+
+def peak_region(mask: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The connected part of ``mask`` that holds the prior's maximum (8-connected)."""
+    from skimage.measure import label
+
+    parts = label(mask, connectivity=2)
+    return parts == parts[np.unravel_index(np.argmax(np.where(mask, prior, -np.inf)), prior.shape)]
+
+
+def otsu_threshold(values: torch.Tensor) -> float:
+    """Otsu's threshold of a prior's values (scikit-image); a constant prior gives its value."""
+    from skimage.filters import threshold_otsu
+
+    v = values.detach().cpu().numpy().astype(np.float64)
+    return float(v.max()) if v.min() == v.max() else float(threshold_otsu(v))
 
 
 def to_grid(points: Sequence[Point], image_shape: tuple[int, int], grid: tuple[int, int]) -> list[tuple[int, int]]:

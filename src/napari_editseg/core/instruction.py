@@ -13,6 +13,12 @@ class Instruction:
     text: str  # the instruction that is encoded
     token_positions: tuple[int, ...]  # positions of the expression's tokens in the encoded sequence
     truncated: bool  # True when the tokenizer cut the instruction
+    word_positions: tuple[int, ...] = ()  # every word token of the instruction: no SOT, EOT or padding
+
+    @property
+    def template_positions(self) -> tuple[int, ...]:
+        """The template's own word tokens ("make", "the", "red"): words that are not the expression."""
+        return tuple(p for p in self.word_positions if p not in self.token_positions)
 
 
 def normalise_expression(expression: Any) -> str:
@@ -55,4 +61,5 @@ def build_instruction(expression: str, template: str, tokenizer: Any, max_length
         raise ValueError(
             f"the expression does not fit in the text encoder's {max_length} tokens after the template's words"
         )
-    return Instruction(expression, text, positions, truncated)
+    words = tuple(range(offset, min(offset + len(plain), last_content)))
+    return Instruction(expression, text, positions, truncated, words)

@@ -1,12 +1,42 @@
-"""Method step 5: where to look — a cross-attention prior made coherent by self-attention."""
+"""Method step 5: where to look — a prior made coherent by self-attention.
+
+The paper's prior is cross-attention to the expression's tokens (:func:`expression_attention`).
+Its alternative is the instruction's *relevance*: how much the text changes what the UNet
+computes at each position (:mod:`napari_editseg.core.relevance`); ``prior_source`` picks one
+or both, and :func:`propagate` makes whichever is used spatially coherent.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from .image import normalise01, resize
+
+
+def token_maps(
+    probs: torch.Tensor,
+    token_positions: Sequence[int],
+    word_positions: Sequence[int] = (),
+    token_norm: str = "none",
+    token_scale: float = 100.0,
+) -> torch.Tensor:
+    """N×k attention of each image position to the k expression tokens.
+
+    ``none`` reads the captured probabilities as they are (the paper's). The start token
+    takes most of each row's mass and padding takes more, so ``softmax`` drops everything
+    but the instruction's word tokens, scales and re-softmaxes over them (Attend-and-Excite,
+    DAAM); ``contrast`` is handled by :func:`expression_attention` (it needs the reduction).
+    """
+    if token_norm != "softmax":
+        return probs[:, list(token_positions)]
+    words = list(word_positions)
+    if not set(token_positions) <= set(words):
+        raise ValueError("the expression tokens must be among the instruction's word tokens")
+    renormed = (probs[:, words].float() * token_scale).softmax(dim=-1)
+    return renormed[:, [words.index(p) for p in token_positions]]
 
 
 def expression_attention(
@@ -15,19 +45,32 @@ def expression_attention(
     token_positions: Sequence[int],
     token_reduce: str,
     work_grid: tuple[int, int],
+    word_positions: Sequence[int] = (),
+    token_norm: str = "none",
+    token_scale: float = 100.0,
 ) -> torch.Tensor:
     """P0: attention to the expression's own tokens, averaged over layers, on the work grid.
 
     ``cross_maps[i]`` is N×T (one image, head-averaged) on ``grids[i]`` (h×w = N).
+    ``token_norm="contrast"`` subtracts the template words' map (each min-max scaled) from
+    the expression's: what every word of the instruction attends to is where the *edit* goes,
+    not where the expression points (ZONE's "edit-aware, not token-aware").
     """
     if not token_positions:
         raise ValueError("no expression tokens to attend to")
-    columns = list(token_positions)
+    template = [p for p in word_positions if p not in token_positions]
+    if token_norm == "contrast" and not template:
+        raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
+
+    def reduce(columns: torch.Tensor) -> torch.Tensor:
+        return columns.mean(dim=1) if token_reduce == "mean" else columns.max(dim=1).values
+
     layers = []
     for probs, grid in zip(cross_maps, grids):
-        per_token = probs[:, columns]
-        reduced = per_token.mean(dim=1) if token_reduce == "mean" else per_token.max(dim=1).values
-        layers.append(resize(normalise01(reduced.reshape(grid)), work_grid))
+        reduced = normalise01(reduce(token_maps(probs, token_positions, word_positions, token_norm, token_scale)))
+        if token_norm == "contrast":
+            reduced = normalise01((reduced - normalise01(probs[:, template].mean(dim=1))).clamp(min=0.0))
+        layers.append(resize(reduced.reshape(grid), work_grid))
     return torch.stack(layers).mean(dim=0)
 
 
@@ -49,6 +92,34 @@ def propagate(
     return normalise01(resize(p.reshape(affinity_grid), work_grid))
 
 
+def combine_sources(attention: Optional[torch.Tensor], relevance: Optional[torch.Tensor], source: str
+                    ) -> torch.Tensor:
+    """P0 of ``prior_source``: one map, or for ``fused`` the geometric mean of both (high only
+    where the words are attended to AND the instruction changes the UNet's output)."""
+    if source == "attention":
+        return attention
+    if source == "relevance":
+        return relevance
+    return normalise01((normalise01(attention) * normalise01(relevance)).sqrt())
+
+
+def peak_dominance(p0: torch.Tensor) -> float:
+    """Confidence that the prior points at ONE thing, in [0, 1]: 1 − (height of the second
+    highest region / height of the highest), regions being the connected parts of P0 above
+    Otsu's threshold. Near 0 when two places compete for the expression (an ambiguous or an
+    absent object), 1 when a single region stands out."""
+    from scipy.ndimage import maximum
+    from skimage.filters import threshold_otsu
+    from skimage.measure import label
+
+    p = p0.detach().cpu().numpy().astype(np.float64)
+    if p.max() <= 0 or p.max() == p.min():
+        return 0.0
+    parts = label(p > threshold_otsu(p), connectivity=2)
+    heights = sorted(maximum(p, parts, index=np.arange(1, parts.max() + 1)), reverse=True)
+    return 1.0 if len(heights) < 2 else float(np.clip(1.0 - heights[1] / heights[0], 0.0, 1.0))
+
+
 def attention_prior(
     cross_maps: Sequence[torch.Tensor],
     grids: Sequence[tuple[int, int]],
@@ -59,6 +130,6 @@ def attention_prior(
     token_reduce: str = "mean",
     propagation_steps: int = 2,
 ) -> torch.Tensor:
-    """The spatial prior P in [0, 1] on the work grid."""
+    """The paper's spatial prior P in [0, 1] on the work grid (attention, as captured)."""
     p0 = expression_attention(cross_maps, grids, token_positions, token_reduce, work_grid)
     return propagate(p0, affinity, affinity_grid, propagation_steps)

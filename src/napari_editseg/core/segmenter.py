@@ -17,12 +17,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .capture import AttentionStore, forward_and_capture
 from .discriminate import Point, features_at, pixel_features, prototypes, score, to_grid
-from .image import model_size, to_model_input, to_rgb_float
+from .edges import ImageGuide
+from .image import model_size, resize, to_model_input, to_rgb_float
 from .instruction import Instruction, build_instruction
 from .layout import CapturePlan, UNetLayout
 from .mask import make_mask, to_image_size
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
-from .prior import attention_prior
+from .prior import combine_sources, expression_attention, peak_dominance, propagate
+from .relevance import relevance_map
 from .settings import AUTO, DISCRIMINATE_SETTINGS, SegmentationSettings, check_names
 
 
@@ -48,11 +50,21 @@ class Segmentation:
     bg_prototypes: np.ndarray
     positive: tuple[Point, ...] = ()
     negative: tuple[Point, ...] = ()
+    confidence: float = 1.0  # in [0, 1]: does the expression point at one thing? (see ``found``)
+    guide: Optional[ImageGuide] = field(default=None, repr=False)  # the image, for edge_refine in refine()
+    # the prototypes the prior alone gives, with the settings that chose them: a re-threshold or
+    # a click reuses them instead of clustering the background again
+    prior_prototypes: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     @property
     def area(self) -> float:
         """Share of the image inside the mask."""
         return float(self.mask.mean())
+
+    @property
+    def found(self) -> bool:
+        """False when ``confidence`` lies below the ``min_confidence`` setting: "nothing found"."""
+        return self.confidence >= self.settings.min_confidence
 
 
 @dataclass
@@ -66,6 +78,7 @@ class ForwardResult:
     store: AttentionStore
     noise_pred: Optional[torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
+    relevance: Optional[torch.Tensor] = None  # n×h×w on the latent grid, when the prior source needs it
 
 
 class EditSegmenter:
@@ -83,6 +96,7 @@ class EditSegmenter:
         self.settings = (settings or SegmentationSettings()).replace(**overrides)
         self.resolve_settings()  # fail now, not at the first click, on settings this model cannot take
         self._rgb: Optional[np.ndarray] = None
+        self._guide: Optional[ImageGuide] = None
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
         self._image_timings: dict[str, float] = {}
 
@@ -132,8 +146,9 @@ class EditSegmenter:
     # -- step 1-2: image --------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
         """Take an H×W, H×W×3 or H×W×4 image and encode it once for every later expression."""
-        self._rgb, self._latents = None, {}  # a refused image leaves no stale one behind
+        self._rgb, self._guide, self._latents = None, None, {}  # a refused image leaves no stale one behind
         self._rgb = to_rgb_float(image)
+        self._guide = ImageGuide(self._rgb)
         settings = self.resolve_settings()
         self._image_latents(settings)
 
@@ -189,6 +204,8 @@ class EditSegmenter:
 
         ``early_exit=False`` runs the whole UNet and returns its noise prediction, which
         equals the first UNet call of diffusers' InstructPix2Pix pipeline (guidance off).
+        A relevance prior (``prior_source`` relevance or fused) adds one empty-text row per
+        noise draw to the same batch; with ``relevance_from="noise"`` the whole UNet runs.
         """
         if isinstance(expressions, str):
             raise ValueError("expressions must be a list of texts; use segment() for one")
@@ -200,22 +217,41 @@ class EditSegmenter:
             build_instruction(e, settings.instruction_template, self.model.tokenizer, self._max_tokens())
             for e in expressions
         ]
+        if settings.token_norm == "contrast" and not instructions[0].template_positions:
+            raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
         image_latents = self._image_latents(settings)
+        relevance_rows = settings.prior_source != "attention"
+        baseline = "" if settings.relevance_baseline == "empty" else " ".join(
+            settings.instruction_template.replace("{}", " ").split())
+        texts = [i.text for i in instructions] + ([baseline] if relevance_rows else [])
         timings = {}
         with torch.inference_mode():
             start = time.perf_counter()
-            text = self._encode_text([i.text for i in instructions])
+            text = self._encode_text(texts)
             timings["encode_text"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            samples = settings.noise_samples
-            latents, t = self._noisy_latents(settings, image_latents, len(instructions))
+            samples, n = settings.noise_samples, len(instructions)
+            latents, t = self._noisy_latents(settings, image_latents, len(texts))
             sample = torch.cat([latents, image_latents.expand(len(latents), -1, -1, -1)], dim=1)
+            whole_unet = relevance_rows and settings.relevance_from == "noise"
             noise_pred, store = forward_and_capture(
-                self.model.unet, sample, t, text.repeat_interleave(samples, dim=0), plan, early_exit
+                self.model.unet, sample, t, text.repeat_interleave(samples, dim=0), plan,
+                early_exit and not whole_unet,
             )
+            latent_grid = tuple(image_latents.shape[-2:])
+            relevance = None
+            if relevance_rows:
+                outputs = [noise_pred] if whole_unet else [store.features[b] for b in plan.feature_modules]
+                relevance = torch.stack([
+                    torch.stack([resize(relevance_map(o[i * samples:(i + 1) * samples], o[n * samples:]),
+                                        latent_grid) for o in outputs]).mean(dim=0)
+                    for i in range(n)
+                ])
+                store = store.take_rows(slice(0, n * samples))
+                noise_pred = None if noise_pred is None else noise_pred[:n * samples]
             timings["unet"] = time.perf_counter() - start
-        return ForwardResult(instructions, settings, plan, tuple(image_latents.shape[-2:]), store, noise_pred, timings)
+        return ForwardResult(instructions, settings, plan, latent_grid, store, noise_pred, timings, relevance)
 
     # -- steps 5-7 --------------------------------------------------------------------
     def segment(self, expression: str, **overrides: Any) -> Segmentation:
@@ -244,10 +280,13 @@ class EditSegmenter:
         results = []
         for i, instruction in enumerate(forward.instructions):
             start = time.perf_counter()
-            prior_work = attention_prior(
-                [c[i] for c in cross], grids, instruction.token_positions, affinity[i], affinity_grid,
-                work_grid, settings.token_reduce, settings.propagation_steps,
+            attention = None if settings.prior_source == "relevance" else expression_attention(
+                [c[i] for c in cross], grids, instruction.token_positions, settings.token_reduce, work_grid,
+                instruction.word_positions, settings.token_norm, settings.token_scale,
             )
+            relevance = None if forward.relevance is None else resize(forward.relevance[i], work_grid)
+            p0 = combine_sources(attention, relevance, settings.prior_source)
+            prior_work = propagate(p0, affinity[i], affinity_grid, settings.propagation_steps)
             prior_time = time.perf_counter() - start
             features = pixel_features([b[i] for b in blocks], work_grid)
             timings = {**self._image_timings, **forward.timings, "prior": prior_time}
@@ -257,7 +296,8 @@ class EditSegmenter:
                 prior=to_image_size(prior_work, self.image_shape), settings=settings, timings=timings,
                 features=features.cpu().numpy(), prior_work=prior_work.cpu().numpy(),
                 fg_prototypes=np.zeros((0, features.shape[0]), np.float32),
-                bg_prototypes=np.zeros((0, features.shape[0]), np.float32),
+                bg_prototypes=np.zeros((0, features.shape[0]), np.float32), confidence=peak_dominance(p0),
+                guide=self._guide,
             )
             results.append(self._discriminate(base, settings, (), ()))
         return results
@@ -303,18 +343,30 @@ class EditSegmenter:
         prior_work = torch.from_numpy(base.prior_work)
         image_shape = base.mask.shape
         grid = tuple(prior_work.shape)
-        fg, bg = prototypes(
-            features, prior_work, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed
-        )
+        key = (settings.fg_select, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed,
+               hash(base.prior_work.tobytes()), id(base.features))
+        if base.prior_prototypes is not None and base.prior_prototypes[0] == key:
+            fg, bg = (torch.from_numpy(p) for p in base.prior_prototypes[1:])
+        else:
+            fg, bg = prototypes(features, prior_work, settings.fg_quantile, settings.bg_quantile,
+                                settings.bg_prototypes, settings.seed, settings.fg_select)
+        from_prior = (key, fg.numpy(), bg.numpy())
         fg = torch.cat([fg, features_at(features, to_grid(positive, image_shape, grid))])
         bg = torch.cat([bg, features_at(features, to_grid(negative, image_shape, grid))])
         scores_work = score(features, fg, bg, settings.temperature)
         middle = time.perf_counter()
         scores = to_image_size(scores_work, image_shape)
+        if settings.edge_refine != "none":
+            if base.guide is None:
+                raise ValueError("edge_refine needs the image: refine a Segmentation that segment() returned")
+            cell = max(image_shape[0] / grid[0], image_shape[1] / grid[1])  # image pixels per work-grid cell
+            scores = base.guide.refine(scores, settings.edge_refine, cell, settings.edge_radius, settings.edge_eps)
+        edges = time.perf_counter()
         mask = make_mask(scores, base.prior, settings.mask_threshold, settings.keep, settings.fill_holes)
         end = time.perf_counter()
-        timings = {**base.timings, "discriminate": middle - start, "mask": end - middle}
+        timings = {**base.timings, "discriminate": middle - start, "edges": edges - middle, "mask": end - edges}
         return replace(
             base, mask=mask, scores=scores, settings=settings, timings=timings,
             fg_prototypes=fg.numpy(), bg_prototypes=bg.numpy(), positive=positive, negative=negative,
+            prior_prototypes=from_prior,
         )

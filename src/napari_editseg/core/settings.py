@@ -55,6 +55,25 @@ class SegmentationSettings:
         "all", "which cross-attention layers at prior_resolutions make the prior: all (encoder and decoder) "
         "or decoder (up-blocks only)", FORWARD,
     )
+    prior_source: Literal["attention", "relevance", "fused"] = _setting(
+        "relevance", "where the prior comes from: attention (cross-attention to the expression, the paper's), "
+        "relevance (the instruction's effect on the UNet's output against an empty text, as Watch-Your-Steps) "
+        "or fused (both, where they agree)", FORWARD,
+    )
+    relevance_from: Literal["noise", "features"] = _setting(
+        "features", "relevance read from the noise prediction (whole UNet) or from the feature blocks' outputs "
+        "(stops at the early-exit point)", FORWARD,
+    )
+    relevance_baseline: Literal["empty", "template"] = _setting(
+        "template", "what the instruction is compared with: the empty text (Watch-Your-Steps) or the template "
+        "without the expression (only the expression's own effect)", FORWARD,
+    )
+    token_norm: Literal["none", "softmax", "contrast"] = _setting(
+        "none", "attention columns as captured (none), re-softmaxed over the instruction's word tokens with "
+        "start/end/padding dropped (softmax), or minus the template words' mean (contrast)", FORWARD,
+    )
+    token_scale: float = _setting(100.0, "token_norm=softmax: probabilities times this before the re-softmax",
+                                  FORWARD)
     token_reduce: Literal["mean", "max"] = _setting(
         "mean", "how the expression tokens' attention maps are combined: mean or max", FORWARD
     )
@@ -68,16 +87,31 @@ class SegmentationSettings:
     work_resolution: Union[int, Auto] = _setting(
         AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD
     )
+    fg_select: Literal["quantile", "otsu", "peak"] = _setting(
+        "otsu", "which pixels make the foreground prototype: P >= its fg_quantile (a fixed share of the "
+        "image) or P above Otsu's threshold of P (adapts to the object's size)", DISCRIMINATE,
+    )
     fg_quantile: float = _setting(0.90, "pixels with prior >= this quantile define the foreground prototype",
                                   DISCRIMINATE)
     bg_quantile: float = _setting(0.50, "pixels with prior <= this quantile define the background prototypes",
                                   DISCRIMINATE)
-    bg_prototypes: int = _setting(1, "background prototypes (k-means clusters of background features)",
+    bg_prototypes: int = _setting(5, "background prototypes (k-means clusters of background features)",
                                   DISCRIMINATE)
     temperature: float = _setting(10.0, "S = sigmoid(temperature * (s_fg - s_bg))", DISCRIMINATE)
     mask_threshold: float = _setting(0.5, "mask = S >= mask_threshold", DISCRIMINATE)
+    edge_refine: Literal["none", "guided"] = _setting(
+        "guided", "make S follow the image's edges at full resolution before thresholding: none (bilinear "
+        "upsampling of the work grid) or guided (colour guided filter against the image)", DISCRIMINATE,
+    )
+    edge_radius: float = _setting(2.0, "guided filter window radius, in work-grid cells", DISCRIMINATE)
+    edge_eps: float = _setting(1e-3, "guided filter regularisation: larger follows only stronger edges",
+                               DISCRIMINATE)
+    min_confidence: float = _setting(
+        0.0, "below this confidence a result says nothing was found (Segmentation.found); the mask is kept",
+        DISCRIMINATE,
+    )
     keep: Literal["all", "peak"] = _setting(
-        "all", "all: every mask pixel; peak: only the connected parts holding the prior's maximum", DISCRIMINATE
+        "peak", "all: every mask pixel; peak: only the connected parts holding the prior's maximum", DISCRIMINATE
     )
     fill_holes: bool = _setting(False, "fill holes in the mask", DISCRIMINATE)
 
@@ -94,11 +128,23 @@ class SegmentationSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
+    def paper(cls, **overrides: Any) -> "SegmentationSettings":
+        """The method as the paper describes it (cross-attention prior, fixed-share prototypes,
+        one background prototype, the mask at the work grid's resolution): see ``PAPER``."""
+        return cls().replace(**{**PAPER, **overrides})
+
+    @classmethod
     def help(cls) -> list[tuple[str, Any, str]]:
         """(name, default, description) of every setting, for --help and docs."""
         return [(f.name, f.default, f.metadata["help"]) for f in fields(cls)]
 
 
+# The paper's method and our reference design as the first version shipped them; the defaults
+# differ where the shapes world measured a win (docs/method.md, "Defaults and the evidence").
+PAPER = {
+    "prior_source": "attention", "token_norm": "none", "fg_select": "quantile", "bg_prototypes": 1,
+    "edge_refine": "none", "keep": "all",
+}
 SETTING_NAMES = tuple(f.name for f in fields(SegmentationSettings))
 DISCRIMINATE_SETTINGS = frozenset(
     f.name for f in fields(SegmentationSettings) if f.metadata["stage"] == DISCRIMINATE
@@ -124,9 +170,16 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 _INT_OR_AUTO = {"resolution", "size_multiple", "timestep", "affinity_resolution", "work_resolution"}
 _INTS = {"seed", "noise_samples", "propagation_steps", "bg_prototypes"}
-_FLOATS = {"fg_quantile", "bg_quantile", "temperature", "mask_threshold"}
+_POSITIVE_FLOATS = {"temperature", "token_scale", "edge_radius", "edge_eps"}
+_FLOATS = {"fg_quantile", "bg_quantile", "mask_threshold", "min_confidence"} | _POSITIVE_FLOATS
 _BOOLS = {"keep_aspect", "fill_holes"}
-_CHOICES = {"token_reduce": ("mean", "max"), "keep": ("all", "peak"), "prior_layers": ("all", "decoder")}
+_CHOICES = {
+    "token_reduce": ("mean", "max"), "keep": ("all", "peak"), "prior_layers": ("all", "decoder"),
+    "prior_source": ("attention", "relevance", "fused"), "relevance_from": ("noise", "features"),
+    "relevance_baseline": ("empty", "template"),
+    "token_norm": ("none", "softmax", "contrast"), "fg_select": ("quantile", "otsu", "peak"),
+    "edge_refine": ("none", "guided"),
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -182,7 +235,7 @@ def _validate(name: str, value: Any) -> None:
     elif name in _FLOATS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("expected a number")
-        if name == "temperature":
+        if name in _POSITIVE_FLOATS:
             if not value > 0:
                 raise bad("must be > 0")
         elif not 0.0 <= value <= 1.0:

@@ -69,3 +69,24 @@ def summarise(scores: Iterable[SampleScore], strict: bool = False) -> dict:
         "failures": sum(s.failed for s in ordered),
         "empty_predictions": sum(s.empty for s in ordered),
     }
+
+
+def boundary_f_score(prediction: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> float:
+    """Boundary F-score (DAVIS / BSDS style): the harmonic mean of the share of predicted
+    boundary pixels within ``tolerance`` pixels of the true boundary and the share of true
+    boundary pixels within ``tolerance`` of the predicted one. A mask's boundary is its pixels
+    with a 4-neighbour outside it (the image border counts as outside). 1 when both are empty."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+
+    def boundary(mask: np.ndarray) -> np.ndarray:
+        mask = np.asarray(mask, bool)
+        return mask & ~binary_erosion(mask, border_value=0)
+
+    predicted, true = boundary(prediction), boundary(truth)
+    if not predicted.any() and not true.any():
+        return 1.0
+    if not predicted.any() or not true.any():
+        return 0.0
+    precision = float((distance_transform_edt(~true)[predicted] <= tolerance).mean())
+    recall = float((distance_transform_edt(~predicted)[true] <= tolerance).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
