@@ -137,13 +137,24 @@ def test_the_gui_keeps_running_during_a_slow_forward_and_cancel_stops_waiting(ma
         slow.remove()
 
 
+def grid_level(widget, segmenter):
+    """The widget on a segmenter that decides at the work grid (no edge step): a click then
+    moves the clicked cell itself, which the guided filter would smooth on random weights."""
+    from napari_editseg import EditSegmenter
+
+    widget._segmenters[widget._key()] = EditSegmenter(segmenter.model, edge_refine="none")
+    return widget._segmenters[widget._key()]
+
+
 def test_rethreshold_and_clicks_need_no_unet_forward(make_widget, picture, qtbot, segmenter, count_calls):
     viewer, widget = make_widget()
+    segmenter = grid_level(widget, segmenter)
     viewer.add_image(picture, name="pic")
     run(qtbot, widget)
     labels = viewer.layers["editseg pic"]
     base = widget._run.base[()]
     with count_calls(segmenter.model.unet) as forwards:
+        widget.keep.value = "all"  # every pixel above the threshold, so the masks below are exact
         start = time.perf_counter()
         widget.mask_threshold.value = 0.2
         elapsed = time.perf_counter() - start
@@ -163,13 +174,14 @@ def test_rethreshold_and_clicks_need_no_unet_forward(make_widget, picture, qtbot
         points.add([20, 18])
         assert widget._run.current[()].negative == ((20.0, 18.0),)
         points.data = points.data[:0]  # clearing the clicks returns to the plain result
-        assert np.array_equal(labels.data == 1, base.mask)
+        assert np.array_equal(labels.data == 1, segmenter.refine(base, keep="all").mask)
     assert forwards.calls == 0
     assert elapsed < 0.5
 
 
-def test_a_stack_segments_the_current_slice_or_all_slices(make_widget, picture, qtbot):
+def test_a_stack_segments_the_current_slice_or_all_slices(make_widget, picture, qtbot, segmenter):
     viewer, widget = make_widget()
+    grid_level(widget, segmenter)
     stack = np.stack([picture[..., 0]] * 4)
     viewer.add_image(stack, name="stack", scale=(5.0, 0.5, 0.5), translate=(0, 10, 20))
     viewer.dims.set_point(0, 10.0)  # world z = 10 -> slice 2

@@ -182,6 +182,19 @@ def with_other_expressions(samples: list) -> list:
             for s, other in zip(samples, samples[1:] + samples[:1])]
 
 
+def with_absent_expressions(samples: list, seed: int = 0) -> list:
+    """Each scene with an expression that names NOTHING in it: a colour+shape combination no
+    object of the scene has (the negatives of the confidence's AUROC)."""
+    rng = np.random.default_rng(seed)
+    absent = []
+    for s in samples:
+        present = {(o.colour, o.shape) for o in s.objects}
+        options = [(c, shape) for c in COLOURS for shape in SHAPES if (c, shape) not in present]
+        colour, shape = options[int(rng.integers(len(options)))]
+        absent.append(replace(s, expression=f"{colour} {shape}", instruction=f"make the {colour} {shape} red"))
+    return absent
+
+
 def prior_choice(prior: np.ndarray, masks: list) -> int:
     """The object on which the prior lies most: highest mean prior inside it."""
     return int(np.argmax([prior[m].mean() for m in masks]))
