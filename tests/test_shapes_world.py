@@ -5,6 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.shapes_world.probes import (
+    edit_errors,
+    layer_accuracy,
+    load_pipeline,
+    prior_choice,
+    prior_from_layers,
+    score_scenes,
+    text_effect_accuracy,
+)
 from napari_editseg import EditSegmenter
 from napari_editseg.core.settings import PAPER
 from napari_editseg.shapes_world import (
@@ -13,15 +22,8 @@ from napari_editseg.shapes_world import (
     SHAPES,
     TEST_SEEDS,
     WORDS,
-    edit_errors,
     held_out,
-    layer_accuracy,
-    load_pipeline,
     make_sample,
-    prior_choice,
-    prior_from_layers,
-    score_scenes,
-    text_effect_accuracy,
     with_other_expressions,
 )
 

@@ -34,22 +34,26 @@ from napari_editseg.shapes_world import (
     KINDS,
     TEST_SEEDS,
     TUNE_SEEDS,
-    edit_errors,
     held_out,
+    with_absent_expressions,
+    with_other_expressions,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from docsection import replace_section  # noqa: E402
+
+from benchmarks.shapes_world.probes import (  # noqa: E402
+    edit_errors,
     layer_accuracy,
     load_pipeline,
     prior_from_layers,
     score_scenes,
     short_name,
     text_effect_accuracy,
-    with_absent_expressions,
-    with_other_expressions,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from docsection import replace_section  # noqa: E402
 
 OTHER = "other scene's words"  # the control: each scene gets the next scene's expression
 CONTROL = f"object accuracy, {OTHER}"
@@ -74,16 +78,16 @@ SOURCES = {
     "fused (default relevance × attention)": {"prior_source": "fused"},
     "fused, decoder layers": {"prior_source": "fused", "prior_layers": "decoder"},
 }
-# The delineation stage, one step at a time from the paper's preset to the defaults.
+# The delineation stage, one step at a time from the paper's to the defaults, on the default prior
+PAPER_DELINEATION = {"fg_select": "quantile", "bg_prototypes": 1, "edge_refine": "none", "keep": "all"}
 DELINEATION = {
-    "paper preset (fg 0.9-quantile, 1 bg prototype, no edge step, keep all)": PAPER,
-    "+ fg_select=otsu": {**PAPER, "fg_select": "otsu"},
-    "+ bg_prototypes=5": {**PAPER, "fg_select": "otsu", "bg_prototypes": 5},
-    "+ keep=peak": {**PAPER, "fg_select": "otsu", "bg_prototypes": 5, "keep": "peak"},
-    "+ edge_refine=guided, edge_radius=1": {**PAPER, "fg_select": "otsu", "bg_prototypes": 5, "keep": "peak",
-                                            "edge_refine": "guided", "edge_radius": 1.0},
-    "+ edge_refine=guided, edge_radius=2 (defaults)": {**PAPER, "fg_select": "otsu", "bg_prototypes": 5,
-                                                       "keep": "peak", "edge_refine": "guided"},
+    "paper preset (attention prior too)": PAPER,
+    "paper's delineation (fg 0.9-quantile, 1 bg prototype, no edge step, keep all)": PAPER_DELINEATION,
+    "+ fg_select=otsu": {**PAPER_DELINEATION, "fg_select": "otsu"},
+    "+ bg_prototypes=5": {**PAPER_DELINEATION, "fg_select": "otsu", "bg_prototypes": 5},
+    "+ keep=peak": {"edge_refine": "none"},
+    "+ edge_refine=guided, edge_radius=1": {"edge_radius": 1.0},
+    "+ edge_radius=2 (defaults)": {},
     "defaults, edge_radius=3": {"edge_radius": 3.0},
     "defaults, edge_radius=4": {"edge_radius": 4.0},
     "defaults, edge_eps=0.01": {"edge_eps": 0.01},

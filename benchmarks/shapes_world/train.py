@@ -40,7 +40,7 @@ TRAIN_SEEDS = 0  # training scenes use seeds from here; evaluation uses EVAL_SEE
 EVAL_SEEDS = 10_000_000
 
 
-def word_tokenizer():
+def word_tokenizer(words=WORDS, max_tokens: int = MAX_TOKENS):
     """A CLIPTokenizer in which every word of the world is a single token."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
@@ -50,14 +50,14 @@ def word_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=10_000, end_of_word_suffix="</w>", show_progress=False,
                                   initial_alphabet=list(bytes_to_unicode().values()))
-    bpe.train_from_iterator([" ".join(WORDS)], trainer)
+    bpe.train_from_iterator([" ".join(words)], trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab = dict(model["vocab"])
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
-    for word in WORDS:
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)
+    for word in words:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     return tokenizer
 

@@ -1,0 +1,135 @@
+"""Shapes world v2 and its training recipe: scenes whose expressions name exactly one object at
+RefCOCO's proportions, and a training loop that resumes where a chunk stopped."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_editseg.shapes_world_v2 import (
+    COLOURS,
+    KINDS,
+    PATTERNS,
+    SHAPES,
+    SIZE,
+    WORDS,
+    held_out,
+    make_sample,
+    shape_mask,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_world"))
+
+
+def test_samples_are_deterministic_and_balanced():
+    a, b = make_sample(7), make_sample(7)
+    assert np.array_equal(a.image, b.image) and a.caption == b.caption and a.instruction == b.instruction
+    assert [s.kind for s in held_out(10)] == list(KINDS) * 2
+    assert a.image.shape == (SIZE, SIZE, 3) and a.image.dtype == np.uint8
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_expression_names_exactly_the_referred_object(seed):
+    s = make_sample(seed, kind=KINDS[seed % len(KINDS)])
+    target = s.objects[s.index]
+    words = s.expression.split()
+    assert set(s.instruction.split()) <= set(WORDS) and set(s.caption.replace(",", "").split()) <= set(WORDS)
+
+    def count(key):
+        return sum(key(o) == key(target) for o in s.objects)
+
+    if s.kind == "colour+shape":
+        assert words == [target.colour, target.shape] and count(lambda o: (o.colour, o.shape)) == 1
+    elif s.kind == "shape":
+        assert words == [target.shape] and count(lambda o: o.shape) == 1
+    elif s.kind == "colour":
+        assert words == [target.colour] and count(lambda o: o.colour) == 1
+    elif s.kind == "pattern":
+        assert words == [target.pattern, target.colour, target.shape] and target.pattern != "plain"
+        assert count(lambda o: (o.pattern, o.colour, o.shape)) == 1 and count(lambda o: (o.colour, o.shape)) >= 2
+    else:
+        relation, *rest = words
+        twins = [o for o in s.objects if (o.colour, o.shape, o.pattern) == (target.colour, target.shape,
+                                                                            target.pattern)]
+        assert " ".join(rest) == target.words() and len(twins) == 2
+        twin = next(o for o in twins if o is not target)
+        holds = {"left": target.col < twin.col, "right": target.col > twin.col, "top": target.row < twin.row,
+                 "bottom": target.row > twin.row, "bigger": target.radius > twin.radius,
+                 "smaller": target.radius < twin.radius}
+        assert holds[relation]
+    assert s.new_colour != target.colour and s.new_colour in COLOURS
+    assert target.shape in SHAPES and target.pattern in PATTERNS
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_visible_masks_follow_occlusion_and_the_edit_changes_only_the_referred_object(seed):
+    s = make_sample(seed)
+    for i, m in enumerate(s.masks):  # each object's visible part, none shared
+        assert not any((m & other).any() for j, other in enumerate(s.masks) if j != i)
+        assert m.sum() >= 0.5 * shape_mask(s.objects[i]).sum()
+    changed = (s.image != s.target).any(axis=2)
+    assert changed.any() and not changed[~s.mask].any()
+    assert s.mask.sum() >= 0.7 * shape_mask(s.objects[s.index]).sum()
+
+
+def test_objects_are_at_refcoco_proportions_and_captions_name_every_object():
+    scenes = held_out(100)
+    areas = np.array([s.mask.mean() for s in scenes])
+    assert 0.08 < np.median(areas) < 0.2 and np.percentile(areas, 90) > 0.15
+    assert {len(s.objects) for s in scenes} == {2, 3, 4, 5, 6}
+    for s in scenes:
+        assert s.caption.count(" a ") + s.caption.startswith("a ") == len(s.objects)
+
+
+def test_the_widened_unet_starts_as_the_text_to_image_model():
+    """InstructPix2Pix's trick: the new input channels start at zero, so before any editing
+    step the model ignores the source image and predicts what the text-to-image model did."""
+    from train_v2 import build_unet, widen_input
+
+    torch.manual_seed(0)
+    t2i = build_unet(4).eval()
+    edit = widen_input(t2i).eval()
+    x, source, text = torch.randn(2, 4, 32, 32), torch.randn(2, 4, 32, 32), torch.randn(2, 5, 128)
+    with torch.no_grad():
+        before = t2i(x, 500, encoder_hidden_states=text).sample
+        after = edit(torch.cat([x, source], dim=1), 500, encoder_hidden_states=text).sample
+    torch.testing.assert_close(before, after)
+    assert edit.conv_in.in_channels == 8 and not edit.conv_in.weight[:, 4:].any()
+
+
+def test_a_stage_run_in_two_chunks_equals_one_run(tmp_path):
+    """Resuming restores weights, EMA, optimiser, schedule and the random generator: two chunks
+    end exactly where one uninterrupted run does."""
+    from train_v2 import Chunk
+
+    class Args:
+        seed, ema, save_every, max_minutes = 0, 0.9, 1000, 1e9
+
+    def train(folder, out_of_time=False):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=0.1)
+        chunk = Chunk(folder, {"m": model}, optimiser, 10, 3, Args, lambda record: None)
+        target = torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+        def step(g):
+            x = torch.randn(8, 4, generator=g)
+            return (model(x)[:, 0] - x @ target).pow(2).mean()
+
+        if out_of_time:  # a chunk whose time is spent after its first step
+            Args.max_minutes = 0.0
+        done = chunk.run(step, "test")
+        Args.max_minutes = 1e9
+        return done, model, chunk
+
+    _, whole, whole_chunk = train(tmp_path / "whole")
+    done, _, _ = train(tmp_path / "split", out_of_time=True)
+    assert not done and (tmp_path / "split" / "state.pt").exists()
+    done, resumed, resumed_chunk = train(tmp_path / "split")
+    assert done and resumed_chunk.step == 10
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(whole_chunk.ema["m"].parameters(), resumed_chunk.ema["m"].parameters()):
+        torch.testing.assert_close(a, b)
