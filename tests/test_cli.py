@@ -31,6 +31,19 @@ def test_segment_writes_a_mask_overlay_and_maps(tiny_model_dir, picture_file, tm
     assert "the red disc" in capsys.readouterr().out
 
 
+def test_segment_prints_the_confidence_and_says_when_nothing_was_found(tiny_model_dir, picture_file, tmp_path,
+                                                                      capsys):
+    # on the tiny model "the disc" gets a confidence of about 0.42 (two regions compete)
+    args = ["segment", str(picture_file), "the disc", "--model", str(tiny_model_dir), "-o", str(tmp_path / "m.png")]
+    assert main(args) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "confidence 0.42" in line and "nothing found" not in line
+    assert main(args + ["--set", "min_confidence=0.5"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "confidence 0.42 - nothing found (below min_confidence 0.5)" in line
+    assert (tmp_path / "m.png").exists()  # the mask is still written: the user decides
+
+
 def test_several_expressions_write_one_mask_each_from_one_image_encode(tiny_model_dir, picture_file, tmp_path):
     code = main(["segment", str(picture_file), "-e", "the disc", "-e", "the square", "--model",
                  str(tiny_model_dir), "-o", str(tmp_path / "m.tif")])

@@ -1,7 +1,7 @@
 """napari-editseg: segment what a sentence names, from one UNet forward of an image-editing model."""
 
-from .core import DEFAULT_MODEL, EditSegmenter, ModelNotAvailableError, Segmentation, SegmentationSettings
+from .core import DEFAULT_MODEL, PAPER, EditSegmenter, ModelNotAvailableError, Segmentation, SegmentationSettings
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_MODEL", "EditSegmenter", "ModelNotAvailableError", "Segmentation", "SegmentationSettings"]
+__all__ = ["PAPER", "DEFAULT_MODEL", "EditSegmenter", "ModelNotAvailableError", "Segmentation", "SegmentationSettings"]

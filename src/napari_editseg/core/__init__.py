@@ -2,6 +2,6 @@
 
 from .model import DEFAULT_MODEL, ModelNotAvailableError
 from .segmenter import EditSegmenter, Segmentation
-from .settings import SegmentationSettings
+from .settings import PAPER, SegmentationSettings
 
-__all__ = ["DEFAULT_MODEL", "EditSegmenter", "ModelNotAvailableError", "Segmentation", "SegmentationSettings"]
+__all__ = ["PAPER", "DEFAULT_MODEL", "EditSegmenter", "ModelNotAvailableError", "Segmentation", "SegmentationSettings"]
