@@ -133,3 +133,32 @@ def test_a_stage_run_in_two_chunks_equals_one_run(tmp_path):
         torch.testing.assert_close(a, b)
     for a, b in zip(whole_chunk.ema["m"].parameters(), resumed_chunk.ema["m"].parameters()):
         torch.testing.assert_close(a, b)
+
+
+class Painter:
+    """Stands in for a text-to-image pipeline to check the drawing probe's classifier: draws the
+    caption's object with the world's own renderer (``lie`` swaps its colour for another)."""
+
+    def __init__(self, lie=False):
+        self.lie = lie
+
+    def __call__(self, caption, generator, **_):
+        from types import SimpleNamespace
+
+        from napari_editseg.shapes_world_v2 import Object, render
+
+        _, colour, shape = caption.split()
+        if self.lie:
+            colour = next(c for c in COLOURS if c != colour)
+        seed = int(generator.initial_seed())
+        image, _ = render([Object(shape, colour, "plain", 60.0 + seed % 9, 64.0, 30.0)], [colour], SIZE, seed)
+        return SimpleNamespace(images=[image.astype(np.float32) / 255])
+
+
+def test_the_drawing_probe_reads_colour_and_shape():
+    from benchmarks.shapes_world.probes import drawing_accuracy
+
+    right = drawing_accuracy(Painter(), n=24)
+    assert right["colour"] == 100 and right["shape"] >= 90
+    wrong = drawing_accuracy(Painter(lie=True), n=12)
+    assert wrong["colour"] == 0 and wrong["both"] == 0

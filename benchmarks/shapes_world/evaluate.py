@@ -27,17 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from napari_editseg import EditSegmenter
+from napari_editseg import EditSegmenter, shapes_world, shapes_world_v2
 from napari_editseg.core.settings import PAPER
-from napari_editseg.shapes_world import (
-    KINDS,
-    TEST_SEEDS,
-    TUNE_SEEDS,
-    held_out,
-    with_absent_expressions,
-    with_other_expressions,
-)
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -46,7 +39,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from docsection import replace_section  # noqa: E402
 
 from benchmarks.shapes_world.probes import (  # noqa: E402
+    drawing_accuracy,
     edit_errors,
+    every_cross_side,
     layer_accuracy,
     load_pipeline,
     prior_from_layers,
@@ -101,11 +96,11 @@ FEATURES = {  # finer features against their cost
     "up_blocks.2 + 3": {"feature_blocks": ("up_blocks.2", "up_blocks.3")},
     "work grid ×2 (upsampled features), same edge radius in pixels": {"work_resolution": 32, "edge_radius": 4.0},
 }
-SWEEP = {  # one setting at a time around the defaults
+SWEEP = {  # one setting at a time around the defaults ("prior_resolutions" filled in per model)
     "noise_samples": [2, 4],
     "propagation_steps": [0, 1, 4],
     "feature_blocks": [("up_blocks.2",)],
-    "prior_resolutions": [(4,), (4, 8, 16)],
+    "prior_resolutions": [],
     "relevance_from": ["noise"],
     "relevance_baseline": ["empty"],
     "fg_select": ["quantile", "peak"],
@@ -141,7 +136,7 @@ def confidences(segmenter, samples: list, **overrides) -> list:
 def with_control(segmenter, samples: list, methods=("editseg",), **overrides) -> dict:
     """score_scenes, plus the object accuracy with another scene's words."""
     report = score_scenes(segmenter, samples, methods=methods, **overrides)
-    report[CONTROL] = score_scenes(segmenter, with_other_expressions(samples), methods=(), **overrides)[
+    report[CONTROL] = score_scenes(segmenter, shapes_world.with_other_expressions(samples), methods=(), **overrides)[
         "object accuracy"]
     return report
 
@@ -227,13 +222,13 @@ def edge_figure(segmenter, samples: list, path: Path) -> None:
     plt.close(fig)
 
 
-def table(rows: dict, columns=("editseg", "prior-only", "whole-image", "centre", "random object")) -> str:
+def table(rows: dict, kinds, columns=("editseg", "prior-only", "whole-image", "centre", "random object")) -> str:
     """Markdown: one row per expression kind, mIoU / P@0.5 per method, and the prior's object
     accuracy with the scene's own words, with another scene's words (control), and chance."""
     lines = ["| kind | " + " | ".join(f"{c} mIoU / P@0.5" for c in columns) +
              " | prior object acc. | same, other scene's words | chance |",
              "|---" * (len(columns) + 4) + "|"]
-    for kind in list(KINDS) + ["all"]:
+    for kind in list(kinds) + ["all"]:
         cells = [f"{rows[c][kind]['mIoU']:.1f} / {rows[c][kind]['precision']['0.5']:.0f}" for c in columns]
         lines.append(f"| {kind} | " + " | ".join(cells) +
                      f" | {rows['object accuracy'][kind]:.0f} % | "
@@ -251,19 +246,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--edit-scenes", type=int, default=48)
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "shapes_world" / "results.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "shapes-world.md"))
+    parser.add_argument("--world", choices=("v1", "v2"), default="v1", help="the world the model was trained on")
+    parser.add_argument("--text-to-image", help="v2: the run's text-to-image pipeline folder, for the drawing check")
     args = parser.parse_args(argv)
+    world = shapes_world if args.world == "v1" else shapes_world_v2
+    held_out, with_other_expressions = world.held_out, world.with_other_expressions
     start = time.perf_counter()
     segmenter = EditSegmenter.from_pretrained(args.model, device="cpu")
-    test = held_out(args.scenes, TEST_SEEDS)
+    test = held_out(args.scenes, world.TEST_SEEDS)
     some, others = test[:args.study_scenes], with_other_expressions(test[:args.study_scenes])
-    results: dict = {"model": os.path.relpath(args.model, ROOT), "scenes": args.scenes,
+    results: dict = {"model": os.path.relpath(args.model, ROOT), "world": args.world, "scenes": args.scenes,
                      "study_scenes": args.study_scenes, "sweep_scenes": args.sweep_scenes,
                      "settings": {k: list(v) if isinstance(v, tuple) else v
                                   for k, v in segmenter.resolve_settings().to_dict().items()}}
     methods = ("editseg", "prior-only", "whole-image", "centre", "random object")
     results["main"] = with_control(segmenter, test, methods)
     results["paper"] = with_control(segmenter, test, methods, **PAPER)
-    print(table(results["main"]), "\n", table(results["paper"]), flush=True)
+    print(table(results["main"], world.KINDS), "\n", table(results["paper"], world.KINDS), flush=True)
 
     results["sources"] = {}
     for name, overrides in SOURCES.items():
@@ -272,7 +271,7 @@ def main(argv=None) -> dict:
             results["sources"][f"{name} @ {t}"] = summary_row(report)
             print("source", name, t, results["sources"][f"{name} @ {t}"], flush=True)
 
-    absent = with_absent_expressions(some)
+    absent = world.with_absent_expressions(some)
     results["confidence"] = {}
     for name, overrides in (("defaults", {}), ("paper preset", PAPER), ("attention, decoder layers",
                                                                         {"prior_layers": "decoder",
@@ -313,40 +312,53 @@ def main(argv=None) -> dict:
     def prior_layers(**overrides) -> list:
         return [short_name(n) for n in segmenter.layout.plan(segmenter.resolve_settings(**overrides)).cross_layers]
 
+    words = results["layers"]["words"]
+    margin = {name: words[name] - results["layers"][OTHER][name] for name in words}
+    best = max(margin, key=margin.get)
     results["prior_from"] = {name: prior_from_layers(segmenter, some, layers, **PAPER) for name, layers in [
         ("all layers at the prior sides", prior_layers()),
         ("decoder layers at the prior sides (prior_layers=decoder)", prior_layers(prior_layers="decoder")),
-        ("up_blocks.2.attn1 alone", ["up_blocks.2.attn1"]),
-        ("up_blocks.3.attn0 alone (latent side)", ["up_blocks.3.attn0"]),
+        (f"{best} alone (largest margin over its control)", [best]),
         ("every decoder layer", [x for x in results["layers"]["words"] if x.startswith("up")]),
         ("ground truth (the feature stage's ceiling)", None)]}
     print("prior from", results["prior_from"], flush=True)
 
-    tune = held_out(args.sweep_scenes, TUNE_SEEDS)
+    tune = held_out(args.sweep_scenes, world.TUNE_SEEDS)
     results["sweep"] = {"defaults": summary_row(with_control(segmenter, tune))}
+    sides = segmenter.resolve_settings().prior_resolutions
+    SWEEP["prior_resolutions"] = [sides[:1], every_cross_side(segmenter)]
     for name, values in SWEEP.items():
         for value in values:
             results["sweep"][f"{name}={value}"] = summary_row(with_control(segmenter, tune, **{name: value}))
             print("sweep", name, value, results["sweep"][f"{name}={value}"], flush=True)
 
     pipe = load_pipeline(args.model)
-    edits = held_out(args.edit_scenes, TEST_SEEDS + 50_000)
+    edits = held_out(args.edit_scenes, world.TEST_SEEDS + 50_000)
     results["edits"] = edit_errors(pipe, edits)
     results["edits"][f"edited_object_accuracy, {OTHER}"] = edit_errors(
         pipe, with_other_expressions(edits))["edited_object_accuracy"]
     print("edits", results["edits"], flush=True)
     results["text_effect"] = {"words": text_effect_accuracy(pipe, some), OTHER: text_effect_accuracy(pipe, others)}
     print("text effect", results["text_effect"], flush=True)
+    if args.text_to_image:
+        from diffusers import StableDiffusionPipeline
+
+        t2i = StableDiffusionPipeline.from_pretrained(args.text_to_image, safety_checker=None,
+                                                      requires_safety_checker=False).to(dtype=torch.float32)
+        t2i.set_progress_bar_config(disable=True)
+        results["drawing"] = drawing_accuracy(t2i)
+        print("drawing", results["drawing"], flush=True)
     images = Path(args.doc).parent / "images"
-    figure(segmenter, held_out(8, TEST_SEEDS + 90_000), images / "shapes-world.png")
-    edge_figure(segmenter, held_out(4, TEST_SEEDS + 91_000), images / "shapes-world-edges.png")
+    suffix = "" if args.world == "v1" else "-v2"
+    figure(segmenter, held_out(8, world.TEST_SEEDS + 90_000), images / f"shapes-world{suffix}.png")
+    edge_figure(segmenter, held_out(4, world.TEST_SEEDS + 91_000), images / f"shapes-world{suffix}-edges.png")
     results["wall_time_s"] = time.perf_counter() - start
     Path(args.json).write_text(json.dumps(results, indent=1))
-    write_doc(Path(args.doc), results)
+    write_doc(Path(args.doc), results, world.KINDS, "shapes" if args.world == "v1" else "shapes-v2", suffix)
     return results
 
 
-def write_doc(doc: Path, r: dict) -> None:
+def write_doc(doc: Path, r: dict, kinds, name: str = "shapes", suffix: str = "") -> None:
     e, settings, chance = r["edits"], r["settings"], r["main"]["chance"]["all"]
     steps = "\n".join(f"| {t} | {v['editseg']['mIoU']:.1f} | {v['editseg']['P@0.5']:.0f} | "
                       f"{v['prior-only']['mIoU']:.1f} | {v['object accuracy']:.0f} % |"
@@ -376,7 +388,11 @@ def write_doc(doc: Path, r: dict) -> None:
             f"{v['end to end']['mIoU']:.1f} | {v['end to end']['boundary F']:.2f} |"
             + (f" {v['end to end']['unet ms']:.0f} |" if cost else "") for k, v in rows.items())
 
-    section = f"""<!-- measured:shapes:start -->
+    drawing = "" if "drawing" not in r else (
+        f"**Does the text-to-image stage draw what its caption says?** {r['drawing']['both']:.0f} % of one-object "
+        f"captions drawn with the right colour and shape (colour {r['drawing']['colour']:.0f} %, shape "
+        f"{r['drawing']['shape']:.0f} %; chance {r['drawing']['chance, both']:.0f} %).\n\n")
+    section = f"""<!-- measured:{name}:start -->
 Measured {time.strftime('%Y-%m-%d')} by `benchmarks/shapes_world/evaluate.py` on the shipped checkpoint, CPU,
 {r['scenes']} held-out scenes (kinds balanced) for the main tables and the timesteps, the first
 {r['study_scenes']} of them for the studies; defaults resolved to
@@ -387,12 +403,12 @@ Measured {time.strftime('%Y-%m-%d')} by `benchmarks/shapes_world/evaluate.py` on
 **Main result, default settings** (mIoU / Prec@0.5, in %; object accuracy: does the prior's
 mass lie most on the named object):
 
-{table(r['main'])}
+{table(r['main'], kinds)}
 
 **Main result, the paper's preset** (`SegmentationSettings.paper()`: attention prior, 0.9-quantile
 foreground, one background prototype, no edge step):
 
-{table(r['paper'])}
+{table(r['paper'], kinds)}
 
 **Prior sources** ({r['study_scenes']} scenes; every other setting at its default): prior object
 accuracy with the scene's own / another scene's words, and editseg mIoU / P@0.5, at the first
@@ -424,7 +440,7 @@ forward on this CPU, which stops after the last block it needs):
 |---|---|---|---|---|---|
 {stage_lines(r['features'], cost=True)}
 
-**Does the model edit?** Full diffusers pipeline, {e['steps']} steps, default guidance, {e['scenes']} scenes;
+{drawing}**Does the model edit?** Full diffusers pipeline, {e['steps']} steps, default guidance, {e['scenes']} scenes;
 mean absolute error to the target edit in grey levels: inside the named object {e['error_inside_edit']:.1f}
 (doing nothing: {e['error_inside_doing_nothing']:.1f}); outside it {e['error_outside_edit']:.1f}
 (doing nothing: {e['error_outside_doing_nothing']:.1f}). The object the edit changed most is the named
@@ -465,11 +481,13 @@ with the prior built from other cross-attention layers (or steps 6–7 on the gr
 |---|---|---|---|---|
 {summary_lines(r['sweep'])}
 
-![examples: image, the paper preset's prior and mask, the default prior and mask, truth](images/shapes-world.png)
+![examples: image, the paper preset's prior and mask, the default prior and mask,
+truth](images/shapes-world{suffix}.png)
 
-![edges zoomed in: the paper preset against the defaults, on the ground truth as prior](images/shapes-world-edges.png)
-<!-- measured:shapes:end -->"""
-    replace_section(doc, "shapes", section)
+![edges zoomed in: the paper preset against the defaults, on the ground truth as
+prior](images/shapes-world{suffix}-edges.png)
+<!-- measured:{name}:end -->"""
+    replace_section(doc, name, section)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,45 @@ def prior_from_layers(segmenter, samples: list, layers=None, **overrides) -> dic
     summary = summarise(scores)
     return {"mIoU": summary["mIoU"], "P@0.5": summary["precision"]["0.5"],
             "object accuracy": 100.0 * float(np.mean(hits)), "boundary F": float(np.mean(boundaries))}
+
+
+def drawing_accuracy(pipe, n: int = 48, steps: int = 20, seed: int = 0) -> dict:
+    """Does a text-to-image model draw what its caption says? ``n`` one-object captions
+    ("a red circle"), one picture each; the drawn object is the set of pixels far from grey
+    (saturation > 0.25), its colour the palette colour nearest their median, its shape the
+    template (each shape at the same centre and area) that overlaps it best. Returns the
+    share (%) of pictures whose colour, shape, and both are right, against chance."""
+    import torch
+
+    from napari_editseg.shapes_world_v2 import COLOURS, SHAPES, SIZE, Object, shape_mask
+
+    rng = np.random.default_rng(seed)
+    names, palette = list(COLOURS), np.array(list(COLOURS.values()))
+    hits = {"colour": [], "shape": [], "both": []}
+    for i in range(n):
+        colour, shape = names[int(rng.integers(len(names)))], SHAPES[int(rng.integers(len(SHAPES)))]
+        with torch.inference_mode():
+            image = pipe(f"a {colour} {shape}", num_inference_steps=steps, output_type="np",
+                         generator=torch.Generator().manual_seed(seed + i)).images[0]
+        saturation = image.max(axis=2) - image.min(axis=2)
+        drawn = saturation > 0.25
+        if drawn.sum() < 20:
+            for key in hits:
+                hits[key].append(False)
+            continue
+        got_colour = names[int(np.argmin(np.abs(palette - np.median(image[drawn], axis=0)).sum(axis=1)))]
+        rows, cols = np.nonzero(drawn)
+        radius = float(np.sqrt(drawn.sum() / np.pi))
+        overlaps = []
+        for candidate in SHAPES:
+            template = shape_mask(Object(candidate, colour, "plain", rows.mean(), cols.mean(), radius), SIZE)
+            scale = np.sqrt(drawn.sum() / max(template.sum(), 1))  # same area as what was drawn
+            template = shape_mask(Object(candidate, colour, "plain", rows.mean(), cols.mean(), radius * scale), SIZE)
+            overlaps.append((drawn & template).sum() / (drawn | template).sum())
+        got_shape = SHAPES[int(np.argmax(overlaps))]
+        hits["colour"].append(got_colour == colour)
+        hits["shape"].append(got_shape == shape)
+        hits["both"].append(got_colour == colour and got_shape == shape)
+    report = {key: 100.0 * float(np.mean(v)) for key, v in hits.items()}
+    report["chance, both"] = 100.0 / (len(names) * len(SHAPES))
+    return report

@@ -174,21 +174,22 @@ def held_out(n: int, start: int = TEST_SEEDS, size: int = 64) -> list:
 
 
 def with_other_expressions(samples: list) -> list:
-    """The control for every accuracy here: each scene gets the NEXT scene's expression and
-    instruction, its own image and truth. What a map still gets right then comes from the
+    """The control for every accuracy here (either world): each scene gets the NEXT scene's
+    expression and instruction, its own image and truth. What a map still gets right then comes from the
     image alone (the referred object is often the odd one out), not from the words."""
     return [replace(s, expression=other.expression, instruction=other.instruction, new_colour=other.new_colour)
             for s, other in zip(samples, samples[1:] + samples[:1])]
 
 
-def with_absent_expressions(samples: list, seed: int = 0) -> list:
+def with_absent_expressions(samples: list, seed: int = 0, colours=COLOURS, shapes=SHAPES) -> list:
     """Each scene with an expression that names NOTHING in it: a colour+shape combination no
-    object of the scene has (the negatives of the confidence's AUROC)."""
+    object of the scene has (the negatives of the confidence's AUROC). Any world whose objects
+    have a ``colour`` and a ``shape`` (give its ``colours`` and ``shapes``)."""
     rng = np.random.default_rng(seed)
     absent = []
     for s in samples:
         present = {(o.colour, o.shape) for o in s.objects}
-        options = [(c, shape) for c in COLOURS for shape in SHAPES if (c, shape) not in present]
+        options = [(c, shape) for c in colours for shape in shapes if (c, shape) not in present]
         colour, shape = options[int(rng.integers(len(options)))]
         absent.append(replace(s, expression=f"{colour} {shape}", instruction=f"make the {colour} {shape} red"))
     return absent

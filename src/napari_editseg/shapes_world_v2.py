@@ -13,10 +13,13 @@ the visible mask of every object. numpy only; deterministic per seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from . import shapes_world
+from .shapes_world import with_other_expressions  # noqa: F401  (the control, the same in either world)
 
 SIZE = 128
 COLOURS = {
@@ -238,7 +241,6 @@ def held_out(n: int, start: int = TEST_SEEDS, size: int = SIZE) -> list:
     return [make_sample(start + i, size, KINDS[i % len(KINDS)]) for i in range(n)]
 
 
-def with_other_expressions(samples: list) -> list:
-    """The control: each scene gets the NEXT scene's expression and instruction."""
-    return [replace(s, expression=o.expression, instruction=o.instruction, new_colour=o.new_colour)
-            for s, o in zip(samples, samples[1:] + samples[:1])]
+def with_absent_expressions(samples: list, seed: int = 0) -> list:
+    """Each scene with a colour+shape combination that no object of it has."""
+    return shapes_world.with_absent_expressions(samples, seed, COLOURS, SHAPES)
