@@ -63,3 +63,9 @@ def build_instruction(expression: str, template: str, tokenizer: Any, max_length
         )
     words = tuple(range(offset, min(offset + len(plain), last_content)))
     return Instruction(expression, text, positions, truncated, words)
+
+
+def baseline_text(template: str, baseline: str) -> str:
+    """What the instruction is compared with for the relevance prior: the empty text, or the
+    template with the expression left out ("make the {} red" → "make the red")."""
+    return "" if baseline == "empty" else " ".join(template.replace("{}", " ").split())

@@ -19,7 +19,7 @@ from .capture import AttentionStore, forward_and_capture
 from .discriminate import Point, features_at, pixel_features, prototypes, score, to_grid
 from .edges import ImageGuide
 from .image import model_size, resize, to_model_input, to_rgb_float
-from .instruction import Instruction, build_instruction
+from .instruction import Instruction, baseline_text, build_instruction
 from .layout import CapturePlan, UNetLayout
 from .mask import make_mask, to_image_size
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
@@ -79,6 +79,14 @@ class ForwardResult:
     noise_pred: Optional[torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
     relevance: Optional[torch.Tensor] = None  # n×h×w on the latent grid, when the prior source needs it
+
+
+def relevance_of_rows(outputs: Sequence[torch.Tensor], i: int, n: int, samples: int, grid: tuple[int, int]
+                      ) -> torch.Tensor:
+    """Expression ``i``'s relevance on ``grid``: its rows against the baseline rows (the last
+    ``samples`` of the batch), per captured output (noise prediction or feature blocks), averaged."""
+    maps = [resize(relevance_map(o[i * samples:(i + 1) * samples], o[n * samples:]), grid) for o in outputs]
+    return torch.stack(maps).mean(dim=0)
 
 
 class EditSegmenter:
@@ -204,7 +212,7 @@ class EditSegmenter:
 
         ``early_exit=False`` runs the whole UNet and returns its noise prediction, which
         equals the first UNet call of diffusers' InstructPix2Pix pipeline (guidance off).
-        A relevance prior (``prior_source`` relevance or fused) adds one empty-text row per
+        A relevance prior (``prior_source`` relevance or fused) adds one baseline-text row per
         noise draw to the same batch; with ``relevance_from="noise"`` the whole UNet runs.
         """
         if isinstance(expressions, str):
@@ -221,8 +229,7 @@ class EditSegmenter:
             raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
         image_latents = self._image_latents(settings)
         relevance_rows = settings.prior_source != "attention"
-        baseline = "" if settings.relevance_baseline == "empty" else " ".join(
-            settings.instruction_template.replace("{}", " ").split())
+        baseline = baseline_text(settings.instruction_template, settings.relevance_baseline)
         texts = [i.text for i in instructions] + ([baseline] if relevance_rows else [])
         timings = {}
         with torch.inference_mode():
@@ -243,12 +250,8 @@ class EditSegmenter:
             relevance = None
             if relevance_rows:
                 outputs = [noise_pred] if whole_unet else [store.features[b] for b in plan.feature_modules]
-                relevance = torch.stack([
-                    torch.stack([resize(relevance_map(o[i * samples:(i + 1) * samples], o[n * samples:]),
-                                        latent_grid) for o in outputs]).mean(dim=0)
-                    for i in range(n)
-                ])
-                store = store.take_rows(slice(0, n * samples))
+                relevance = torch.stack([relevance_of_rows(outputs, i, n, samples, latent_grid) for i in range(n)])
+                store = store.take_rows(slice(0, n * samples))  # the baseline rows have served
                 noise_pred = None if noise_pred is None else noise_pred[:n * samples]
             timings["unet"] = time.perf_counter() - start
         return ForwardResult(instructions, settings, plan, latent_grid, store, noise_pred, timings, relevance)
