@@ -34,13 +34,16 @@ def test_same_inputs_same_result_and_the_seed_matters(segmenter, picture):
     assert not np.array_equal(a.prior, c.prior)
 
 
-def test_one_unet_forward_equals_the_first_step_of_the_diffusers_pipeline(segmenter, tiny_model_dir, picture):
+@pytest.mark.parametrize("preset", [PAPER, {}], ids=["paper", "defaults"])
+def test_one_unet_forward_equals_the_first_step_of_the_diffusers_pipeline(segmenter, tiny_model_dir, picture,
+                                                                         preset):
+    """The paper-exact path, and the defaults (whose batch also holds the baseline-text row)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from napari_editseg.core.image import model_size, to_model_input, to_rgb_float
 
     segmenter.set_image(picture)
-    forward = segmenter.forward(["the red disc"], early_exit=False)
+    forward = segmenter.forward(["the red disc"], early_exit=False, **preset)
     ours = forward.noise_pred
     assert ours is not None
 
