@@ -683,3 +683,6 @@ def test_the_confidence_is_shown_and_low_confidence_paints_nothing(make_widget, 
                                                   settings=shown.settings.replace(min_confidence=0.5)))
     session.paint(run_, run_.labels)
     assert not run_.labels.data.any() and "nothing found" in session.summary(run_, 0.1)
+    layers = len(viewer.layers)
+    widget._finished(run_, None)  # a run that found nothing makes no layer
+    assert len(viewer.layers) == layers and "nothing found" in status(widget)

@@ -417,6 +417,9 @@ class EditSegWidget(QWidget):
 
     def _finished(self, run: Run, labels: Optional[Labels]) -> None:
         """The run succeeded: paint it (one undo step), select the labels so Ctrl+Z works."""
+        if all(mask is None for mask in run.masks.values()):  # nothing found: no layer, no label
+            self._say(self.session.summary(run, time.perf_counter() - run.started))
+            return
         if labels is None:
             labels = self.viewer.add_labels(np.zeros(run.source.shape, np.uint32),
                                             name=f"editseg {run.source.layer.name}",
