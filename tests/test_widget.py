@@ -543,6 +543,9 @@ def test_the_record_names_what_the_run_used(make_widget, picture, qtbot, tiny_mo
                                  "points": {"positive": [], "negative": []},
                                  "clicks": {"positive": [], "negative": []}}]
     assert record["box"] is None and record["expression"] == "the red disc"
+    import json
+
+    assert json.loads(widget.record_view.toPlainText()) == record  # the widget shows it
 
 
 def test_export_and_replay_make_the_labels_again_bit_for_bit(make_widget, picture, qtbot, tmp_path, segmenter):

@@ -7,6 +7,7 @@ on the :class:`~._runstate.Session`, which holds everything remembered between p
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -20,7 +21,15 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QKeySequence
-from qtpy.QtWidgets import QFileDialog, QProgressBar, QShortcut, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QPlainTextEdit,
+    QProgressBar,
+    QShortcut,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from . import _controls, _layers, hub
@@ -69,6 +78,15 @@ def load_steps(session: Session, model: str, device: str, cancelled: threading.E
     if "error" in outcome:
         raise outcome["error"]
     return outcome["model"]
+
+
+RECORD_ORDER = ("label", "expression", "box", "model", "device", "dtype", "versions", "image", "slices")
+
+
+def record_text(record: dict) -> str:
+    """A record as JSON, one key a line (the nested parts on the line of their key), what matters first."""
+    keys = [k for k in RECORD_ORDER if k in record] + [k for k in record if k not in RECORD_ORDER]
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(record[k])}" for k in keys) + "\n}"
 
 
 def message(error: Exception, model: str) -> str:
@@ -137,9 +155,15 @@ class EditSegWidget(QWidget):
         self.progress.setVisible(False)
         fold = QCollapsible("Advanced: model and settings")
         fold.addWidget(advanced.native)
+        self.record_view = QPlainTextEdit(readOnly=True)
+        self.record_view.setPlaceholderText("After a run: what made the label, enough to make it again.")
+        self.record_view.setMinimumHeight(220)
+        self.record_fold = QCollapsible("Record of the last label")
+        self.record_fold.addWidget(self.record_view)
         layout = QVBoxLayout(self)
         layout.addWidget(main.native)
         layout.addWidget(self.progress)
+        layout.addWidget(self.record_fold)
         layout.addWidget(fold)
         layout.addStretch(1)
         self.setFixedWidth(DOCK_WIDTH)
@@ -428,8 +452,13 @@ class EditSegWidget(QWidget):
         self._watch(labels)
         self.session.paint(run, labels)
         self._explain(run)
+        self._show_record(run)
         self.viewer.layers.selection.active = labels
         self._say(self.session.summary(run, time.perf_counter() - run.started))
+
+    def _show_record(self, run: Run) -> None:
+        record = _layers.records(run.labels).get(run.label_id)
+        self.record_view.setPlainText(record_text(record) if record else "")
 
     def _watch(self, labels: Labels) -> None:
         """Keep the label table in step with undo, redo and erasing."""
@@ -472,6 +501,7 @@ class EditSegWidget(QWidget):
         def done(results):
             self.session.apply(run, dict(results), clicks)
             self._explain(run)
+            self._show_record(run)
             self._say(self.session.summary(run, time.perf_counter() - start))
 
         try:
