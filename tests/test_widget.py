@@ -61,6 +61,14 @@ def run(qtbot, widget, expression="the red disc"):
     wait(qtbot, widget)
 
 
+def one_run(make_widget, picture, qtbot, **kwargs):
+    """A viewer with the picture, the widget, and one run of "the red disc": (viewer, widget, labels)."""
+    viewer, widget = make_widget(**kwargs)
+    viewer.add_image(picture, name="pic")
+    run(qtbot, widget)
+    return viewer, widget, viewer.layers["editseg pic"]
+
+
 def status(widget) -> str:
     return widget.status.value.replace("\u200b", "")
 
@@ -160,10 +168,7 @@ def test_the_gui_keeps_running_during_a_slow_forward_and_cancel_stops_waiting(ma
 
 
 def test_rethreshold_and_clicks_need_no_unet_forward(make_widget, picture, qtbot, segmenter, count_calls):
-    viewer, widget = make_widget()
-    viewer.add_image(picture, name="pic")
-    run(qtbot, widget)
-    labels = viewer.layers["editseg pic"]
+    viewer, widget, labels = one_run(make_widget, picture, qtbot)
     base = widget.session.run.base[()]
     threshold = widget.settings["mask_threshold"]
     with count_calls(segmenter.model.unet) as forwards:
@@ -397,10 +402,7 @@ def test_the_labels_layer_is_selected_after_a_run_so_ctrl_z_undoes_it(make_widge
 
 
 def test_a_slider_gesture_is_one_undo_step_and_one_record(make_widget, picture, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(picture, name="pic")
-    run(qtbot, widget)
-    labels = viewer.layers["editseg pic"]
+    viewer, widget, labels = one_run(make_widget, picture, qtbot)
     after_run = labels.data.copy()
     for value in (0.3, 0.35, 0.4, 0.45):
         widget.settings["mask_threshold"].value = value
@@ -420,10 +422,7 @@ def test_a_slider_gesture_is_one_undo_step_and_one_record(make_widget, picture, 
 
 
 def test_undo_takes_the_table_row_with_it_and_the_id_is_free_again(make_widget, picture, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(picture, name="pic")
-    run(qtbot, widget)
-    labels = viewer.layers["editseg pic"]
+    viewer, widget, labels = one_run(make_widget, picture, qtbot)
     labels.undo()
     assert len(labels.features) == 0
     labels.redo()
@@ -435,20 +434,14 @@ def test_undo_takes_the_table_row_with_it_and_the_id_is_free_again(make_widget, 
 
 
 def test_a_rescore_after_an_undone_run_paints_nothing(make_widget, picture, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(picture, name="pic")
-    run(qtbot, widget)
-    labels = viewer.layers["editseg pic"]
+    viewer, widget, labels = one_run(make_widget, picture, qtbot)
     labels.undo()
     widget.settings["mask_threshold"].value = 0.2
     assert not labels.data.any() and "undone" in status(widget)
 
 
 def test_a_rescore_keeps_other_labels_painted_since(make_widget, picture, qtbot):
-    viewer, widget = make_widget()
-    viewer.add_image(picture, name="pic")
-    run(qtbot, widget)
-    labels = viewer.layers["editseg pic"]
+    viewer, widget, labels = one_run(make_widget, picture, qtbot)
     ones = np.argwhere(labels.data == 1)
     row, col = ones[0]
     labels.data_setitem((np.array([row]), np.array([col])), 5)  # a hand edit with another label

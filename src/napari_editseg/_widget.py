@@ -324,10 +324,12 @@ class EditSegWidget(QWidget):
         """Stop waiting now: nothing of the run is painted (a forward under way ends unseen)."""
         if self._worker is None:
             return
+        downloading = bool(self._bars)
         self._cancelled.set()
         self._worker.quit()
         self._done()
-        self._say("Cancelled: nothing was painted.")
+        self._say("Download cancelled; Load model (or Segment) resumes it where it stopped." if downloading
+                  else "Cancelled: nothing was painted.")
 
     # -- model -----------------------------------------------------------------------------
     def _key(self) -> tuple[str, str]:
@@ -484,7 +486,7 @@ class EditSegWidget(QWidget):
     def rescore(self, _=None) -> None:
         """Re-score the last run with the controls and clicks; a stack's in a worker."""
         run = self.session.run
-        if run is None or run.labels is None:
+        if run is None or run.labels is None or run.labels not in self.viewer.layers:
             return
         if self._worker is not None:  # coalesce: one more re-score when this one ends
             self._pending_rescore = True
@@ -520,27 +522,35 @@ class EditSegWidget(QWidget):
             self.session.end_gesture()
 
     # -- prompts: clicks and a box -----------------------------------------------------------
-    def add_click_points(self, _=None) -> None:
-        """A Points layer over the image: positive / negative clicks (T toggles) refine or segment alone."""
+    def _prompt_layer(self, name: str, add, mode: str, hint: str):
+        """A prompt layer (clicks or box) over the chosen image, in its drawing mode and selected."""
         try:
             source = self._image_layer()
         except ValueError as error:
             self._say(str(error), error=True)
-            return
-        if CLICKS_LAYER not in self.viewer.layers:
+            return None
+        if name not in self.viewer.layers:
+            add(source.layer)
+        layer = self.viewer.layers[name]
+        layer.mode = mode
+        self.viewer.layers.selection.active = layer
+        self._say(hint)
+        return layer
+
+    def add_click_points(self, _=None) -> None:
+        """A Points layer over the image: positive / negative clicks (T toggles) refine or segment alone."""
+        def add(image):
             points = self.viewer.add_points(
-                np.zeros((0, _layers.spatial_ndim(source.layer))), name=CLICKS_LAYER, size=8,
+                np.zeros((0, _layers.spatial_ndim(image))), name=CLICKS_LAYER, size=8,
                 features={"positive": np.zeros(0, bool)}, face_color="positive",
-                face_color_cycle={True: "lime", False: "magenta"}, **_layers.transform_kwargs(source.layer),
+                face_color_cycle={True: "lime", False: "magenta"}, **_layers.transform_kwargs(image),
             )
             points.events.data.connect(self._clicks_changed)
             points.bind_key("t", lambda _layer: self.toggle_polarity(), overwrite=True)
-        points = self.viewer.layers[CLICKS_LAYER]
-        self._set_click_polarity()
-        points.mode = "add"
-        self.viewer.layers.selection.active = points
-        self._say("Click on the image: positive clicks include, negative exclude (T toggles). With no "
-                  "expression, Segment uses the clicks alone.")
+
+        if self._prompt_layer(CLICKS_LAYER, add, "add", "Click on the image: positive clicks include, negative "
+                              "exclude (T toggles). With no expression, Segment uses the clicks alone."):
+            self._set_click_polarity()
 
     def toggle_polarity(self) -> None:
         self.polarity.value = NEGATIVE if self.polarity.value == POSITIVE else POSITIVE
@@ -555,18 +565,12 @@ class EditSegWidget(QWidget):
 
     def draw_box(self, _=None) -> None:
         """A Shapes layer in rectangle mode over the image: the last rectangle confines the next run."""
-        try:
-            source = self._image_layer()
-        except ValueError as error:
-            self._say(str(error), error=True)
-            return
-        if BOX_LAYER not in self.viewer.layers:
-            self.viewer.add_shapes(ndim=_layers.spatial_ndim(source.layer), name=BOX_LAYER, edge_color="yellow",
-                                   face_color="transparent", edge_width=2, **_layers.transform_kwargs(source.layer))
-        shapes = self.viewer.layers[BOX_LAYER]
-        shapes.mode = "add_rectangle"
-        self.viewer.layers.selection.active = shapes
-        self._say("Drag a rectangle around the object, then press Segment (with or without words).")
+        def add(image):
+            self.viewer.add_shapes(ndim=_layers.spatial_ndim(image), name=BOX_LAYER, edge_color="yellow",
+                                   face_color="transparent", edge_width=2, **_layers.transform_kwargs(image))
+
+        self._prompt_layer(BOX_LAYER, add, "add_rectangle",
+                           "Drag a rectangle around the object, then press Segment (with or without words).")
 
     # -- export ----------------------------------------------------------------------------------
     def export(self, path: Optional[str] = None) -> Optional[Path]:
