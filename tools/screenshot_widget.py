@@ -1,8 +1,13 @@
-"""Screenshot of the dock widget in a real napari window, for docs/plugin.md.
+"""Screenshots of the dock widget in a real napari window, for docs/plugin.md and the README.
 
-Run under a display (``xvfb-run -a -s "-screen 0 1400x900x24" python tools/screenshot_widget.py MODEL
-[OUT] [EXPRESSION] [SAMPLE]``). MODEL is a diffusers folder; SAMPLE one of the plugin's sample
-pictures (astronaut, coffee, chelsea, shapes).
+Run under a display::
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python tools/screenshot_widget.py [MODEL] [OUT_DIR]
+
+MODEL defaults to the trained shapes-world checkpoint that ships in benchmarks/. The
+pictures: ``widget-box.png`` (a box drawn around the red circle of the shapes sample, the
+expression "red circle" segmented inside it, default settings) and ``widget-record.png``
+(the same run with its record unfolded). Label 1 is drawn cyan so it shows on the red circle.
 """
 
 import sys
@@ -10,40 +15,61 @@ import time
 from pathlib import Path
 
 import napari
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QApplication
 
 from napari_editseg import _sample_data
-from napari_editseg._widget import EditSegWidget
+from napari_editseg._widget import BOX_LAYER, EditSegWidget
+from napari_editseg.samples import SHAPES_SCENE
+from napari_editseg.shapes_world import make_sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(model: str, out: str = "docs/images/widget.png", expression: str = "the woman's face",
-         sample: str = "astronaut") -> None:
+def pump(seconds: float = 1.0) -> None:
+    app = QApplication.instance()
+    end = time.time() + seconds
+    while time.time() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main(model: str = str(ROOT / "benchmarks" / "shapes_world" / "checkpoint"),
+         out_dir: str = str(ROOT / "docs" / "images")) -> None:
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 860)
-    data, meta, _ = getattr(_sample_data, sample)()[0]
+    viewer.window._qt_window.resize(1400, 880)
+    data, meta, _ = _sample_data.shapes()[0]
     viewer.add_image(data, **meta)
     widget = EditSegWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment by words")
-    widget.model.value = model
+    widget.use_model(str(Path(model).resolve()))
     widget.device.value = "cpu"
-    widget.show_prior.value = True
-    widget.expression.value = expression
+    circle = make_sample(SHAPES_SCENE).masks[0]  # the red circle: box it with a margin
+    rows, cols = np.nonzero(circle)
+    widget.draw_box()
+    viewer.layers[BOX_LAYER].add_rectangles(np.array([[rows.min() - 4, cols.min() - 4],
+                                                      [rows.max() + 4, cols.max() + 4]]))
+    widget.expression.value = "red circle"
     widget.segment()
-    app = QApplication.instance()
     start = time.time()
     while widget._worker is not None and time.time() - start < 600:
-        app.processEvents()
-        time.sleep(0.05)
-    viewer.layers["editseg prior"].visible = False
-    for child in widget.children():
-        if hasattr(child, "expand"):
-            child.expand(animate=False)
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(out, canvas_only=False)
-    print(f"wrote {out}: {widget.status.value}")
+        pump(0.05)
+    viewer.layers[BOX_LAYER].mode = "pan_zoom"
+    labels = viewer.layers["editseg shapes"]
+    labels.colormap = DirectLabelColormap(color_dict={1: "cyan", None: "transparent"})
+    labels.opacity = 0.6
+    viewer.layers.selection.active = labels
+    viewer.reset_view()
+    pump()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out / "widget-box.png"), canvas_only=False)
+    print(f"wrote {out / 'widget-box.png'}: {widget.status.value}")
+    widget.record_fold.expand(animate=False)
+    pump()
+    viewer.screenshot(str(out / "widget-record.png"), canvas_only=False)
+    print(f"wrote {out / 'widget-record.png'}")
     viewer.close()
 
 

@@ -1,19 +1,23 @@
 """Between napari layers and the core: planes out of image layers, masks into Labels layers.
 
 napari data models only (no Qt), so it can be tested without a window. Every write to a
-Labels layer goes through ``data_setitem`` inside ``block_history``, so one segmentation
-is one Ctrl+Z step.
+Labels layer goes through ``data_setitem`` inside ``block_history``, so one call of
+:func:`write_masks` — all slices of a run — is one Ctrl+Z step.
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-import pandas as pd
+
+from .record import paintable, plane_as_seen
 
 COMPOSITE = "composite of visible image layers"
+Index = tuple[int, ...]
 
 
 def spatial_ndim(layer) -> int:
@@ -26,7 +30,7 @@ def leading_shape(layer) -> tuple[int, ...]:
     return tuple(layer.data.shape[: spatial_ndim(layer) - 2])
 
 
-def current_index(layer, world_point: Sequence[float]) -> tuple[int, ...]:
+def current_index(layer, world_point: Sequence[float]) -> Index:
     """The leading-axes index of the slice the viewer shows, in this layer's data."""
     n_lead = spatial_ndim(layer) - 2
     if n_lead == 0:
@@ -36,7 +40,7 @@ def current_index(layer, world_point: Sequence[float]) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(point[d])), 0, shape[d] - 1)) for d in range(n_lead))
 
 
-def slice_indices(layer, world_point, axis: Optional[int]) -> list[tuple[int, ...]]:
+def slice_indices(layer, world_point, axis: Optional[int]) -> list[Index]:
     """The current slice, or every slice along leading ``axis`` with the other axes held."""
     here = current_index(layer, world_point)
     if axis is None or not here:
@@ -46,21 +50,12 @@ def slice_indices(layer, world_point, axis: Optional[int]) -> list[tuple[int, ..
     return [here[:axis] + (i,) + here[axis + 1:] for i in range(leading_shape(layer)[axis])]
 
 
-def displayed_plane(layer, index: tuple[int, ...]) -> np.ndarray:
-    """The 2-D plane (H×W or H×W×3/4) at ``index``, as the user sees it.
-
-    RGB layers are passed as they are. Grey layers are scaled by their contrast limits,
-    so a 12-bit image in a uint16 array is not segmented as if nearly black.
-    """
-    plane = np.asarray(layer.data[index])
-    if layer.rgb:
-        return plane
-    low, high = (float(v) for v in layer.contrast_limits)
-    scaled = (plane.astype(np.float32) - low) / (high - low) if high > low else np.zeros(plane.shape, np.float32)
-    return np.clip(scaled, 0.0, 1.0)
+def displayed_plane(layer, index: Index) -> np.ndarray:
+    """The 2-D plane at ``index`` as the user sees it (see :func:`record.plane_as_seen`)."""
+    return plane_as_seen(layer.data, index, layer.rgb, None if layer.rgb else layer.contrast_limits)
 
 
-def composite_plane(layers: Sequence, index: tuple[int, ...]) -> np.ndarray:
+def composite_plane(layers: Sequence, index: Index) -> np.ndarray:
     """Visible single-channel layers blended additively through their colormaps (RGB in [0, 1])."""
     layers = [layer for layer in layers if layer.visible and not layer.rgb]
     if not layers:
@@ -75,7 +70,7 @@ def composite_plane(layers: Sequence, index: tuple[int, ...]) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
-def world_to_pixel(layer, world_point: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, float]]:
+def world_to_pixel(layer, world_point: Sequence[float]) -> tuple[Index, tuple[float, float]]:
     """A world point → (leading index, (row, col)) in the layer's data."""
     point = np.asarray(layer.world_to_data(world_point), float)
     n_lead = spatial_ndim(layer) - 2
@@ -84,65 +79,137 @@ def world_to_pixel(layer, world_point: Sequence[float]) -> tuple[tuple[int, ...]
 
 
 def transform_kwargs(layer) -> dict:
-    """Keyword arguments that place a new layer exactly over ``layer``."""
+    """Keyword arguments that place a new layer of the same dimensions exactly over ``layer``."""
     return dict(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
-                affine=layer.affine)
+                affine=layer.affine, units=layer.units)
 
 
-def next_label_id(labels) -> int:
+def plane_transform(layer) -> dict:
+    """Keyword arguments that place a 2-D layer over the displayed plane of ``layer``.
+
+    The layer's whole data-to-world transform (scale, translate, rotate, shear and affine)
+    restricted to its last two axes; for a 2-D layer, its own transform.
+    """
+    if spatial_ndim(layer) == 2:
+        return transform_kwargs(layer)
+    from napari.utils.transforms import Affine
+
+    physical = Affine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear)
+    n = spatial_ndim(layer)
+    return dict(affine=layer.affine.compose(physical).set_slice([n - 2, n - 1]).affine_matrix,
+                units=tuple(layer.units)[-2:])
+
+
+def box_from_shapes(shapes, image) -> Optional[tuple[int, int, int, int]]:
+    """The last rectangle of a Shapes layer as (row0, col0, row1, col1) pixels of ``image``, or None.
+
+    A pixel belongs to the box when the rectangle's corners enclose it, counting a pixel as
+    the unit square around its centre; rotated layers give the enclosing upright box.
+    """
+    rectangles = [data for data, kind in zip(shapes.data, shapes.shape_type) if kind == "rectangle"]
+    if not rectangles:
+        return None
+    corners = np.array([image.world_to_data(shapes.data_to_world(v)) for v in rectangles[-1]])[:, -2:]
+    (r0, c0), (r1, c1) = corners.min(axis=0), corners.max(axis=0)
+    return (math.floor(r0 + 0.5), math.floor(c0 + 0.5), math.floor(r1 + 0.5) + 1, math.floor(c1 + 0.5) + 1)
+
+
+def clicks_by_slice(points, image, shape: tuple[int, int]) -> dict[Index, tuple[list, list]]:
+    """(positive, negative) (row, col) lists per slice of ``image``, from a Points layer whose
+    ``positive`` feature says each point's polarity; points outside the image are left out."""
+    per_index: dict = {}
+    polarity = points.features.get("positive", np.ones(len(points.data), bool))
+    for point, positive in zip(points.data, np.asarray(polarity, bool)):
+        index, pixel = world_to_pixel(image, points.data_to_world(point))
+        if 0 <= pixel[0] < shape[0] and 0 <= pixel[1] < shape[1]:
+            per_index.setdefault(index, ([], []))[0 if positive else 1].append(pixel)
+    return per_index
+
+
+def next_label_id(labels, taken: Sequence[int] = ()) -> int:
+    """One above the highest label in the data or in ``taken`` (labels that must not be reused)."""
     used = int(np.max(labels.data)) if labels.data.size else 0
-    features = labels.features
-    if "index" in features and len(features):
-        used = max(used, int(features["index"].max()))
-    return used + 1
+    return max([used, *taken]) + 1
 
 
 @dataclass
-class Written:
-    """What one write changed, so a re-threshold or click can replace it in place."""
+class Footprint:
+    """The pixels of one plane a run has painted, with their values from before the run.
 
-    labels: object
-    index: tuple[int, ...]
-    label_id: int
-    pixels: tuple[np.ndarray, ...] = field(default_factory=tuple)  # full-data indices written
-    previous: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    skipped: int = 0  # mask pixels left alone because another label was there
-
-
-def write_mask(
-    labels, index: tuple[int, ...], mask: np.ndarray, label_id: int, overwrite: bool = False,
-    replacing: Optional[Written] = None,
-) -> Written:
-    """Paint ``mask`` into plane ``index`` of ``labels`` as one undoable step.
-
-    Pixels holding another label are kept unless ``overwrite``. ``replacing`` (an earlier
-    write of this label on this plane) is taken back first, in the same undo step.
+    Re-scoring takes back those that still hold the label (an undo or a hand edit since
+    may have changed others) before painting the new mask; a label whose footprint holds
+    it nowhere any more has been undone or erased.
     """
-    plane_shape = labels.data.shape[len(index):]
-    if mask.shape != plane_shape:
-        raise ValueError(f"mask of shape {mask.shape} does not fit the labels plane of shape {plane_shape}")
-    with labels.block_history():
-        if replacing is not None and replacing.pixels and replacing.pixels[0].size:
-            labels.data_setitem(replacing.pixels, replacing.previous, refresh=False)
-        current = np.asarray(labels.data[index])
-        free = (current == 0) | (current == label_id)
-        target = mask if overwrite else mask & free
-        rows, cols = np.nonzero(target)
-        pixels = tuple(np.full(rows.shape, i) for i in index) + (rows, cols)
-        previous = np.array(labels.data[pixels], copy=True)
-        if rows.size:
-            labels.data_setitem(pixels, label_id, refresh=False)
+
+    flat: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted flat plane indices
+    before: np.ndarray = field(default_factory=lambda: np.zeros(0))  # their values before the run
+    skipped: int = 0  # pixels of the last mask left alone because another label was there
+
+    def holds(self, plane: np.ndarray, label_id: int) -> np.ndarray:
+        return plane.reshape(-1)[self.flat] == label_id
+
+    def add(self, flat: np.ndarray, values: np.ndarray) -> None:
+        new = ~np.isin(flat, self.flat)
+        order = np.argsort(np.concatenate([self.flat, flat[new]]), kind="stable")
+        self.flat = np.concatenate([self.flat, flat[new]])[order]
+        self.before = np.concatenate([self.before.astype(values.dtype), values[new]])[order]
+
+
+def _coordinates(index: Index, flat: np.ndarray, plane_shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(np.full(flat.shape, i) for i in index) + np.unravel_index(flat, plane_shape)
+
+
+def present(labels, footprints: dict[Index, Footprint], label_id: int) -> bool:
+    """Whether any plane still holds the label where the run painted it."""
+    return any(fp.flat.size and fp.holds(np.asarray(labels.data[index]), label_id).any()
+               for index, fp in footprints.items())
+
+
+def write_masks(
+    labels, masks: dict[Index, np.ndarray], label_id: int, overwrite: bool, footprints: dict[Index, Footprint],
+    step: bool = True,
+) -> None:
+    """Paint each plane's mask into ``labels`` as ONE undoable step, updating ``footprints``.
+
+    What the run painted earlier and the label still holds is taken back first, in the
+    same step. Pixels holding another label are kept unless ``overwrite``. ``step=False``:
+    inside a ``block_history`` the caller holds open (napari commits at every exit, so
+    nesting one here would make this write its own step).
+    """
+    with labels.block_history() if step else nullcontext():
+        for index, mask in masks.items():
+            plane_shape = labels.data.shape[len(index):]
+            if mask.shape != plane_shape:
+                raise ValueError(f"mask of shape {mask.shape} does not fit the labels plane of shape {plane_shape}")
+            footprint = footprints.setdefault(index, Footprint())
+            if footprint.flat.size:
+                holds = footprint.holds(np.asarray(labels.data[index]), label_id)
+                labels.data_setitem(_coordinates(index, footprint.flat[holds], plane_shape),
+                                    footprint.before[holds], refresh=False)
+            current = np.array(labels.data[index], copy=True)
+            target = paintable(current, mask, label_id, overwrite)
+            flat = np.flatnonzero(target)
+            footprint.add(flat, current.reshape(-1)[flat])
+            footprint.skipped = int((mask & ~target).sum())
+            if flat.size:
+                labels.data_setitem(_coordinates(index, flat, plane_shape), label_id, refresh=False)
     labels.refresh()
-    return Written(labels, index, label_id, pixels, previous, int((mask & ~free).sum()) if not overwrite else 0)
 
 
-def record_label(labels, label_id: int, expression: str, details: dict) -> None:
-    """Keep which words made which label in the layer's features (shown on hover) and metadata."""
-    table = pd.DataFrame(labels.features).copy()
-    row = {"index": label_id, "expression": expression, **{k: str(v) for k, v in details.items()}}
-    if "index" in table and (table["index"] == label_id).any():
-        table = table[table["index"] != label_id]
-    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True).sort_values("index", ignore_index=True)
-    labels.features = table
-    history = labels.metadata.setdefault("editseg", [])
-    history.append({"label": label_id, "expression": expression, **details})
+def records(labels) -> dict[int, dict]:
+    """Every record kept on a Labels layer, by label id (also those of labels since undone)."""
+    return labels.metadata.setdefault("editseg", {})
+
+
+def show_records(labels, present: Sequence[int]) -> None:
+    """The features table (shown on hover) lists the labels that are there, with their words."""
+    kept = [records(labels)[label] for label in sorted(present) if label in records(labels)]
+    table = {
+        "index": [r["label"] for r in kept],
+        "expression": [r["expression"] or ("box" if not any(s["points"]["positive"] for s in r["slices"])
+                                           else "clicks") for r in kept],
+        "model": [r["model"]["id"] for r in kept],
+    }
+    shown = labels.features
+    if list(shown.columns) != list(table) or any(list(shown[k]) != v for k, v in table.items()):
+        labels.features = table

@@ -1,81 +1,127 @@
-"""The dock widget: collect input, run the core off the GUI thread, write layers.
+"""The dock widget: a thin Qt shell over :mod:`._runstate`.
 
-Thin by design: the method lives in ``core``; moving data between napari layers and
-numpy lives in ``_layers``. This file wires widgets, workers and layer events.
+It builds the controls (the setting controls from :mod:`._controls`' table), moves model
+loading, runs and stack re-scores off the GUI thread, and turns layer events into calls
+on the :class:`~._runstate.Session`, which holds everything remembered between presses.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
+import threading
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QKeySequence
-from qtpy.QtWidgets import QProgressBar, QShortcut, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QPlainTextEdit,
+    QProgressBar,
+    QShortcut,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
-from . import _layers
-from .cli import SAMPLES
-from .core.model import DEFAULT_MODEL
-from .core.segmenter import EditSegmenter, Segmentation
-from .core.settings import SegmentationSettings
+from . import _controls, _layers, hub
+from ._runstate import Prompt, Run, Session, Source
+from .core.model import DEFAULT_MODEL, ModelNotAvailableError
+from .record import write_export
+from .samples import SAMPLE_MENU, SAMPLES
 
 NEW_LAYER = "<new labels layer>"
-NEXT_FREE, SELECTED = "next free label per expression", "the layer's selected label"
+NEXT_FREE, SELECTED = "next free label per run", "the layer's selected label"
 CURRENT, ALL = "current slice", "all slices along axis"
 POSITIVE, NEGATIVE = "positive: include", "negative: exclude"
-CLICKS_LAYER, PRIOR_LAYER, SCORES_LAYER = "editseg clicks", "editseg prior", "editseg scores"
-EXAMPLES = " · ".join(f"{SAMPLES[n]} ({n})" for n in ("astronaut", "coffee", "chelsea"))
+CLICKS_LAYER, BOX_LAYER = "editseg clicks", "editseg box"
+PRIOR_LAYER, SCORES_LAYER = "editseg prior", "editseg scores"
+OVERLAYS = (CLICKS_LAYER, BOX_LAYER, PRIOR_LAYER, SCORES_LAYER)
+LOCAL_FOLDER = "local folder…"
+DOCK_WIDTH = 380  # pixels; long messages wrap inside it instead of widening the dock
+GESTURE_MS = 500  # re-scores closer together than this are one undo step
+EXAMPLES = " · ".join(f"{SAMPLES[n].expression} ({n})" for n in ("astronaut", "coffee", "chelsea"))
 
 
-def load_segmenter(model: str, device: str) -> EditSegmenter:
-    return EditSegmenter.from_pretrained(model, device=device)
+def wrappable(text: str, longest: int = 24) -> str:
+    """Let Qt break long paths and ids (a zero-width space after separators in long words)."""
+    words = [w if len(w) <= longest else w.replace("/", "/\u200b").replace("-", "-\u200b") for w in text.split(" ")]
+    return " ".join(words)
 
 
-def segment_planes(segmenter: EditSegmenter, planes: list, expression: str, overrides: dict):
-    """Worker body: one plane at a time, so a cancel takes effect between planes."""
-    for index, plane in planes:
-        segmenter.set_image(plane)
-        yield index, segmenter.segment(expression, **overrides)
+def load_steps(session: Session, model: str, device: str, cancelled: threading.Event):
+    """Worker body: yields (file, bytes done, bytes total) while a first download runs, returns the model."""
+    reports: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["model"] = session.load(model, device, hub.progress_bridge(reports.put, cancelled))
+        except BaseException as error:  # handed to the worker, which reports it on the GUI thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while thread.is_alive() or not reports.empty():
+        try:
+            yield reports.get(timeout=0.1)
+        except queue.Empty:
+            pass
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["model"]
 
 
-@dataclass
-class Run:
-    """One expression's results, kept for instant re-threshold and clicks."""
+RECORD_ORDER = ("label", "expression", "box", "model", "device", "dtype", "versions", "image", "slices")
 
-    image: Image
-    labels: Labels
-    label_id: int
-    expression: str
-    overwrite: bool
-    segmenter: Optional[EditSegmenter] = None
-    base: dict = field(default_factory=dict)  # index -> Segmentation from segment()
-    current: dict = field(default_factory=dict)  # index -> Segmentation shown now
-    written: dict = field(default_factory=dict)  # index -> _layers.Written
-    started: float = field(default_factory=time.perf_counter)
+
+def record_text(record: dict) -> str:
+    """A record as JSON, one key a line (the nested parts on the line of their key), what matters first."""
+    keys = [k for k in RECORD_ORDER if k in record] + [k for k in record if k not in RECORD_ORDER]
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(record[k])}" for k in keys) + "\n}"
+
+
+def message(error: Exception, model: str) -> str:
+    """An error in the widget's words (the CLI's name flags; the widget names its controls)."""
+    if isinstance(error, ModelNotAvailableError):
+        return hub.not_available_message(model)
+    if isinstance(error, hub.DownloadCancelled):
+        return "Download cancelled; Load model (or Segment) resumes it where it stopped."
+    return " ".join(str(error).split())
 
 
 class EditSegWidget(QWidget):
-    """Type what you see; get an editable label."""
+    """Type what you see, or box it, or click it; get an editable, undoable, replayable label."""
 
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self._segmenters: dict[tuple[str, str], EditSegmenter] = {}
+        self.session = Session()
         self._worker = None
-        self._run: Optional[Run] = None
-        defaults = SegmentationSettings()
+        self._cancelled = threading.Event()
+        self._bars: dict = {}
+        self._pending_rescore = False
+        self._local_models: list[str] = []
+        self._watched: set[int] = set()
 
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.expression = LineEdit(label="expression")
         self.expression.native.setPlaceholderText(f"e.g. {EXAMPLES}")
-        self.expression.native.setToolTip("Describe the object; Enter runs. Samples: File > Open Sample.")
+        self.expression.native.setToolTip(f"Describe the object; Enter runs. Empty: the box or clicks alone. "
+                                          f"Samples: {SAMPLE_MENU}.")
+        self.box_button = PushButton(text="Draw box")
+        self.box_button.native.setToolTip("Draw a rectangle: the segmentation stays inside it (the last one counts)")
+        self.clicks_button = PushButton(text="Add clicks")
+        self.polarity = ComboBox(label="clicks", choices=[POSITIVE, NEGATIVE])
+        self.polarity.native.setToolTip("T on the clicks layer toggles between include and exclude")
         self.labels = ComboBox(label="labels", choices=self._labels_choices)
         self.label_policy = ComboBox(label="label id", choices=[NEXT_FREE, SELECTED])
         self.overwrite = CheckBox(text="overwrite other labels", value=False)
@@ -85,66 +131,104 @@ class EditSegWidget(QWidget):
         self.show_scores = CheckBox(text="show score map", value=False)
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.polarity = ComboBox(label="clicks", choices=[POSITIVE, NEGATIVE])
-        self.clicks_button = PushButton(text="Add click points")
-        self.status = Label(value="Load a model or just press Segment.")
+        self.export_button = PushButton(text="Export labels + records…")
+        self.status = Label(value="Type an expression (or draw a box, or click) and press Segment.")
 
-        self.model = LineEdit(label="model", value=DEFAULT_MODEL)
-        self.model.native.setToolTip("Hugging Face hub id or a local diffusers folder")
+        self.model = ComboBox(label="model", choices=self._model_choices, value=DEFAULT_MODEL)
+        self.model.native.setToolTip("An InstructPix2Pix-family model: a hub id (downloaded once) or a local "
+                                     "diffusers folder")
+        self._model_before = DEFAULT_MODEL
         self.device = ComboBox(label="device", choices=self._devices())
         self.load_button = PushButton(text="Load model")
-        self.mask_threshold = FloatSlider(label="mask_threshold", min=0.0, max=1.0, step=0.01,
-                                          value=defaults.mask_threshold)
-        self.fg_quantile = FloatSlider(label="fg_quantile", min=0.5, max=0.99, step=0.01, value=defaults.fg_quantile)
-        self.bg_quantile = FloatSlider(label="bg_quantile", min=0.05, max=0.9, step=0.01, value=defaults.bg_quantile)
-        self.temperature = FloatSlider(label="temperature", min=1.0, max=50.0, step=0.5, value=defaults.temperature)
-        self.keep = ComboBox(label="keep", choices=["all", "peak"], value=defaults.keep)
+        self.settings = {spec.name: self._control(spec) for spec in _controls.specs()}
 
         main = Container(widgets=[
-            self.image, self.expression, self.labels, self.label_policy, self.overwrite, self.slices, self.axis,
-            self.show_prior, self.show_scores, self.polarity, self.clicks_button,
+            self.image, self.expression,
+            Container(widgets=[self.box_button, self.clicks_button], layout="horizontal", labels=False),
+            self.polarity, self.labels, self.label_policy, self.overwrite, self.slices, self.axis,
+            self.show_prior, self.show_scores,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.status,
+            self.status, self.export_button,
         ])
-        advanced = Container(widgets=[
-            self.model, self.device, self.load_button, self.mask_threshold, self.fg_quantile, self.bg_quantile,
-            self.temperature, self.keep,
-        ])
+        advanced = Container(widgets=[self.model, self.device, self.load_button, *self.settings.values()])
         self.progress = QProgressBar()
         self.progress.setVisible(False)
         fold = QCollapsible("Advanced: model and settings")
         fold.addWidget(advanced.native)
+        self.record_view = QPlainTextEdit(readOnly=True)
+        self.record_view.setPlaceholderText("After a run: what made the label, enough to make it again.")
+        self.record_view.setMinimumHeight(220)
+        self.record_fold = QCollapsible("Record of the last label")
+        self.record_fold.addWidget(self.record_view)
         layout = QVBoxLayout(self)
         layout.addWidget(main.native)
         layout.addWidget(self.progress)
+        layout.addWidget(self.record_fold)
         layout.addWidget(fold)
         layout.addStretch(1)
+        self.setFixedWidth(DOCK_WIDTH)
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
+        self._gesture_timer = QTimer(self, singleShot=True, interval=GESTURE_MS)
+        self._gesture_timer.timeout.connect(self._end_gesture)
         self.run_button.changed.connect(self.segment)
         self.expression.native.returnPressed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.load_button.changed.connect(lambda _=None: self.load_model())
         self.clicks_button.changed.connect(self.add_click_points)
+        self.box_button.changed.connect(self.draw_box)
+        self.export_button.changed.connect(lambda _=None: self.export())
         self.polarity.changed.connect(self._set_click_polarity)
-        for slider in (self.mask_threshold, self.fg_quantile, self.bg_quantile, self.temperature, self.keep):
-            slider.changed.connect(self.rescore)
+        self.model.changed.connect(self._model_chosen)
+        for spec in _controls.specs():
+            if spec.rescore:
+                self.settings[spec.name].changed.connect(self.rescore)
         self.image.changed.connect(self._show_slice_choices)
         self._show_slice_choices()
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, activated=self.cancel)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
-                      self.viewer.layers.events.reordered):
+                      self.viewer.layers.events.reordered, self.viewer.layers.events.changed):
             event.connect(self._refresh_choices)
 
-    # -- choices -------------------------------------------------------------------
+    # -- controls ----------------------------------------------------------------------
+    @staticmethod
+    def _control(spec: _controls.Spec):
+        """One setting's control, from its row of the table (tooltip: the setting's help)."""
+        label = spec.name
+        if spec.kind == "float":
+            control = FloatSlider(label=label, min=spec.minimum, max=spec.maximum, step=spec.step, value=spec.default)
+        elif spec.kind == "int":
+            control = SpinBox(label=label, min=spec.minimum, max=spec.maximum, step=spec.step, value=spec.default)
+        elif spec.kind == "choice":
+            control = ComboBox(label=label, choices=spec.choices, value=spec.default)
+        elif spec.kind == "bool":
+            control = CheckBox(text=label, value=spec.default)
+        else:
+            control = LineEdit(label=label, value=spec.default)
+        when = "" if spec.rescore else " (applies at the next Segment)"
+        control.native.setToolTip(f"{spec.help}{when}")
+        return control
+
+    def setting_values(self, rescore_only: bool = False) -> dict:
+        """The settings the controls hold (those of steps 6-7 only, for a re-score)."""
+        return {spec.name: self.settings[spec.name].value for spec in _controls.specs()
+                if spec.rescore or not rescore_only}
+
+    # -- choices -------------------------------------------------------------------------
     def _image_choices(self, _=None):
         images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)
-                  and layer.name not in (PRIOR_LAYER, SCORES_LAYER)]
+                  and layer.name not in OVERLAYS]
         grey = [n for n in images if not self.viewer.layers[n].rgb]
         return images + ([_layers.COMPOSITE] if len(grey) > 1 else [])
 
     def _labels_choices(self, _=None):
         return [NEW_LAYER] + [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _model_choices(self, _=None):
+        known = [(f"{title} ({model})", model) for model, title in hub.KNOWN_MODELS.items()]
+        return known + [(Path(m).name or m, m) for m in self._local_models] + [(LOCAL_FOLDER, LOCAL_FOLDER)]
 
     @staticmethod
     def _devices():
@@ -154,8 +238,13 @@ class EditSegWidget(QWidget):
             ["mps"] if torch.backends.mps.is_available() else [])
 
     def _refresh_choices(self, _=None):
-        self.image.reset_choices()
-        self.labels.reset_choices()
+        """Lists follow the layer list's order (magicgui would append new names after old ones)."""
+        for combo in (self.image, self.labels):
+            value = combo.value
+            combo.choices = ()
+            combo.reset_choices()
+            if value in combo.choices:
+                combo.value = value
         self._show_slice_choices()
 
     def _show_slice_choices(self, _=None):
@@ -166,23 +255,37 @@ class EditSegWidget(QWidget):
         self.slices.visible = self.axis.visible = lead > 0
         self.axis.max = max(0, lead - 1)
 
-    def discrimination_settings(self) -> dict:
-        return dict(mask_threshold=self.mask_threshold.value, fg_quantile=self.fg_quantile.value,
-                    bg_quantile=self.bg_quantile.value, temperature=self.temperature.value, keep=self.keep.value)
+    def use_model(self, model: str) -> None:
+        """Offer a local folder (or another id) in the model list and choose it."""
+        if model not in [value for _, value in self._model_choices()]:
+            self._local_models.append(model)
+            self.model.reset_choices()
+        self.model.value = model
 
-    # -- status --------------------------------------------------------------------
+    def _model_chosen(self, value) -> None:
+        if value == LOCAL_FOLDER:
+            folder = QFileDialog.getExistingDirectory(self, "A diffusers model folder (with model_index.json)")
+            if folder:
+                self.use_model(folder)
+            else:
+                self.model.value = self._model_before
+            return
+        self._model_before = value
+
+    # -- status and workers ------------------------------------------------------------
     def _say(self, text: str, error: bool = False) -> None:
-        self.status.value = text
+        self.status.value = wrappable(text)
+        self.status.native.setToolTip(text)
         self.status.native.setStyleSheet("color: #ff6060;" if error else "")
 
     def _busy(self, busy: bool, steps: int = 0) -> None:
-        self.run_button.enabled = self.load_button.enabled = not busy
+        self.run_button.enabled = self.load_button.enabled = self.export_button.enabled = not busy
         self.cancel_button.enabled = busy
         self.progress.setVisible(busy)
         self.progress.setRange(0, steps)  # 0 steps: an indeterminate "busy" bar
         self.progress.setValue(0)
 
-    def _start(self, worker, on_return=None, on_yield=None, steps: int = 0):
+    def _start(self, worker, on_return=None, on_yield=None, steps: int = 0, on_error=None):
         self._worker = worker
         self._busy(True, steps)
 
@@ -194,147 +297,181 @@ class EditSegWidget(QWidget):
             worker.yielded.connect(mine(on_yield))
         if on_return:
             worker.returned.connect(mine(on_return))
-        worker.errored.connect(mine(self._failed))
+        worker.errored.connect(mine(on_error or self._failed))
         worker.finished.connect(mine(self._done))
         worker.start()
 
     def _done(self) -> None:
         self._worker = None
         self._busy(False)
+        for bar in self._bars.values():
+            bar.close()
+        self._bars = {}
+        if self._pending_rescore:
+            self._pending_rescore = False
+            self.rescore()
+        elif not self._gesture_timer.isActive():
+            self.session.end_gesture()
 
     def _failed(self, error: Exception) -> None:
-        """Errors end in the status line (our own ValueErrors/OSErrors say what to fix)."""
+        """Errors end in the status line, in the widget's words; nothing is created."""
         self._done()
-        if not isinstance(error, (ValueError, OSError)):
+        if not isinstance(error, (ValueError, OSError, hub.DownloadCancelled)):
             logging.getLogger(__name__).error("segmentation failed", exc_info=error)
-        self._say(f"Error: {' '.join(str(error).split())}", error=True)
+        self._say(f"Error: {message(error, self.model.value)}", error=True)
 
     def cancel(self) -> None:
-        """Stop waiting now; a forward already under way ends in the background, unseen."""
+        """Stop waiting now: nothing of the run is painted (a forward under way ends unseen)."""
         if self._worker is None:
             return
+        downloading = bool(self._bars)
+        self._cancelled.set()
         self._worker.quit()
         self._done()
-        self._say("Cancelled.")
+        self._say("Download cancelled; Load model (or Segment) resumes it where it stopped." if downloading
+                  else "Cancelled: nothing was painted.")
 
-    # -- model ---------------------------------------------------------------------
+    # -- model -----------------------------------------------------------------------------
     def _key(self) -> tuple[str, str]:
-        return self.model.value.strip(), self.device.value
+        return str(self.model.value).strip(), self.device.value
 
     def load_model(self, then=None) -> None:
         key = self._key()
-        if not key[0]:
-            self._say("Enter a model: a hub id or a local folder.", error=True)
-            return
-        if key in self._segmenters:
+        if key in self.session.segmenters:
             self._say(f"Model {key[0]} is loaded.")
             if then:
-                then(self._segmenters[key])
+                then(key)
             return
-        self._say(f"Loading {key[0]} … (the first time downloads the weights)")
+        self._say(f"Loading {key[0]} … (a first use downloads about 4 GB; progress in the activity dock)")
+        self._cancelled = threading.Event()
 
         def loaded(segmenter):
-            self._segmenters[key] = segmenter
             self._say(f"Model {key[0]} loaded on {segmenter.device}.")
             if then:
                 self._worker = None
-                then(segmenter)
+                then(key)
 
-        self._start(create_worker(load_segmenter, *key, _start_thread=False, _ignore_errors=True), on_return=loaded)
+        worker = create_worker(load_steps, self.session, *key, self._cancelled, _start_thread=False,
+                               _ignore_errors=True)
+        self._start(worker, on_return=loaded, on_yield=self._download_progress)
 
-    # -- segment -------------------------------------------------------------------
-    def _image_layer(self):
+    def _download_progress(self, report) -> None:
+        """Byte counts of a first download as napari progress bars (the activity dock)."""
+        from napari.utils import progress
+
+        name, done, total = report
+        if name not in self._bars:
+            self._bars[name] = progress(total=total, desc=f"downloading {name}")
+        bar = self._bars[name]
+        bar.update(done - bar.n)
+
+    # -- segment ---------------------------------------------------------------------------
+    def _image_layer(self) -> Source:
         name = self.image.value
         if name is None:
-            raise ValueError("Add an image layer first (or File > Open Sample > napari-editseg).")
+            raise ValueError(f"Add an image layer first (or {SAMPLE_MENU}).")
         if name == _layers.COMPOSITE:
             images = [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb
-                      and layer.name not in (PRIOR_LAYER, SCORES_LAYER)]
-            return images[0], images
+                      and layer.name not in OVERLAYS]
+            return Source(images[0], images)
         layer = self.viewer.layers[name]
         if _layers.spatial_ndim(layer) < 2:
             raise ValueError(f"image layer {name!r} has fewer than two spatial axes")
-        return layer, None
+        return Source(layer)
 
-    def _planes(self, layer, composite):
-        axis = self.axis.value if self.slices.value == ALL else None
-        indices = _layers.slice_indices(layer, self.viewer.dims.point, axis)
-        if composite:
-            return [(i, _layers.composite_plane(composite, i)) for i in indices]
-        return [(i, _layers.displayed_plane(layer, i)) for i in indices]
-
-    def _labels_layer(self, image) -> Labels:
+    def _labels_layer(self, source: Source) -> Optional[Labels]:
+        """The chosen Labels layer, or None for a new one (created when the run succeeds)."""
         if self.labels.value in (None, NEW_LAYER):
-            shape = image.data.shape[:_layers.spatial_ndim(image)]
-            labels = self.viewer.add_labels(np.zeros(shape, np.uint32), name=f"editseg {image.name}",
-                                            **_layers.transform_kwargs(image))
-            self.labels.value = labels.name
-            self.viewer.layers.selection.active = image
-            return labels
+            return None
         labels = self.viewer.layers[self.labels.value]
-        expected = image.data.shape[:_layers.spatial_ndim(image)]
-        if labels.data.shape != expected:
-            raise ValueError(f"labels layer {labels.name!r} has shape {labels.data.shape}, the image {expected}")
+        if labels.data.shape != source.shape:
+            raise ValueError(f"labels layer {labels.name!r} has shape {labels.data.shape}, the image {source.shape}")
         return labels
 
+    def _prompt(self, source: Source) -> Prompt:
+        box = None
+        if BOX_LAYER in self.viewer.layers:
+            box = _layers.box_from_shapes(self.viewer.layers[BOX_LAYER], source.layer)
+        return Prompt(self.expression.value.strip(), box, self._clicks(source), self.setting_values())
+
+    def _clicks(self, source: Source) -> dict:
+        if CLICKS_LAYER not in self.viewer.layers:
+            return {}
+        return _layers.clicks_by_slice(self.viewer.layers[CLICKS_LAYER], source.layer, source.shape[-2:])
+
     def segment(self, _=None) -> None:
-        """Run the expression on the chosen image (current slice or all slices)."""
+        """Run the expression (or the box / clicks alone) on the current slice or all slices."""
         if self._worker is not None:
             return
-        expression = self.expression.value.strip()
         try:
-            if not expression:
-                raise ValueError("Type an expression first, e.g. 'the dog on the left'.")
-            image, composite = self._image_layer()
-            planes = self._planes(image, composite)
-            labels = self._labels_layer(image)
+            source = self._image_layer()
+            prompt = self._prompt(source)
+            if not prompt.expression and prompt.box is None and not any(c[0] for c in prompt.clicks.values()):
+                raise ValueError("Type an expression first, e.g. 'the dog on the left' (or draw a box, or add "
+                                 "positive clicks).")
+            axis = self.axis.value if self.slices.value == ALL else None
+            indices = _layers.slice_indices(source.layer, self.viewer.dims.point, axis)
+            labels = self._labels_layer(source)
         except ValueError as error:
             self._say(str(error), error=True)
             return
-        label_id = labels.selected_label if self.label_policy.value == SELECTED else _layers.next_label_id(labels)
-        run = Run(image, labels, int(label_id), expression, self.overwrite.value)
-        overrides = self.discrimination_settings()
+        if labels is None:
+            label_id = 1
+        elif self.label_policy.value == SELECTED:
+            label_id = labels.selected_label
+        else:
+            label_id = self.session.next_label(labels)
 
-        def start(segmenter):
-            run.segmenter = segmenter
-            self._run = run
-            self._say(f"Segmenting {expression!r} on {len(planes)} slice(s) …")
-            worker = create_worker(segment_planes, segmenter, planes, expression, overrides,
-                                   _start_thread=False, _ignore_errors=True)
-            self._start(worker, on_yield=self._show_plane, on_return=lambda _: self._finished(run),
-                        steps=len(planes) if len(planes) > 1 else 0)
+        def start(key):
+            try:
+                run = self.session.new_run(source, prompt, indices, label_id, self.overwrite.value, key)
+            except ValueError as error:
+                self._say(str(error), error=True)
+                return
+            what = repr(prompt.expression) if prompt.expression else "the box and clicks"
+            self._say(f"Segmenting {what} on {len(indices)} slice(s) …")
+            worker = create_worker(self.session.segment, run, _start_thread=False, _ignore_errors=True)
+            self._start(worker, on_yield=lambda item: self._collect(run, item),
+                        on_return=lambda _: self._finished(run, labels), steps=len(indices) if len(indices) > 1 else 0)
 
         self.load_model(then=start)
 
-    def _show_plane(self, item) -> None:
-        index, result = item
-        run = self._run
-        run.base[index] = result
-        self._write(run, index, result)
+    def _collect(self, run: Run, item) -> None:
+        self.session.collect(run, *item)
         if self.progress.maximum():
-            self.progress.setValue(len(run.base))
+            self.progress.setValue(len(run.masks))
 
-    def _write(self, run: Run, index, result: Segmentation) -> None:
-        run.current[index] = result
-        run.written[index] = _layers.write_mask(run.labels, index, result.mask, run.label_id, run.overwrite,
-                                                replacing=run.written.get(index))
-        self._explain(run, result)
+    def _finished(self, run: Run, labels: Optional[Labels]) -> None:
+        """The run succeeded: paint it (one undo step), select the labels so Ctrl+Z works."""
+        if all(mask is None for mask in run.masks.values()):  # nothing found: no layer, no label
+            self._say(self.session.summary(run, time.perf_counter() - run.started))
+            return
+        if labels is None:
+            labels = self.viewer.add_labels(np.zeros(run.source.shape, np.uint32),
+                                            name=f"editseg {run.source.layer.name}",
+                                            **_layers.transform_kwargs(run.source.layer))
+            self.labels.value = labels.name
+        self._watch(labels)
+        self.session.paint(run, labels)
+        self._explain(run)
+        self._show_record(run)
+        self.viewer.layers.selection.active = labels
+        self._say(self.session.summary(run, time.perf_counter() - run.started))
 
-    def _finished(self, run: Run) -> None:
-        _layers.record_label(run.labels, run.label_id, run.expression, {
-            "model": self._key()[0], "slices": len(run.base),
-            "mask_threshold": self.mask_threshold.value,
-        })
-        area = np.mean([r.area for r in run.current.values()])
-        skipped = sum(w.skipped for w in run.written.values())
-        note = f"; {skipped} pixels of other labels kept (tick overwrite to replace them)" if skipped else ""
-        self._say(f"Label {run.label_id} = {run.expression!r}: {area:.1%} of the slice, "
-                  f"{time.perf_counter() - run.started:.1f} s{note}. Ctrl+Z undoes.")
+    def _show_record(self, run: Run) -> None:
+        record = _layers.records(run.labels).get(run.label_id)
+        self.record_view.setPlainText(record_text(record) if record else "")
 
-    def _explain(self, run: Run, result: Segmentation) -> None:
-        """Prior and score maps as image layers over the image (2-D, last two axes)."""
-        kwargs = {k: v[-2:] if k in ("scale", "translate") else v
-                  for k, v in _layers.transform_kwargs(run.image).items() if k in ("scale", "translate")}
+    def _watch(self, labels: Labels) -> None:
+        """Keep the label table in step with undo, redo and erasing."""
+        if id(labels) not in self._watched:
+            self._watched.add(id(labels))
+            labels.events.set_data.connect(lambda _=None: self.session.sync(labels))
+            labels.events.paint.connect(lambda _=None: self.session.sync(labels))
+
+    def _explain(self, run: Run) -> None:
+        """Prior and score maps of the shown slice as image layers exactly over the image."""
+        result = run.shown
         for show, name, data, colormap in ((self.show_prior.value, PRIOR_LAYER, result.prior, "inferno"),
                                            (self.show_scores.value, SCORES_LAYER, result.scores, "viridis")):
             if not show:
@@ -343,54 +480,80 @@ class EditSegWidget(QWidget):
                 self.viewer.layers[name].data = data
             else:
                 self.viewer.add_image(data, name=name, colormap=colormap, opacity=0.5, blending="additive",
-                                      contrast_limits=(0.0, 1.0), **kwargs)
-                self.viewer.layers.selection.active = run.labels
+                                      contrast_limits=(0.0, 1.0), **_layers.plane_transform(run.source.layer))
 
-    # -- instant re-score: threshold, quantiles, clicks — no UNet forward -----------
-    def _clicks(self, run: Run) -> dict:
-        """(positive, negative) pixel lists per slice index, from the clicks layer."""
-        per_index: dict = {}
-        if CLICKS_LAYER not in self.viewer.layers:
-            return per_index
-        points = self.viewer.layers[CLICKS_LAYER]
-        polarity = points.features.get("positive", np.ones(len(points.data), bool))
-        for point, positive in zip(points.data, np.asarray(polarity, bool)):
-            index, pixel = _layers.world_to_pixel(run.image, points.data_to_world(point))
-            if index in run.base and 0 <= pixel[0] < run.base[index].mask.shape[0] \
-                    and 0 <= pixel[1] < run.base[index].mask.shape[1]:
-                per_index.setdefault(index, ([], []))[0 if positive else 1].append(pixel)
-        return per_index
-
+    # -- instant re-score: threshold, quantiles, clicks — no UNet forward -----------------
     def rescore(self, _=None) -> None:
-        run = self._run
-        if run is None or not run.base or self._worker is not None:
+        """Re-score the last run with the controls and clicks; a stack's in a worker."""
+        run = self.session.run
+        if run is None or run.labels is None or run.labels not in self.viewer.layers:
             return
-        clicks = self._clicks(run)
-        settings = self.discrimination_settings()
-        for index, base in run.base.items():
-            positive, negative = clicks.get(index, ([], []))
-            self._write(run, index, run.segmenter.refine(base, positive, negative, **settings))
-        self._finished(run)
+        if self._worker is not None:  # coalesce: one more re-score when this one ends
+            self._pending_rescore = True
+            return
+        if run.label_id not in self.session.present(run.labels):
+            self._say("The last run was undone or erased: press Segment for a new one.")
+            return
+        self.session.begin_gesture(run.labels)
+        self._gesture_timer.start()
+        settings = self.setting_values(rescore_only=True)
+        clicks = self._clicks(run.source)
+        start = time.perf_counter()
 
-    def add_click_points(self, _=None) -> None:
-        """A Points layer over the image: new points refine the last segmentation."""
+        def done(results):
+            self.session.apply(run, dict(results), clicks)
+            self._explain(run)
+            self._show_record(run)
+            self._say(self.session.summary(run, time.perf_counter() - start))
+
         try:
-            image, _ = self._image_layer()
+            if len(run.masks) == 1:
+                done(list(self.session.rescore(run, settings, clicks)))
+                return
+            worker = create_worker(lambda: list(self.session.rescore(run, settings, clicks)),
+                                   _start_thread=False, _ignore_errors=True)
+            self._say(f"Re-scoring {len(run.masks)} slices …")
+            self._start(worker, on_return=done, steps=0)
         except ValueError as error:
             self._say(str(error), error=True)
-            return
-        if CLICKS_LAYER not in self.viewer.layers:
+
+    def _end_gesture(self) -> None:
+        if self._worker is None:
+            self.session.end_gesture()
+
+    # -- prompts: clicks and a box -----------------------------------------------------------
+    def _prompt_layer(self, name: str, add, mode: str, hint: str):
+        """A prompt layer (clicks or box) over the chosen image, in its drawing mode and selected."""
+        try:
+            source = self._image_layer()
+        except ValueError as error:
+            self._say(str(error), error=True)
+            return None
+        if name not in self.viewer.layers:
+            add(source.layer)
+        layer = self.viewer.layers[name]
+        layer.mode = mode
+        self.viewer.layers.selection.active = layer
+        self._say(hint)
+        return layer
+
+    def add_click_points(self, _=None) -> None:
+        """A Points layer over the image: positive / negative clicks (T toggles) refine or segment alone."""
+        def add(image):
             points = self.viewer.add_points(
                 np.zeros((0, _layers.spatial_ndim(image))), name=CLICKS_LAYER, size=8,
                 features={"positive": np.zeros(0, bool)}, face_color="positive",
                 face_color_cycle={True: "lime", False: "magenta"}, **_layers.transform_kwargs(image),
             )
             points.events.data.connect(self._clicks_changed)
-        points = self.viewer.layers[CLICKS_LAYER]
-        self._set_click_polarity()
-        points.mode = "add"
-        self.viewer.layers.selection.active = points
-        self._say("Click on the image: positive points add, negative points remove (choose above).")
+            points.bind_key("t", lambda _layer: self.toggle_polarity(), overwrite=True)
+
+        if self._prompt_layer(CLICKS_LAYER, add, "add", "Click on the image: positive clicks include, negative "
+                              "exclude (T toggles). With no expression, Segment uses the clicks alone."):
+            self._set_click_polarity()
+
+    def toggle_polarity(self) -> None:
+        self.polarity.value = NEGATIVE if self.polarity.value == POSITIVE else POSITIVE
 
     def _set_click_polarity(self, _=None) -> None:
         if CLICKS_LAYER in self.viewer.layers:
@@ -399,3 +562,32 @@ class EditSegWidget(QWidget):
     def _clicks_changed(self, event) -> None:
         if getattr(event, "action", "added") in ("added", "removed", "changed"):
             self.rescore()
+
+    def draw_box(self, _=None) -> None:
+        """A Shapes layer in rectangle mode over the image: the last rectangle confines the next run."""
+        def add(image):
+            self.viewer.add_shapes(ndim=_layers.spatial_ndim(image), name=BOX_LAYER, edge_color="yellow",
+                                   face_color="transparent", edge_width=2, **_layers.transform_kwargs(image))
+
+        self._prompt_layer(BOX_LAYER, add, "add_rectangle",
+                           "Drag a rectangle around the object, then press Segment (with or without words).")
+
+    # -- export ----------------------------------------------------------------------------------
+    def export(self, path: Optional[str] = None) -> Optional[Path]:
+        """The chosen Labels layer as a TIFF and its labels' records as a JSON sidecar beside it."""
+        name = self.labels.value
+        if name in (None, NEW_LAYER) or name not in self.viewer.layers:
+            self._say("Choose a labels layer to export (after a run it is chosen).", error=True)
+            return None
+        labels = self.viewer.layers[name]
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export labels", f"{name}.tif", "TIFF (*.tif *.tiff)")
+            if not path:
+                return None
+        present = self.session.present(labels)
+        records = [_layers.records(labels)[label] for label in sorted(present) if label in _layers.records(labels)]
+        sidecar = write_export(path, np.asarray(labels.data), records)
+        self._say(f"Wrote {path} and {sidecar.name} ({len(records)} record(s)); "
+                  f"`napari-editseg replay {sidecar.name} --image IMAGE` makes them again.")
+        return sidecar
+

@@ -13,21 +13,7 @@ import numpy as np
 from .core.model import DEFAULT_MODEL, ModelNotAvailableError
 from .core.settings import SegmentationSettings, parse_setting
 from .files import read_image, write_labels
-
-# scikit-image's pictures that ship with it (no download), with something to ask for
-SAMPLES = {
-    "astronaut": "the woman's face",
-    "chelsea": "the cat",
-    "coffee": "the cup",
-    "camera": "the man with the camera",
-    "rocket": "the rocket",
-    "coins": "the coin at the top left",
-    "horse": "the horse",
-    "retina": "the optic disc",
-    "immunohistochemistry": "the brown stained cells",
-    "shapes": "red circle",  # a shapes-world scene, for the trained demo model (docs/shapes-world.md)
-}
-SHAPES_SCENE = 11_000_118  # a held-out scene: a red circle and a green triangle
+from .samples import SAMPLES, sample_image
 
 
 def settings_help() -> str:
@@ -35,18 +21,6 @@ def settings_help() -> str:
     for name, default, text in SegmentationSettings.help():
         lines.append(f"  {name} [{default}]\n      {text}")
     return "\n".join(lines)
-
-
-def sample_image(name: str) -> np.ndarray:
-    from skimage import data
-
-    if name not in SAMPLES:
-        raise ValueError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
-    if name == "shapes":
-        from .shapes_world import make_sample
-
-        return make_sample(SHAPES_SCENE).image
-    return getattr(data, name)()
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -128,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
     add_model_arguments(batch)
     batch.set_defaults(run=run_batch)
+
+    replay = commands.add_parser(
+        "replay", help="make labels again from their records (widget export)",
+        description="Make the labels of a record file (the JSON the widget exports beside its TIFF) again, "
+                    "bit for bit on the same device and versions, and optionally compare them with a label image.",
+        epilog="example:\n  napari-editseg replay cells.editseg.json --image cells.tif --check cells-labels.tif",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("records", help="record file (*.editseg.json)")
+    replay.add_argument("--image", required=True, help="the image the labels were made on (same data)")
+    replay.add_argument("-o", "--output", help="write the replayed labels here (TIFF/PNG)")
+    replay.add_argument("--check", help="label image to compare with, label by label; exit 1 if any differs")
+    replay.add_argument("--model", help="load this model instead of the recorded id/folder (it must hash the same)")
+    replay.add_argument("--device", help="run on this device instead of the recorded one (results may differ)")
+    replay.set_defaults(run=run_replay)
 
     evaluate = command(
         "eval", "RefCOCO / RefCOCO+ / RefCOCOg evaluation, exact zero-shot protocol",
@@ -220,6 +209,43 @@ def run_batch(args: argparse.Namespace) -> int:
     report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite)
     print(summary(report))
     return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from .record import load_recorded_model, read_records, replay_labels, version_notes
+
+    content = read_records(args.records)
+    records = content["records"]
+    if not records:
+        raise ValueError(f"{args.records!r} holds no records")
+    image = read_image(args.image)
+    models: dict = {}
+
+    def segmenter_for(record):
+        key = (args.model or record["model"]["id"], args.device or record["device"], record["dtype"])
+        if key not in models:
+            models[key] = load_recorded_model(record, args.model, args.device)
+        return models[key]
+
+    for note in sorted({note for record in records for note in version_notes(record)}):
+        print(f"napari-editseg: note: {note}; bit-for-bit needs the same versions", file=sys.stderr)
+    labels = replay_labels(records, image, segmenter_for, content.get("shape"))
+    if args.output:
+        write_labels(Path(args.output), labels)
+        print(f"{args.output}: {len(records)} label(s) replayed")
+    if not args.check:
+        return 0
+    expected = read_image(args.check)
+    if expected.shape != labels.shape:
+        raise ValueError(f"{args.check!r} has shape {expected.shape}, the replayed labels {labels.shape}")
+    differing = 0
+    for record in records:
+        label = record["label"]
+        pixels = int(((expected == label) != (labels == label)).sum())
+        differing += bool(pixels)
+        print(f"label {label} ({record['expression'] or 'no words'}): "
+              f"{'identical' if not pixels else f'{pixels} pixels differ'}")
+    return 1 if differing else 0
 
 
 def run_eval(args: argparse.Namespace) -> int:

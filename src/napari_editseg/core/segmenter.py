@@ -16,7 +16,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .capture import AttentionStore, forward_and_capture
-from .discriminate import Point, features_at, pixel_features, prototypes, score, to_grid
+from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .image import model_size, resize, to_model_input, to_rgb_float
 from .instruction import Instruction, baseline_text, build_instruction
@@ -24,6 +24,7 @@ from .layout import CapturePlan, UNetLayout
 from .mask import make_mask, to_image_size
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prior import combine_sources, expression_attention, peak_dominance, propagate
+from .prompts import NEUTRAL_INSTRUCTION, Box, box_mask, box_prototypes, check_box, confine_prior, points_prior
 from .relevance import relevance_map
 from .settings import AUTO, DISCRIMINATE_SETTINGS, SegmentationSettings, check_names
 
@@ -51,6 +52,7 @@ class Segmentation:
     positive: tuple[Point, ...] = ()
     negative: tuple[Point, ...] = ()
     confidence: float = 1.0  # in [0, 1]: does the expression point at one thing? (see ``found``)
+    box: Optional[Box] = None  # (row0, col0, row1, col1) pixels the prior and mask were confined to
     guide: Optional[ImageGuide] = field(default=None, repr=False)  # the image, for edge_refine in refine()
     # the prototypes the prior alone gives, with the settings that chose them: a re-threshold or
     # a click reuses them instead of clustering the background again
@@ -152,13 +154,23 @@ class EditSegmenter:
         return scheduler
 
     # -- step 1-2: image --------------------------------------------------------------
-    def set_image(self, image: np.ndarray) -> None:
-        """Take an H×W, H×W×3 or H×W×4 image and encode it once for every later expression."""
+    def set_image(self, image: np.ndarray, latents: Optional[dict] = None) -> None:
+        """Take an H×W, H×W×3 or H×W×4 image and encode it once for every later expression.
+
+        ``latents``: what :meth:`image_latents` gave for this same image before (a caller's
+        cache keyed on the image's content, as the napari widget keeps); no VAE pass then.
+        """
         self._rgb, self._guide, self._latents = None, None, {}  # a refused image leaves no stale one behind
         self._rgb = to_rgb_float(image)
         self._guide = ImageGuide(self._rgb)
+        if latents is not None:
+            self._latents = latents
         settings = self.resolve_settings()
         self._image_latents(settings)
+
+    def image_latents(self) -> dict:
+        """The set image's VAE latents by model input size (small: 4×h/8×w/8 each), for set_image(latents=)."""
+        return self._latents
 
     def _image_latents(self, settings: SegmentationSettings) -> torch.Tensor:
         if self._rgb is None:
@@ -222,6 +234,7 @@ class EditSegmenter:
         settings = self.resolve_settings(**overrides)
         plan = self.layout.plan(settings)
         instructions = [
+            e if isinstance(e, Instruction) else
             build_instruction(e, settings.instruction_template, self.model.tokenizer, self._max_tokens())
             for e in expressions
         ]
@@ -257,12 +270,19 @@ class EditSegmenter:
         return ForwardResult(instructions, settings, plan, latent_grid, store, noise_pred, timings, relevance)
 
     # -- steps 5-7 --------------------------------------------------------------------
-    def segment(self, expression: str, **overrides: Any) -> Segmentation:
-        """Segment what ``expression`` names in the set image; ``overrides`` change settings."""
-        return self.segment_batch([expression], **overrides)[0]
+    def segment(self, expression: str, box: Optional[Sequence[float]] = None, **overrides: Any) -> Segmentation:
+        """Segment what ``expression`` names in the set image; ``overrides`` change settings.
 
-    def segment_batch(self, expressions: Sequence[str], **overrides: Any) -> list[Segmentation]:
-        """Several expressions on the set image in ONE batched UNet forward."""
+        ``box``: (row0, col0, row1, col1) pixels of the image, half-open; the prior and the
+        mask are confined to it (see :mod:`napari_editseg.core.prompts`).
+        """
+        return self.segment_batch([expression], box=box, **overrides)[0]
+
+    def segment_batch(
+        self, expressions: Sequence[str], box: Optional[Sequence[float]] = None, **overrides: Any
+    ) -> list[Segmentation]:
+        """Several expressions on the set image in ONE batched UNet forward (one ``box`` for all)."""
+        box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
         forward = self.forward(expressions, **overrides)
         settings, plan, store = forward.settings, forward.plan, forward.store
         samples = settings.noise_samples
@@ -288,8 +308,9 @@ class EditSegmenter:
                 instruction.word_positions, settings.token_norm, settings.token_scale,
             )
             relevance = None if forward.relevance is None else resize(forward.relevance[i], work_grid)
-            p0 = combine_sources(attention, relevance, settings.prior_source)
-            prior_work = propagate(p0, affinity[i], affinity_grid, settings.propagation_steps)
+            p0 = confine_prior(combine_sources(attention, relevance, settings.prior_source), box, self.image_shape)
+            prior_work = confine_prior(propagate(p0, affinity[i], affinity_grid, settings.propagation_steps), box,
+                                       self.image_shape)
             prior_time = time.perf_counter() - start
             features = pixel_features([b[i] for b in blocks], work_grid)
             timings = {**self._image_timings, **forward.timings, "prior": prior_time}
@@ -300,10 +321,34 @@ class EditSegmenter:
                 features=features.cpu().numpy(), prior_work=prior_work.cpu().numpy(),
                 fg_prototypes=np.zeros((0, features.shape[0]), np.float32),
                 bg_prototypes=np.zeros((0, features.shape[0]), np.float32), confidence=peak_dominance(p0),
-                guide=self._guide,
+                guide=self._guide, box=box,
             )
             results.append(self._discriminate(base, settings, (), ()))
         return results
+
+    def segment_points(
+        self,
+        positive: Sequence[Point] = (),
+        negative: Sequence[Point] = (),
+        box: Optional[Sequence[float]] = None,
+        **overrides: Any,
+    ) -> Segmentation:
+        """Segment what clicks (and/or a box) mark, with no words: one UNet forward.
+
+        The forward runs the empty instruction (``prompts.NEUTRAL_INSTRUCTION``: the
+        model's text-free condition), so the features describe the image alone. The prior
+        is how much each place looks like the positive points (the box, without any),
+        zero outside the box; the points then join the prototypes as in :meth:`refine`.
+        ``positive`` / ``negative``: (row, col) pixels of the image.
+        """
+        if not positive and box is None:
+            raise ValueError("give at least one positive point or a box to segment without words")
+        # the words' prior is replaced below, so no relevance rows are spent on it
+        base = self.segment_batch([NEUTRAL_INSTRUCTION], box=box, **{**overrides, "prior_source": "attention"})[0]
+        prior_work = points_prior(torch.from_numpy(base.features), positive, base.box, self.image_shape)
+        base = replace(base, prior_work=prior_work.numpy(), prior=to_image_size(prior_work, self.image_shape),
+                       confidence=1.0, prior_prototypes=None)
+        return self._discriminate(base, base.settings, tuple(map(tuple, positive)), tuple(map(tuple, negative)))
 
     def refine(
         self,
@@ -347,12 +392,11 @@ class EditSegmenter:
         image_shape = base.mask.shape
         grid = tuple(prior_work.shape)
         key = (settings.fg_select, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed,
-               hash(base.prior_work.tobytes()), id(base.features))
+               hash(base.prior_work.tobytes()), id(base.features), base.box)
         if base.prior_prototypes is not None and base.prior_prototypes[0] == key:
             fg, bg = (torch.from_numpy(p) for p in base.prior_prototypes[1:])
         else:
-            fg, bg = prototypes(features, prior_work, settings.fg_quantile, settings.bg_quantile,
-                                settings.bg_prototypes, settings.seed, settings.fg_select)
+            fg, bg = box_prototypes(features, prior_work, base.box, image_shape, settings)
         from_prior = (key, fg.numpy(), bg.numpy())
         fg = torch.cat([fg, features_at(features, to_grid(positive, image_shape, grid))])
         bg = torch.cat([bg, features_at(features, to_grid(negative, image_shape, grid))])
@@ -366,6 +410,8 @@ class EditSegmenter:
             scores = base.guide.refine(scores, settings.edge_refine, cell, settings.edge_radius, settings.edge_eps)
         edges = time.perf_counter()
         mask = make_mask(scores, base.prior, settings.mask_threshold, settings.keep, settings.fill_holes)
+        if base.box is not None:
+            mask &= box_mask(base.box, image_shape)
         end = time.perf_counter()
         timings = {**base.timings, "discriminate": middle - start, "edges": edges - middle, "mask": end - edges}
         return replace(

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..files import read_image
+from . import need_extra
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 PARQUET_NAMES = {"refcoco": "refcoco", "refcoco+": "refcoco_plus", "refcocog": "refcocog"}
@@ -61,7 +62,7 @@ def select_split(refs: list, split: str) -> list:
 
 def annotation_mask(segmentation: Any, height: int, width: int, binarise: str = "eq1") -> np.ndarray:
     """COCO polygons (or RLE) → bool H×W, polygons summed, then ``== 1`` or ``> 0``."""
-    from pycocotools import mask as coco_mask
+    coco_mask = need_extra("pycocotools.mask", "rasterising RefCOCO annotations")
 
     if isinstance(segmentation, list):  # polygons
         counts = coco_mask.decode(coco_mask.frPyObjects(segmentation, height, width)).astype(np.int32)
@@ -126,7 +127,7 @@ def _maybe_json(value):
 
 @functools.lru_cache(maxsize=2)
 def _row_group_images(path: str, group: int):
-    import pyarrow.parquet as pq
+    pq = need_extra("pyarrow.parquet", "reading parquet files")
 
     return pq.ParquetFile(path).read_row_group(group, columns=["image"]).column("image").to_pylist()
 
@@ -143,7 +144,7 @@ def read_parquet(folder: Path, dataset: str, split: str, split_by: Optional[str]
                  sentence_field: str = "sent", binarise: str = "eq1") -> list[RefSample]:
     """``jxu124/refcoco-benchmark`` files (``<name>_<split_by>_<split>-*.parquet``), one row per
     image with the image embedded, ``image_info`` and ``ref_list`` of {ann_info, ref_info}."""
-    import pyarrow.parquet as pq
+    pq = need_extra("pyarrow.parquet", "reading parquet files")
 
     folder = Path(folder)
     split_by = split_by or SPLIT_BY[dataset]

@@ -1,0 +1,195 @@
+"""The widget's state without a display: a Session driven with napari's layer models only,
+records and their replay (API and CLI), and where models come from. Real forwards throughout."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+
+from napari_editseg import _controls, hub
+from napari_editseg._runstate import Prompt, Session, Source
+from napari_editseg.cli import main
+from napari_editseg.files import write_labels
+from napari_editseg.record import plane_signature, read_records, replay, write_export
+
+KEY = ("tiny", "cpu")
+
+
+@pytest.fixture()
+def session(segmenter):
+    session = Session()
+    session.add_model(KEY, segmenter)
+    return session
+
+
+def segment(session, source, prompt, indices, labels, label_id=None, overwrite=False):
+    run = session.new_run(source, prompt, indices, label_id or session.next_label(labels), overwrite, KEY)
+    for index, result in session.segment(run):
+        session.collect(run, index, result)
+    session.paint(run, labels)
+    return run
+
+
+def test_a_run_on_a_stack_is_one_undo_step_and_the_table_follows(session, picture):
+    stack = Image(np.stack([picture[..., c] for c in range(3)]))
+    labels = Labels(np.zeros(stack.data.shape, np.uint32))
+    run = segment(session, Source(stack), Prompt("the disc", overrides={"mask_threshold": 0.0}),
+                  [(0,), (1,), (2,)], labels)
+    assert run.label_id == 1 and (labels.data == 1).all()
+    assert list(labels.features["index"]) == [1]
+    labels.undo()
+    session.sync(labels)  # the widget calls this on the layer's events
+    assert not labels.data.any() and len(labels.features) == 0 and session.next_label(labels) == 1
+    labels.redo()
+    session.sync(labels)
+    assert list(labels.features["expression"]) == ["the disc"]
+
+
+def test_planes_are_encoded_once_per_content(session, segmenter, picture, count_calls):
+    image = Image(picture)
+    with count_calls(segmenter.model.vae.encoder) as encodes:
+        for expression in ("the disc", "the square", "the background"):
+            segment(session, Source(image), Prompt(expression), [()], Labels(np.zeros((45, 60), np.uint32)))
+    assert encodes.calls == 1
+    session.latent_cache = 1  # room for one plane: A, B, A encodes three times
+    a, b = picture[:, ::-1].copy(), picture[::-1].copy()
+    with count_calls(segmenter.model.vae.encoder) as encodes:
+        for plane in (a, b, a):
+            session.set_plane(segmenter, plane)
+    assert encodes.calls == 3
+
+
+def test_export_and_the_replay_command_reproduce_labels_bit_for_bit(session, picture, tmp_path, tiny_model_dir):
+    session.identities[KEY] = hub.model_identity(session.segmenters[KEY].model)
+    image = Image(picture)
+    labels = Labels(np.zeros((45, 60), np.uint32))
+    run = segment(session, Source(image), Prompt("the red disc", box=(2, 3, 40, 50)), [()], labels)
+    session.begin_gesture(labels)  # a click, as the widget re-scores it
+    results = dict(session.rescore(run, {"mask_threshold": 0.4}, {(): ([(20.0, 18.0)], [(5.0, 55.0)])}))
+    session.apply(run, results, {(): ([(20.0, 18.0)], [(5.0, 55.0)])})
+    session.end_gesture()
+    segment(session, Source(image), Prompt("", clicks={(): ([(30.0, 45.0)], [])}), [()], labels)
+    assert set(np.unique(labels.data)) == {0, 1, 2}
+    records = [labels.metadata["editseg"][label] for label in (1, 2)]
+    sidecar = write_export(tmp_path / "labels.tif", labels.data, records)
+    assert json.loads(sidecar.read_text())["records"][0]["settings"]["mask_threshold"] == 0.4
+    write_labels(tmp_path / "image.tif", picture)
+    argv = ["replay", str(sidecar), "--image", str(tmp_path / "image.tif"), "--check", str(tmp_path / "labels.tif")]
+    assert main(argv) == 0
+    changed = labels.data.copy()
+    changed[0, 0] = 1 if changed[0, 0] != 1 else 0
+    write_labels(tmp_path / "changed.tif", changed)
+    assert main(argv[:-1] + [str(tmp_path / "changed.tif")]) == 1
+    first = replay(records[0], picture)  # the API call, loading the recorded model folder
+    assert np.array_equal(first.mask & (labels.data != 2), labels.data == 1)
+
+
+def test_replay_refuses_other_data_and_other_models(session, picture, tmp_path, tiny_two_level_dir, capsys):
+    image = Image(picture)
+    labels = Labels(np.zeros((45, 60), np.uint32))
+    segment(session, Source(image), Prompt("the red disc"), [()], labels)
+    record = labels.metadata["editseg"][1]
+    with pytest.raises(ValueError, match="differs from the one label 1 was made on"):
+        replay(record, picture[::-1].copy())
+    record = {**record, "model": {**record["model"], "folder_sha256": "0" * 64}}
+    sidecar = write_export(tmp_path / "l.tif", labels.data, [record])
+    write_labels(tmp_path / "image.tif", picture)
+    assert main(["replay", str(sidecar), "--image", str(tmp_path / "image.tif")]) == 2
+    assert "model folder's content differs" in capsys.readouterr().err
+
+
+def test_a_composite_record_is_refused_by_the_cli_with_a_reason(session, picture, tmp_path, capsys):
+    channels = [Image(picture[..., c], name=name, colormap=cmap)
+                for c, (name, cmap) in enumerate([("r", "red"), ("g", "green"), ("b", "blue")])]
+    labels = Labels(np.zeros((45, 60), np.uint32))
+    segment(session, Source(channels[0], channels), Prompt("the red disc"), [()], labels)
+    sidecar = write_export(tmp_path / "l.tif", labels.data, [labels.metadata["editseg"][1]])
+    write_labels(tmp_path / "r.tif", picture[..., 0])
+    assert main(["replay", str(sidecar), "--image", str(tmp_path / "r.tif")]) == 2
+    assert "composite of layers (r, g, b)" in capsys.readouterr().err
+
+
+def test_word_less_runs_need_a_box_or_clicks_on_every_slice(session, picture):
+    stack = Image(np.stack([picture[..., 0]] * 2))
+    with pytest.raises(ValueError, match=r"1 slice\(s\) have none"):
+        session.new_run(Source(stack), Prompt("", clicks={(0,): ([(3.0, 4.0)], [])}), [(0,), (1,)], 1, False, KEY)
+
+
+def test_records_read_back_and_name_what_they_need(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_records(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a napari-editseg record file"):
+        read_records(tmp_path / "x.json")
+    assert plane_signature(np.zeros((2, 2), np.uint8)) != plane_signature(np.zeros((2, 2), np.float32))
+
+
+# -- models: hub ids, folders, downloads ------------------------------------------------------------
+def test_needed_files_pick_one_weights_file_per_component():
+    files = ["model_index.json", "README.md", "instruct-pix2pix-00-22000.ckpt", "instruct-pix2pix-00-22000.safetensors",
+             "scheduler/scheduler_config.json", "safety_checker/config.json", "safety_checker/model.safetensors",
+             "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+             "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+             "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+             "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.bin"]
+    assert hub.needed_files(files) == [
+        "model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.bin", "text_encoder/config.json", "text_encoder/model.safetensors",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "scheduler/scheduler_config.json"]
+
+
+def test_download_progress_reports_bytes_and_a_cancel_stops_it():
+    reports, cancelled = [], threading.Event()
+    bar = hub.progress_bridge(reports.append, cancelled)(total=100, desc="unet/weights", unit="B")
+    bar.update(40)
+    bar.update(30)
+    assert reports == [("unet/weights", 40, 100), ("unet/weights", 70, 100)]
+    cancelled.set()
+    with pytest.raises(hub.DownloadCancelled):
+        bar.update(30)
+
+
+def test_a_folder_is_named_by_its_content(tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert hub.folder_hash(str(copy)) == hub.folder_hash(str(tiny_model_dir))
+    (copy / "scheduler" / "scheduler_config.json").write_text("{}")
+    assert hub.folder_hash(str(copy)) != hub.folder_hash(str(tiny_model_dir))
+    assert hub.not_available_message(str(copy / "gone")).startswith("The model folder")
+    assert "--" not in hub.not_available_message("someone/model")
+
+
+def test_a_hub_id_is_recorded_with_its_cached_revision(tiny_model_dir, tmp_path):
+    """Offline, from a Hugging Face cache laid out as the hub writes it."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-editor"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("from napari_editseg import EditSegmenter; from napari_editseg.hub import model_identity; "
+            "print(model_identity(EditSegmenter.from_pretrained('someone/tiny-editor', device='cpu').model))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"'revision': '{commit}'" in done.stdout and "'id': 'someone/tiny-editor'" in done.stdout
+
+
+def test_every_control_row_is_a_setting_with_bounds_the_settings_accept():
+    for spec in _controls.specs():
+        assert spec.help
+        if spec.kind in ("float", "int"):
+            assert _controls.accepts(spec.name, spec.minimum) and _controls.accepts(spec.name, spec.maximum)
+            assert spec.minimum <= spec.default <= spec.maximum
+        if spec.kind == "choice":
+            assert spec.default in spec.choices
