@@ -51,6 +51,23 @@ def test_otsu_takes_a_small_object_that_a_fixed_quantile_swamps():
     assert iou(grid_mask(features, prior, fg_select="otsu", bg_prototypes=2), SMALL) > 0.95
 
 
+def test_both_takes_the_top_share_of_a_broad_prior_and_all_of_a_small_object():
+    """A relevance map spreads over the object and its surroundings: Otsu's split takes the
+    whole spread, the quantile only its top share. On a perfect prior of a small object the
+    quantile takes every cell (its threshold is the minimum) and Otsu's split the object. The
+    stricter of the two is right both times."""
+    features = planted()
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    broad = torch.exp(-((rows - 5.5) ** 2 + (cols - 5.5) ** 2) / 60.0)  # peaked on SMALL, spread far around it
+    # the top 1.5 % of the grid is about SMALL's 16 cells; Otsu's split takes some 200
+    fg_otsu, _ = prototypes(features, broad, 0.985, 0.5, 1, 0, "otsu")
+    fg_both, _ = prototypes(features, broad, 0.985, 0.5, 1, 0, "both")
+    small = torch.nn.functional.normalize(features[:, SMALL].mean(dim=1), dim=0)
+    cosine = lambda fg: float(torch.nn.functional.normalize(fg[0], dim=0) @ small)  # noqa: E731
+    assert cosine(fg_both) > 0.9 > 0.5 > cosine(fg_otsu)
+    assert iou(grid_mask(features, SMALL.float(), fg_select="both", bg_prototypes=2), SMALL) > 0.95
+
+
 def test_peak_takes_only_the_region_at_the_prior_maximum():
     features = planted()
     prior = SMALL.float() + 0.7 * OTHER.float()  # both above Otsu's split; the peak is on SMALL
@@ -120,6 +137,7 @@ def test_boundary_f_score():
     ("edge_radius", (1.0, 3.0)),
     ("edge_eps", (1e-4, 1e-1)),
     ("fg_select", ("quantile", "otsu")),
+    ("fg_select", ("otsu", "both")),
 ])
 def test_each_delineation_setting_changes_the_scores_without_a_forward(segmenter, picture, count_calls,
                                                                        name, values):

@@ -28,7 +28,7 @@ def test_the_defaults_measured_on_the_shapes_world():
     assert (s.prior_source, s.relevance_from, s.relevance_baseline, s.token_norm) == (
         "relevance", "features", "template", "none")
     assert (s.fg_select, s.bg_prototypes, s.edge_refine, s.edge_radius, s.edge_eps, s.keep) == (
-        "otsu", 5, "guided", 2.0, 1e-3, "peak")
+        "both", 5, "guided", 2.0, 1e-3, "peak")
     assert s.min_confidence == 0.0
 
 
@@ -69,7 +69,7 @@ def test_settings_parse_from_command_line_text(text, expected):
         ({"edge_radius": 0}, "must be > 0"),
         ({"token_scale": -1}, "must be > 0"),
         ({"min_confidence": 2}, "must lie in"),
-        ({"fg_select": "top"}, "expected one of quantile, otsu, peak"),
+        ({"fg_select": "top"}, "expected one of quantile, otsu, peak, both"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(overrides, message):

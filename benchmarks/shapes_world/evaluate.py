@@ -74,18 +74,20 @@ SOURCES = {
     "fused, decoder layers": {"prior_source": "fused", "prior_layers": "decoder"},
 }
 # The delineation stage, one step at a time from the paper's to the defaults, on the default prior
-PAPER_DELINEATION = {"fg_select": "quantile", "bg_prototypes": 1, "edge_refine": "none", "keep": "all"}
-DELINEATION = {
+PAPER_DELINEATION = {
     "paper preset (attention prior too)": PAPER,
     "paper's delineation (fg 0.9-quantile, 1 bg prototype, no edge step, keep all)": PAPER_DELINEATION,
-    "+ fg_select=otsu": {**PAPER_DELINEATION, "fg_select": "otsu"},
-    "+ bg_prototypes=5": {**PAPER_DELINEATION, "fg_select": "otsu", "bg_prototypes": 5},
+    "+ fg_select=both (above Otsu's threshold and in the 0.9-quantile share)": {**PAPER_DELINEATION,
+                                                                              "fg_select": "both"},
+    "+ bg_prototypes=5": {**PAPER_DELINEATION, "fg_select": "both", "bg_prototypes": 5},
     "+ keep=peak": {"edge_refine": "none"},
     "+ edge_refine=guided, edge_radius=1": {"edge_radius": 1.0},
     "+ edge_radius=2 (defaults)": {},
     "defaults, edge_radius=3": {"edge_radius": 3.0},
     "defaults, edge_radius=4": {"edge_radius": 4.0},
     "defaults, edge_eps=0.01": {"edge_eps": 0.01},
+    "defaults, fg_select=quantile": {"fg_select": "quantile"},
+    "defaults, fg_select=otsu": {"fg_select": "otsu"},
     "defaults, fg_select=peak": {"fg_select": "peak"},
     "defaults, bg_prototypes=3": {"bg_prototypes": 3},
 }
@@ -103,7 +105,8 @@ SWEEP = {  # one setting at a time around the defaults ("prior_resolutions" fill
     "prior_resolutions": [],
     "relevance_from": ["noise"],
     "relevance_baseline": ["empty"],
-    "fg_select": ["quantile", "peak"],
+    "fg_select": ["quantile", "otsu", "peak"],
+    "fg_quantile": [0.8, 0.95],
     "bg_quantile": [0.3, 0.7],
     "bg_prototypes": [1, 3],
     "temperature": [5.0, 20.0],

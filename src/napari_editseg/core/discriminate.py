@@ -55,6 +55,14 @@ def prototypes(
             peak = torch.from_numpy(peak_region(chosen.reshape(prior.shape).numpy(), prior.numpy())).reshape(-1)
             chosen, rivals = peak, chosen & ~peak
         bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
+    elif fg_select == "both":
+        threshold = otsu_threshold(p)
+        chosen = p >= max(threshold, float(torch.quantile(p, fg_quantile)))
+        if not (p > threshold).any():
+            chosen = p >= p.max()
+        elif not (chosen & (p > threshold)).any():
+            chosen = p > threshold
+        bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
     else:
         chosen = p >= torch.quantile(p, fg_quantile)
     fg = (flat @ chosen.to(flat.dtype) / chosen.sum())[None]

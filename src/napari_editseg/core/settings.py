@@ -87,9 +87,10 @@ class SegmentationSettings:
     work_resolution: Union[int, Auto] = _setting(
         AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD
     )
-    fg_select: Literal["quantile", "otsu", "peak"] = _setting(
-        "otsu", "which pixels make the foreground prototype: P >= its fg_quantile (a fixed share of the "
-        "image) or P above Otsu's threshold of P (adapts to the object's size)", DISCRIMINATE,
+    fg_select: Literal["quantile", "otsu", "peak", "both"] = _setting(
+        "both", "which pixels make the foreground prototype: P >= its fg_quantile (a fixed share of the image), "
+        "P above Otsu's threshold of P (adapts to the object's size), peak (the part of those at P's maximum) "
+        "or both (above Otsu's threshold AND in the fg_quantile share)", DISCRIMINATE,
     )
     fg_quantile: float = _setting(0.90, "pixels with prior >= this quantile define the foreground prototype",
                                   DISCRIMINATE)
@@ -177,7 +178,7 @@ _CHOICES = {
     "token_reduce": ("mean", "max"), "keep": ("all", "peak"), "prior_layers": ("all", "decoder"),
     "prior_source": ("attention", "relevance", "fused"), "relevance_from": ("noise", "features"),
     "relevance_baseline": ("empty", "template"),
-    "token_norm": ("none", "softmax", "contrast"), "fg_select": ("quantile", "otsu", "peak"),
+    "token_norm": ("none", "softmax", "contrast"), "fg_select": ("quantile", "otsu", "peak", "both"),
     "edge_refine": ("none", "guided"),
 }
 
