@@ -74,7 +74,8 @@ SOURCES = {
     "fused, decoder layers": {"prior_source": "fused", "prior_layers": "decoder"},
 }
 # The delineation stage, one step at a time from the paper's to the defaults, on the default prior
-PAPER_DELINEATION = {
+PAPER_DELINEATION = {"fg_select": "quantile", "bg_prototypes": 1, "edge_refine": "none", "keep": "all"}
+DELINEATION = {
     "paper preset (attention prior too)": PAPER,
     "paper's delineation (fg 0.9-quantile, 1 bg prototype, no edge step, keep all)": PAPER_DELINEATION,
     "+ fg_select=both (above Otsu's threshold and in the 0.9-quantile share)": {**PAPER_DELINEATION,
