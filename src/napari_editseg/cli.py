@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .core.model import DEFAULT_MODEL, ModelNotAvailableError
-from .core.settings import SegmentationSettings, parse_setting
+from .core.settings import SETTING_SPECS, SegmentationSettings, parse_setting
 from .files import read_image, write_labels
 
 # scikit-image's pictures that ship with it (no download), with something to ask for
@@ -31,9 +31,10 @@ SHAPES_SCENE = 11_000_118  # a held-out scene: a red circle and a green triangle
 
 
 def settings_help() -> str:
+    """Every setting with its default, the values it takes and what it does, from its declaration."""
     lines = ["settings (--set NAME=VALUE; defaults in brackets, 'auto' follows the model):"]
-    for name, default, text in SegmentationSettings.help():
-        lines.append(f"  {name} [{default}]\n      {text}")
+    for spec in SETTING_SPECS.values():
+        lines.append(f"  {spec.name} [{spec.default}]  {spec.describe()}\n      {spec.help}")
     return "\n".join(lines)
 
 
