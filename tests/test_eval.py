@@ -294,35 +294,3 @@ def test_real_refcoco_val_counts_and_a_baseline(tmp_path):
     assert len(samples) == 10834
     report = evaluate(config(root, tmp_path / "r.json", method="centre", limit=200), progress=False)
     assert report["n_samples"] == 200 and report["failures"] == 0
-
-
-# -- batch labelling ----------------------------------------------------------------------
-
-def test_batch_labels_a_folder_skips_unreadable_files_and_resumes(tmp_path, tiny_model_dir, picture, capsys):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for i, size in enumerate([(45, 60), (30, 30), (50, 20)]):
-        io.imsave(inputs / f"img{i}.png", picture[:size[0], :size[1]] if i < 2 else
-                  np.zeros(size + (3,), np.uint8), check_contrast=False)
-    (inputs / "broken.png").write_bytes(b"\x89PNG but not really")
-    args = ["batch", str(inputs), "the red disc", "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir),
-            "--device", "cpu"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "labelled 3 image(s)" in out and "1 unreadable" in out and "broken.png" in out
-    for i, size in enumerate([(45, 60), (30, 30), (50, 20)]):
-        labels = io.imread(tmp_path / "out" / f"img{i}.tif")
-        assert labels.shape == size and set(np.unique(labels)) <= {0, 1}
-    assert main(args) == 0
-    assert "labelled 0 image(s); 3 already done" in capsys.readouterr().out
-
-
-def test_batch_from_a_csv_gives_one_label_per_expression(tmp_path, tiny_model_dir, picture):
-    io.imsave(tmp_path / "a.png", picture, check_contrast=False)
-    (tmp_path / "jobs.csv").write_text("image,expression\na.png,the red disc\na.png,the blue square\n")
-    assert main(["batch", "--csv", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "out"), "--format", "png",
-                 "--model", str(tiny_model_dir), "--set", "mask_threshold=0.2"]) == 0
-    labels = io.imread(tmp_path / "out" / "a.png")
-    assert labels.shape == (45, 60) and set(np.unique(labels)) <= {0, 1, 2}
-    report = json.loads((tmp_path / "out" / "batch_report.json").read_text())
-    assert report["written"][0]["labels"] == {"1": "the red disc", "2": "the blue square"}

@@ -129,11 +129,6 @@ def test_propagation_improves_a_noisy_prior():
                           (noisy.max() - noisy.min()))
 
 
-def test_captured_like_affinity_rows_sum_to_one():
-    blocks, _ = planted_features()
-    assert torch.allclose(affinity_from(blocks[0]).sum(dim=1), torch.ones(ATTN[0] * ATTN[1]))
-
-
 def test_background_prototypes_follow_the_background_modes():
     blocks, label = planted_features(background_modes=2)
     features = pixel_features(blocks, GRID)

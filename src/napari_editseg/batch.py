@@ -119,8 +119,9 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = jobs[state.process_index::state.num_processes]
-    for job in mine:
-        remove_partials(job.output)  # what a killed run left half-written
+    part_file = out_dir / f"batch_report.rank{state.process_index}.json"
+    for path in [job.output for job in mine] + [part_file] + ([out_dir / "batch_report.json"] * state.is_main_process):
+        remove_partials(path)  # what a killed run left half-written
     states = {id(job): job_state(job, overwrite) for job in mine}
     todo = [job for job in mine if states[id(job)] == "todo"]
     done = [job for job in mine if states[id(job)] == "done"]
@@ -148,7 +149,7 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
         done.append(job)
     part["images"] = [{"image": str(job.image), "output": str(job.output), "labels": job.labels()} for job in done]
     part["this_run"] = {"labelled": len(done) - resumed, "already_done": resumed}
-    write_json(out_dir / f"batch_report.rank{state.process_index}.json", part)
+    write_json(part_file, part)
     state.wait_for_everyone()
     report = merge_parts([out_dir / f"batch_report.rank{rank}.json" for rank in range(state.num_processes)])
     if state.is_main_process:

@@ -132,7 +132,12 @@ def available_bytes(device: torch.device) -> Optional[int]:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     known = [b for b in (_meminfo_available(), _cgroup_available(), _address_space_available()) if b is not None]
-    return min(known) if known else None
+    if not known:  # no /proc (macOS): the machine's physical memory, an upper bound
+        try:
+            known = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+        except (ValueError, OSError, AttributeError):
+            return None
+    return min(known)
 
 
 def check_memory(needs: list[Need], device: torch.device, host_needs: list[Need] = ()) -> None:

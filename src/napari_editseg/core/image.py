@@ -44,7 +44,7 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
             narrow = image.astype(np.float32)
         low, high = float(narrow.min()), float(narrow.max())
         if low < 0.0 or high > 1.0:
-            if high - low <= np.finfo(np.float32).max:
+            if high - low <= float(np.finfo(np.float32).max):
                 image = (narrow - low) / (high - low) if high > low else np.zeros_like(narrow)
             else:  # the range overflows float32 (values near its limit): scale in float64
                 wide = image.astype(np.float64)
