@@ -116,3 +116,16 @@ def test_foreign_files_are_kept_and_a_dangling_link_is_replaced_not_written_thro
     assert (out / "img0.tif").read_bytes() == b"someone else's file"
     assert not (out / "img1.tif").is_symlink() and io.imread(out / "img1.tif").shape == SIZES[1]
     assert not (tmp_path / "elsewhere.tif").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("image,expression\na.png,the disc\na.png,   \n", "line 3: an image and a non-empty expression"),
+    ("picture,what\na.png,x\n", "needs the columns image,expression"),
+    (b"image,expression\na.png,caf\xe9\n", "is not UTF-8 text"),
+])
+def test_a_bad_csv_is_one_line_before_the_model_loads(tmp_path, content, message, capsys):
+    table = tmp_path / "jobs.csv"
+    table.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(batch_args(["--csv", str(table)], tmp_path / "out", tmp_path / "no-model")) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -110,8 +110,8 @@ def model_variants(tmp_path_factory):
 
 
 def test_every_output_is_checked_before_the_model_loads(picture_file, tmp_path, capsys):
-    code = main(["segment", str(picture_file), "x", "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / "m.png"),
-                 "--overlay", str(tmp_path / "m.png")])
+    code = main(["segment", str(picture_file), "x", "--model", str(tmp_path / "no-model"),
+                 "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "m.png")])
     assert code == 2 and "same file" in capsys.readouterr().err  # not the missing model
 
 

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from conftest import build_tiny_pipeline
 
 from napari_editseg import EditSegmenter
@@ -189,11 +188,11 @@ def test_a_truncated_weights_file_is_one_clear_error(tiny_model_dir, tmp_path):
     assert "\n" not in str(info.value) and info.value.__cause__ is None
 
 
-def test_refine_keeps_working_on_torch_tensors_it_did_not_create(segmenter, picture):
-    """The cached features are the segmentation's own: refine does not change them in place."""
+def test_refine_leaves_the_segmentation_it_refines_unchanged(segmenter, picture):
     segmenter.set_image(picture)
     result = segmenter.segment("the disc")
-    features = result.features.copy()
+    kept = {name: getattr(result, name).copy() for name in ("features", "prior_work", "mask", "scores")}
     segmenter.refine(result, positive=[(5, 5)], mask_threshold=0.2)
-    np.testing.assert_array_equal(result.features, features)
-    assert torch.is_tensor(torch.from_numpy(result.features))
+    for name, before in kept.items():
+        np.testing.assert_array_equal(getattr(result, name), before)
+    assert result.positive == () and result.settings.mask_threshold == 0.5
