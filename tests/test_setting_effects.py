@@ -53,9 +53,14 @@ def test_the_table_names_every_setting():
     assert set(EFFECTS) == set(SETTING_NAMES)
 
 
-def differs(a, b) -> bool:
+# Batches of other sizes round differently (about 1e-3 after min-max scaling): a setting that
+# changes the batch must change its output by more than that.
+MIN_CHANGE = {"noise_samples": 0.05, "prior_source": 0.05}
+
+
+def differs(a, b, tolerance: float = 1e-5) -> bool:
     if isinstance(a, np.ndarray):
-        return a.shape != b.shape or not np.allclose(a, b, atol=1e-5)
+        return a.shape != b.shape or np.abs(a.astype(float) - b.astype(float)).max() > tolerance
     return a != b
 
 
@@ -93,4 +98,5 @@ def test_each_setting_changes_what_its_stage_produces(segmenter, picture, name, 
     else:
         first, second = (segmenter.segment("the disc", **{**shared, name: v}) for v in (a, b))
         assert (getattr(first.settings, name), getattr(second.settings, name)) == (a, b)
-    assert differs(getattr(first, output), getattr(second, output)), f"{name} did not change {output}"
+    assert differs(getattr(first, output), getattr(second, output), MIN_CHANGE.get(name, 1e-5)), \
+        f"{name} did not change {output}"
