@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 from skimage import io
 
 from napari_editseg.cli import main
@@ -72,20 +73,94 @@ def test_a_sample_picture_needs_no_file(tiny_model_dir, tmp_path):
         (["segment", "--sample", "moonbase", "x"], "unknown sample"),
         (["segment", "{picture}", "x", "--model", "{nowhere}"], "does not exist"),
         (["segment", "{picture}", "x", "--set", "prior_resolutions=5"], "no attention layer works at latent side 5"),
+        (["segment", "{picture}", "x", "-o", "{picture}"], "is an input file"),
+        (["segment", "{picture}", "x", "-o", "{tmp}/x.png", "--overlay", "{tmp}/x.png"], "same file"),
+        (["segment", "{picture}", "x", "-o", "{tmp}/m.jpg"], "use .png, .tif, .tiff, .npy (a mask must be lossless)"),
+        (["segment", "{picture}", "x", "--scores", "{tmp}/s.txt"], "use .npy"),
+        (["segment", "{picture}", "x", "-o", "{tmp}/folder.png"], "is a folder"),
+        (["segment", "{picture}", "x", "--device", "meta"], "device 'meta' is not one of"),
+        (["segment", "{picture}", "caf\udcff"], "not valid UTF-8"),
+        (["segment", "{picture}", "x", "--sample", "shapes"], "not both"),
+        (["segment", "{picture}", "x", "--set", "fg_quantile=0.3"], "contradict each other"),
+        (["segment", "{picture}", "x", "--model", "{truncated}"], "could not load the model folder"),
+        (["segment", "{picture}", "x", "--model", "{pickled}"], "--allow-pickle-weights"),
+        (["segment", "{huge}", "x"], "more than the 268 M"),
+        (["eval", "--data-root", "{tmp}", "--dataset", "refcoco", "--split", "val", "--out", "{tmp}"], "is a folder"),
     ],
 )
-def test_bad_input_gives_one_line_and_a_non_zero_exit(args, message, picture_file, tiny_model_dir, tmp_path,
-                                                      capsys):
+def test_bad_input_gives_one_line_and_a_non_zero_exit(args, message, picture_file, tiny_model_dir, model_variants,
+                                                      tmp_path, capsys):
     unreadable = tmp_path / "broken.png"
     unreadable.write_bytes(b"not a png at all")
-    names = {"picture": picture_file, "unreadable": unreadable, "nowhere": tmp_path / "no-model"}
+    (tmp_path / "folder.png").mkdir()
+    huge = tmp_path / "huge.tif"  # a header saying 20000 x 20000 x 3 (the data would be 1.2 GB, 8.9 GiB as float)
+    tifffile.imwrite(huge, shape=(20000, 20000, 3), dtype=np.uint8)
+    names = {"picture": picture_file, "unreadable": unreadable, "nowhere": tmp_path / "no-model", "tmp": tmp_path,
+             "huge": huge, **model_variants}
     argv = [a.format(**names) for a in args]
     if "--model" not in argv:
         argv += ["--model", str(tiny_model_dir)]
+    before = picture_file.read_bytes()
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert picture_file.read_bytes() == before  # never overwritten
+
+
+@pytest.fixture(scope="module")
+def model_variants(tmp_path_factory):
+    """A model folder with a truncated text-encoder file, and one with pickle-based weights only."""
+    from conftest import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("variants")
+    pipeline = build_tiny_pipeline()
+    pipeline.save_pretrained(root / "truncated")
+    weights = root / "truncated" / "text_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    pipeline.save_pretrained(root / "pickled", safe_serialization=False)
+    return {"truncated": root / "truncated", "pickled": root / "pickled"}
+
+
+def test_every_output_is_checked_before_the_model_loads(picture_file, tmp_path, capsys):
+    code = main(["segment", str(picture_file), "x", "--model", str(tmp_path / "no-model"),
+                 "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "m.png")])
+    assert code == 2 and "same file" in capsys.readouterr().err  # not the missing model
+
+
+def test_outputs_land_in_new_folders_and_npy_masks_are_real_npy(tiny_model_dir, picture_file, tmp_path):
+    code = main(["segment", str(picture_file), "the disc", "--model", str(tiny_model_dir), "-o",
+                 str(tmp_path / "a" / "m.npy"), "--overlay", str(tmp_path / "b" / "c" / "o.jpg")])
+    assert code == 0
+    mask = np.load(tmp_path / "a" / "m.npy")
+    assert mask.dtype == bool and mask.shape == (45, 60)
+    assert io.imread(tmp_path / "b" / "c" / "o.jpg").shape == (45, 60, 3)
+
+
+def test_a_12_bit_tiff_is_scaled_by_its_data_with_a_one_line_warning(tiny_model_dir, picture, tmp_path, capsys):
+    twelve_bit = ((picture.astype(np.uint32) * 4095) // 255).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", twelve_bit)
+    assert main(["segment", str(tmp_path / "in.tif"), "the disc", "--model", str(tiny_model_dir),
+                 "-o", str(tmp_path / "m.png")]) == 0
+    err = capsys.readouterr().err
+    assert "napari-editseg: warning: uint16 image holds values up to" in err and "12-bit data" in err
+    assert "warnings.warn" not in err
+
+
+def test_running_out_of_memory_is_one_line(tiny_model_dir, picture_file, tmp_path, capsys, monkeypatch):
+    """A real CUDA out-of-memory cannot be produced here: the error is raised where it would arise."""
+    import torch
+
+    from napari_editseg.core.segmenter import EditSegmenter
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(EditSegmenter, "segment", out_of_memory)
+    code = main(["segment", str(picture_file), "x", "--model", str(tiny_model_dir), "-o", str(tmp_path / "m.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "out of memory: lower the resolution" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.png").exists()
 
 
 def test_missing_weights_end_in_one_clear_line_in_a_real_process(picture_file):

@@ -219,13 +219,24 @@ def test_centre_ellipse_covers_a_quarter():
     assert centre_ellipse(300, 400)[150, 200] and not centre_ellipse(300, 400)[0, 0]
 
 
-def test_editseg_and_prior_only_run_on_the_tiny_model(refer_root, tmp_path, tiny_model_dir):
+def test_editseg_and_prior_only_give_exactly_the_metrics_of_their_masks(refer_root, tmp_path, tiny_model_dir,
+                                                                         segmenter):
+    samples = read_dataset(refer_root, "refcoco", "val")
     for method in ("editseg", "prior-only"):
         report = evaluate(config(refer_root, tmp_path / f"{method}.json", method=method, model=str(tiny_model_dir),
                                  device="cpu"), progress=False)
         assert report["n_samples"] == 3 and report["failures"] == 0
         assert report["settings"]["prior_resolutions"] == [4, 8]  # resolved, not "auto"
-        assert set(report["precision"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
+        scores = []
+        for image_key in ("1", "3"):
+            group = [s for s in samples if s.image_key == image_key]
+            segmenter.set_image(group[0].load_image())
+            results = segmenter.segment_batch([s.sentence for s in group])
+            masks = [r.mask if method == "editseg" else r.prior >= r.settings.mask_threshold for r in results]
+            scores += [score_sample(s.key, m, s.load_mask()) for s, m in zip(group, masks)]
+        expected = summarise(scores)
+        for key in ("sum_intersection", "sum_union", "mIoU", "oIoU", "precision", "empty_predictions"):
+            assert report[key] == expected[key], (method, key)
 
 
 def test_a_failing_sample_is_scored_zero_never_skipped(tmp_path):
@@ -301,33 +312,114 @@ def test_real_refcoco_val_counts_and_a_baseline(tmp_path):
     assert report["n_samples"] == 200 and report["failures"] == 0
 
 
-# -- batch labelling ----------------------------------------------------------------------
+# -- what goes wrong: bad data, kills, mistakes, hostile files -------------------------------
 
-def test_batch_labels_a_folder_skips_unreadable_files_and_resumes(tmp_path, tiny_model_dir, picture, capsys):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for i, size in enumerate([(45, 60), (30, 30), (50, 20)]):
-        io.imsave(inputs / f"img{i}.png", picture[:size[0], :size[1]] if i < 2 else
-                  np.zeros(size + (3,), np.uint8), check_contrast=False)
-    (inputs / "broken.png").write_bytes(b"\x89PNG but not really")
-    args = ["batch", str(inputs), "the red disc", "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir),
-            "--device", "cpu"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "labelled 3 image(s)" in out and "1 unreadable" in out and "broken.png" in out
-    for i, size in enumerate([(45, 60), (30, 30), (50, 20)]):
-        labels = io.imread(tmp_path / "out" / f"img{i}.tif")
-        assert labels.shape == size and set(np.unique(labels)) <= {0, 1}
-    assert main(args) == 0
-    assert "labelled 0 image(s); 3 already done" in capsys.readouterr().out
+def test_a_malicious_refs_pickle_is_refused_and_never_runs(refer_root, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (refer_root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps([{"split": "val", "x": Payload()}]))
+    with pytest.raises(ValueError, match="names posix.system, which is not plain data"):
+        read_dataset(refer_root, "refcoco", "val")
+    assert not marker.exists()
 
 
-def test_batch_from_a_csv_gives_one_label_per_expression(tmp_path, tiny_model_dir, picture):
-    io.imsave(tmp_path / "a.png", picture, check_contrast=False)
-    (tmp_path / "jobs.csv").write_text("image,expression\na.png,the red disc\na.png,the blue square\n")
-    assert main(["batch", "--csv", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "out"), "--format", "png",
-                 "--model", str(tiny_model_dir), "--set", "mask_threshold=0.2"]) == 0
-    labels = io.imread(tmp_path / "out" / "a.png")
-    assert labels.shape == (45, 60) and set(np.unique(labels)) <= {0, 1, 2}
-    report = json.loads((tmp_path / "out" / "batch_report.json").read_text())
-    assert report["written"][0]["labels"] == {"1": "the red disc", "2": "the blue square"}
+def break_annotations(root: Path) -> None:
+    """Four kinds of bad ground truth (five samples), and one good sample among them."""
+    instances = json.loads((root / "refcoco" / "instances.json").read_text())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    anns[10]["segmentation"] = [[1.0, 2.0]]  # a polygon of one point
+    anns[31]["segmentation"] = []  # no polygon
+    (root / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    refs = pickle.loads((root / "refcoco" / "refs(unc).p").read_bytes())
+    refs.append({"ref_id": 105, "ann_id": 999, "image_id": 1, "split": "val",  # an annotation that is not there
+                 "sentences": [{"sent": "ghost", "raw": "ghost", "sent_id": 1050}]})
+    refs.append({"ref_id": 106, "ann_id": 10, "image_id": 77, "split": "val",  # an image that is not there
+                 "sentences": [{"sent": "nowhere", "raw": "nowhere", "sent_id": 1060}]})
+    refs.append({"ref_id": 107, "ann_id": 11, "image_id": 1, "split": "val",  # a good one among them
+                 "sentences": [{"sent": "the pair", "raw": "the pair", "sent_id": 1070}]})
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
+
+
+def test_bad_ground_truth_fails_its_own_samples_and_the_run_goes_on(refer_root, tmp_path):
+    break_annotations(refer_root)
+    report = evaluate(config(refer_root, tmp_path / "r.json", method="whole-image"), progress=False)
+    assert report["n_samples"] == 6 and report["failures"] == 5
+    records = {json.loads(line)["key"]: json.loads(line) for line in
+               (tmp_path / "r.json.samples.rank0.jsonl").read_text().splitlines()}
+    assert "malformed polygon" in records["100/1000"]["error"]
+    assert "malformed polygon" in records["103/1030"]["error"]
+    assert "annotation 999 is not in the annotations" in records["105/1050"]["error"]
+    assert "image 77 is not in the annotations" in records["106/1060"]["error"]
+    good = records["107/1070"]
+    assert not good["failed"] and good["union"] == 40 * 50 and good["intersection"] > 0  # whole image: U = all
+
+
+def test_a_parquet_file_without_image_info_is_one_clear_error(refer_root, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"image": {"bytes": b"", "path": "x"}, "ref_list": "[]"}]),
+                   folder / "refcoco_unc_val-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match="has no column image_info: not a refcoco-benchmark file"):
+        read_dataset(folder, "refcoco", "val", layout="parquet")
+
+
+def test_a_run_that_failed_to_load_its_model_does_not_block_the_corrected_command(refer_root, tmp_path,
+                                                                                   tiny_model_dir, capsys):
+    args = ["eval", "--data-root", str(refer_root), "--dataset", "refcoco", "--split", "val", "--device", "cpu",
+            "--out", str(tmp_path / "r.json")]
+    assert main(args + ["--model", str(tmp_path / "no-model")]) == 3
+    assert main(args + ["--model", str(tiny_model_dir)]) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    assert main(args + ["--model", str(tiny_model_dir)]) == 0  # everything resumed: no model is loaded
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["settings"] == first["settings"] and again["settings"]["prior_resolutions"] == [4, 8]
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == {k: v for k, v in first.items()
+                                                                      if k != "wall_time_s"}
+
+
+def test_failed_samples_are_retried_on_resume(tmp_path):
+    root = write_refer(tmp_path / "refer", broken_image=3)
+    out = tmp_path / "r.json"
+    assert evaluate(config(root, out, method="whole-image"), progress=False)["failures"] == 1
+    image = root / "images" / "mscoco" / "images" / "train2014" / "COCO_train2014_000000000003.jpg"
+    io.imsave(image, np.zeros((30, 44, 3), np.uint8), check_contrast=False)  # the file is fixed
+    report = evaluate(config(root, out, method="whole-image"), progress=False)
+    assert report["failures"] == 0 and report["n_samples"] == 3
+
+
+def test_the_data_root_is_part_of_a_run(refer_root, tmp_path):
+    out = tmp_path / "r.json"
+    evaluate(config(refer_root, out, method="centre"), progress=False)
+    other = write_refer(tmp_path / "other")
+    with pytest.raises(ValueError, match="holds results of another run .it differs in data_root"):
+        evaluate(config(other, out, method="centre"), progress=False)
+
+
+def test_the_callers_config_is_not_changed_and_a_missing_model_is_named(refer_root, tmp_path):
+    cfg = config(refer_root, tmp_path / "r.json", method="centre")
+    before = repr(cfg)
+    evaluate(cfg, progress=False)
+    assert repr(cfg) == before and cfg.split_by is None
+    with pytest.raises(ValueError, match="method 'editseg' needs a model: set model to a hub id or a folder, not None"):
+        evaluate(config(refer_root, tmp_path / "e.json"), progress=False)
+    assert not (tmp_path / "e.json.run.json").exists()
+
+
+def test_a_corrupt_record_in_the_middle_is_named_a_torn_last_line_is_dropped(refer_root, tmp_path):
+    out = tmp_path / "r.json"
+    whole = evaluate(config(refer_root, out, method="centre"), progress=False)
+    records = tmp_path / "r.json.samples.rank0.jsonl"
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join(lines) + '\n{"key": "103/10')  # a kill mid-line
+    again = evaluate(config(refer_root, out, method="centre"), progress=False)
+    assert again["mIoU"] == whole["mIoU"] and records.read_text().count("\n") == len(lines)
+    records.write_text(lines[0] + "\nnot json\n" + "\n".join(lines[1:]) + "\n")
+    with pytest.raises(ValueError, match="r.json.samples.rank0.jsonl, line 2, is not a sample record"):
+        evaluate(config(refer_root, out, method="centre"), progress=False)

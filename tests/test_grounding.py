@@ -164,3 +164,9 @@ def test_confidence_and_min_confidence(segmenter, picture, count_calls):
     with count_calls(segmenter.model.unet) as forwards:
         strict = segmenter.refine(result, min_confidence=min(1.0, result.confidence + 0.01))
     assert forwards.calls == 0 and not strict.found and np.array_equal(strict.mask, result.mask)
+
+
+def test_fused_is_the_geometric_mean_of_the_two_sources():
+    attention, relevance = A + 0.25 * B, A + B  # over B: attention a quarter, relevance full
+    fused = combine_sources(attention, relevance, "fused")
+    assert float(fused[B > 0].mean()) == pytest.approx(0.5)  # sqrt(0.25 * 1), not 0.25

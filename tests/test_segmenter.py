@@ -207,25 +207,6 @@ def test_refine_refuses_settings_that_need_a_new_forward(segmenter, picture):
         segmenter.refine(result, positive=[(45, 0)])
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"noise_samples": 2},
-        {"token_reduce": "max", "propagation_steps": 0},
-        {"timestep": 500},
-        {"keep_aspect": False},
-        {"bg_prototypes": 3, "keep": "peak", "fill_holes": True},
-        {"work_resolution": 8, "resolution": 64},
-    ],
-)
-def test_settings_variants_run(segmenter, picture, overrides):
-    segmenter.set_image(picture)
-    result = segmenter.segment("the disc", **overrides)
-    assert result.mask.shape == picture.shape[:2]
-    for name, value in overrides.items():
-        assert getattr(result.settings, name) == value
-
-
 def test_the_timestep_changes_the_result(segmenter, picture):
     segmenter.set_image(picture)
     early, late = segmenter.segment("the disc"), segmenter.segment("the disc", timestep=100)

@@ -60,7 +60,7 @@ def test_settings_parse_from_command_line_text(text, expected):
         ({"temperature": 0}, "must be > 0"),
         ({"keep": "largest"}, "expected one of all, peak"),
         ({"instruction_template": "make it red"}, "exactly one"),
-        ({"noise_samples": 0}, ">= 1"),
+        ({"noise_samples": 0}, r"must lie in \[1, 64\]"),
         ({"resolution": "big"}, "not a number"),
         ({"prior_resolutions": ()}, "one or more"),
         ({"keep_aspect": "maybe"}, "true/false"),
@@ -161,3 +161,58 @@ def test_auto_follows_an_explicit_resolution_and_explicit_values_win():
 def test_settings_this_unet_cannot_take_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         instruct_pix2pix_layout().resolve(SegmentationSettings(**overrides))
+
+
+# -- each setting declared once: validation, parsing and help all follow the declaration -----------
+def test_every_declared_range_and_choice_is_enforced_and_round_trips_through_text():
+    from napari_editseg.core.settings import SETTING_SPECS
+
+    for name, spec in SETTING_SPECS.items():
+        spec.check(spec.default)
+        if spec.default != "auto" and spec.kind != "text":
+            text = ",".join(map(str, spec.default)) if isinstance(spec.default, tuple) else str(spec.default)
+            assert parse_setting(f"{name}={text}") == (name, spec.default), name
+        if spec.minimum is not None:
+            below = spec.minimum if spec.above else spec.minimum - (1 if spec.kind in ("int", "sides") else 1e-6)
+            bad = (below,) if spec.kind == "sides" else below
+            with pytest.raises(ValueError, match=f"setting '{name}'"):
+                spec.check(bad)
+        if spec.maximum is not None:
+            above = spec.maximum + (1 if spec.kind in ("int", "sides") else 1e-6)
+            with pytest.raises(ValueError, match=f"setting '{name}'"):
+                spec.check((above,) if spec.kind == "sides" else above)
+        if spec.kind == "choice":
+            with pytest.raises(ValueError, match="expected one of " + ", ".join(spec.choices)):
+                spec.check("surely-not-a-choice")
+    assert SETTING_SPECS["keep"].choices == ("all", "peak") and SETTING_SPECS["resolution"].auto
+    assert SETTING_SPECS["fg_quantile"].describe() == "number in [0, 1]"
+    assert SETTING_SPECS["temperature"].describe() == "number > 0"
+
+
+def test_contradictory_quantiles_are_refused_with_one_line():
+    with pytest.raises(ValueError, match="fg_quantile=0.4 and bg_quantile=0.5 contradict"):
+        SegmentationSettings().replace(fg_quantile=0.4)
+    with pytest.raises(ValueError, match="fg_quantile must lie above bg_quantile"):
+        SegmentationSettings(fg_quantile=0.5, bg_quantile=0.5)
+    assert SegmentationSettings().replace(fg_quantile=0.6, bg_quantile=0.55).bg_quantile == 0.55
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
+    import numpy as np
+
+    s = SegmentationSettings().replace(mask_threshold=np.float32(0.25), seed=np.int64(7), keep_aspect=np.bool_(False),
+                                       prior_resolutions=[np.int64(4), 8])
+    assert (s.mask_threshold, s.seed, s.keep_aspect, s.prior_resolutions) == (0.25, 7, False, (4, 8))
+    assert type(s.seed) is int and type(s.mask_threshold) is float
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"seed": 2**32}, r"must lie in \[0, 4294967295\]"),  # the background k-means takes 32-bit seeds
+    ({"temperature": float("inf")}, "finite"),
+    ({"mask_threshold": float("nan")}, "finite"),
+    ({"resolution": 10**6}, "must lie in"),
+    ({"resolution": 512.0}, "expected an integer or 'auto'"),
+])
+def test_values_that_would_fail_later_are_refused_now(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentationSettings().replace(**overrides)

@@ -129,11 +129,6 @@ def test_propagation_improves_a_noisy_prior():
                           (noisy.max() - noisy.min()))
 
 
-def test_captured_like_affinity_rows_sum_to_one():
-    blocks, _ = planted_features()
-    assert torch.allclose(affinity_from(blocks[0]).sum(dim=1), torch.ones(ATTN[0] * ATTN[1]))
-
-
 def test_background_prototypes_follow_the_background_modes():
     blocks, label = planted_features(background_modes=2)
     features = pixel_features(blocks, GRID)
@@ -200,3 +195,25 @@ def test_token_reduce_max_differs_from_mean_when_tokens_disagree():
     high = expression_attention([probs], [ATTN], EXPRESSION_TOKENS, "max", GRID)
     assert not torch.allclose(mean, high)
     assert high[A].mean() > mean[A].mean()
+
+
+def test_pixel_features_are_unit_vectors_whatever_the_block_widths():
+    blocks = [torch.randn(24, 16, 16) * 5.0, torch.randn(8, 8, 8) * 0.1]
+    features = pixel_features(blocks, GRID)
+    torch.testing.assert_close(torch.linalg.norm(features, dim=0), torch.ones(GRID))
+
+
+def test_a_click_lands_in_the_work_grid_cell_that_holds_its_pixel():
+    # 96x128 pixels on a 32x32 grid: cells of 3x4 pixels
+    assert to_grid([(0, 0), (2, 3), (3, 4), (95, 127)], IMAGE, GRID) == [(0, 0), (0, 0), (1, 1), (31, 31)]
+
+
+def test_the_mask_threshold_is_inclusive():
+    scores = np.array([[0.5, 0.49, 1.0]], np.float32)
+    assert make_mask(scores, scores, 0.5).tolist() == [[True, False, True]]
+
+
+def test_shrinking_sees_every_pixel_not_a_sample_of_them():
+    impulse = torch.zeros(8, 8)
+    impulse[3, 3] = 1.0  # between the points a plain bilinear 4x shrink samples
+    assert float(resize(impulse, (2, 2))[0, 0]) > 0.01  # antialiased

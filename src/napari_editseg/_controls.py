@@ -1,20 +1,18 @@
-"""The widget's setting controls as one table; help texts and bounds come from the settings.
+"""The widget's setting controls as one table; kinds, help texts and bounds come from the settings.
 
 Qt-free: each row names a setting and only what the settings cannot say (a slider's step,
-how far an unbounded number reaches). The kind of control, its default and tooltip come
-from :class:`SegmentationSettings`' field and its help; its bounds from what the settings'
-own validation accepts, probed at build time.
+how far an unbounded number reaches). The kind of control, its default, tooltip, choices and
+bounds come from the setting's declared spec (:data:`~napari_editseg.core.settings.SETTING_SPECS`).
 """
 
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from .core.settings import DISCRIMINATE_SETTINGS, SETTING_NAMES, SegmentationSettings
+from .core.settings import DISCRIMINATE_SETTINGS, SETTING_NAMES, SETTING_SPECS
 
-# (setting, step, reach): reach is the far end offered for numbers the settings leave unbounded.
+# (setting, step, reach): reach is the far end a control offers when the setting allows more (or has no bound).
 CONTROLS = (
     ("mask_threshold", 0.01, None),
     ("min_confidence", 0.01, None),
@@ -49,37 +47,28 @@ class Spec:
 
 
 def accepts(name: str, value: Any) -> bool:
-    """Whether the settings' validation takes ``value`` for ``name``."""
+    """Whether the setting's own declaration takes ``value`` for ``name``."""
     try:
-        SegmentationSettings().replace(**{name: value})
+        SETTING_SPECS[name].check(value)
     except ValueError:
         return False
     return True
 
 
-def _bounds(name: str, number: type, step: float, reach: Optional[float]) -> tuple[float, float]:
-    low = number(0)
-    while not accepts(name, low):  # the smallest accepted multiple of the step
-        low = number(low + step)
-    high = number(1) if number is float and accepts(name, 1.0) and not accepts(name, 1.0 + step) else reach
-    if high is None:
-        raise ValueError(f"setting {name!r} has no upper bound: give the control a reach")
-    return low, high
-
-
 def spec(name: str, step: Optional[float] = None, reach: Optional[float] = None) -> Spec:
-    field = {f.name: f for f in fields(SegmentationSettings)}[name]
-    hint = typing.get_type_hints(SegmentationSettings)[name]
-    common = dict(name=name, default=field.default, help=field.metadata["help"],
-                  rescore=name in DISCRIMINATE_SETTINGS)
-    if typing.get_origin(hint) is typing.Literal:
-        return Spec(kind="choice", choices=typing.get_args(hint), **common)
-    if isinstance(field.default, bool):
-        return Spec(kind="bool", **common)
-    if isinstance(field.default, (int, float)):
-        number = float if isinstance(field.default, float) else int
-        low, high = _bounds(name, number, step, reach)
-        return Spec(kind=number.__name__, minimum=low, maximum=high, step=step, **common)
+    declared = SETTING_SPECS[name]
+    common = dict(name=name, default=declared.default, help=declared.help, rescore=name in DISCRIMINATE_SETTINGS)
+    if declared.kind in ("int", "float"):
+        number = float if declared.kind == "float" else int
+        low = number(0 if declared.minimum is None else declared.minimum)
+        if declared.above:
+            low = number(low + step)  # an exclusive minimum: the first step above it
+        high = min((h for h in (declared.maximum, reach) if h is not None), default=None)
+        if high is None:
+            raise ValueError(f"setting {name!r} has no upper bound: give the control a reach")
+        return Spec(kind=declared.kind, minimum=low, maximum=number(high), step=step, **common)
+    if declared.kind in ("choice", "bool"):
+        return Spec(kind=declared.kind, choices=declared.choices, **common)
     return Spec(kind="text", **common)
 
 

@@ -3,19 +3,26 @@
 Jobs come from a folder (one expression for every picture) or a CSV of
 ``image,expression`` rows (several rows of an image become labels 1, 2, … of its one
 label image; an earlier expression's pixels are never overwritten by a later one).
+
+Crash-safe and resumable: each label image is written whole or not at all (a temporary file
+moved into place) and carries the expressions that made it (TIFF description / PNG text);
+a rerun skips an output only when it exists *and* was made for the same expressions, and the
+report lists every image of the job list, whichever run labelled it.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+MADE_BY = "napari-editseg batch"
 
 
 @dataclass
@@ -24,12 +31,19 @@ class Job:
     expressions: list[str]
     output: Path
 
+    def description(self) -> dict:
+        """What the label image says about itself: its labels and what made them."""
+        return {"made_by": MADE_BY, "image": self.image.name, "labels": self.labels()}
+
+    def labels(self) -> dict[str, str]:
+        return {str(i): e for i, e in enumerate(self.expressions, start=1)}
+
 
 def jobs_from_folder(folder: Path, expression: str, out_dir: Path, fmt: str) -> list[Job]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"input folder {str(folder)!r} does not exist")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not images:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return [Job(p, [expression], Path(out_dir) / f"{p.stem}.{fmt}") for p in images]
@@ -41,66 +55,134 @@ def jobs_from_csv(table: Path, out_dir: Path, fmt: str) -> list[Job]:
     if not table.is_file():
         raise ValueError(f"CSV file {str(table)!r} does not exist")
     jobs: dict[Path, Job] = {}
-    with table.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"image", "expression"} <= set(reader.fieldnames):
-            raise ValueError(f"{table} needs the columns image,expression")
-        for row in reader:
-            image = (table.parent / row["image"]).resolve()
-            job = jobs.setdefault(image, Job(image, [], Path(out_dir) / f"{image.stem}.{fmt}"))
-            job.expressions.append(row["expression"])
+    try:
+        with table.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"image", "expression"} <= set(reader.fieldnames):
+                raise ValueError(f"{table} needs the columns image,expression")
+            for line, row in enumerate(reader, start=2):
+                if not (row["image"] or "").strip() or not (row["expression"] or "").strip():
+                    raise ValueError(f"{table}, line {line}: an image and a non-empty expression are needed")
+                image = (table.parent / row["image"].strip()).resolve()
+                job = jobs.setdefault(image, Job(image, [], Path(out_dir) / f"{image.stem}.{fmt}"))
+                job.expressions.append(row["expression"])
+    except UnicodeDecodeError:
+        raise ValueError(f"{table} is not UTF-8 text") from None
     return list(jobs.values())
 
 
-def run_batch(jobs: list[Job], segmenter_factory, out_dir: Path, overwrite: bool = False,
-              progress: bool = True) -> dict:
-    """Label every job this process owns; returns counts and the unreadable files."""
-    from ._distributed import process_state
-    from .files import read_image, write_labels
+def check_jobs(jobs: list[Job], out_dir: Path) -> None:
+    """Before any model loads: one output per input, no output over an input, a usable folder."""
+    from .files import check_outputs, file_key
 
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} is a file: give a folder")
+    by_output: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_output[file_key(job.output)].append(job)
+    clashes = [f"{', '.join(j.image.name for j in same)} -> {same[0].output.name}"
+               for same in by_output.values() if len(same) > 1]
+    if clashes:
+        raise ValueError(f"inputs would overwrite each other's label image ({'; '.join(clashes)}): rename them so "
+                         "their names differ before the extension, or label them in separate runs")
+    check_outputs([("--out", job.output) for job in jobs], [job.image for job in jobs])
+
+
+def job_state(job: Job, overwrite: bool) -> str:
+    """``todo``; ``done`` (its label image exists and was made for these expressions); ``changed``
+    (made for other expressions); ``foreign`` (a file this command did not write)."""
+    from .files import read_description
+
+    if overwrite or not job.output.is_file():
+        return "todo"
+    made = read_description(job.output)
+    if not made or made.get("made_by") != MADE_BY:
+        return "foreign"
+    return "done" if made.get("labels") == job.labels() else "changed"
+
+
+KEPT_BECAUSE = {
+    "foreign": "exists and was not written by napari-editseg batch: left as it is (--overwrite replaces it)",
+    "changed": "was labelled for other expressions: left as it is (--overwrite relabels it)",
+}
+
+
+def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Path, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """Label every job this process owns; returns the report of the whole job list."""
+    from ._distributed import process_state
+    from .files import read_image, remove_partials, write_json, write_labels
+
+    check_jobs(jobs, out_dir)
     state = process_state()
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     mine = jobs[state.process_index::state.num_processes]
-    todo = [job for job in mine if overwrite or not job.output.exists()]
-    done, unreadable, failed = [], [], []
+    part_file = out_dir / f"batch_report.rank{state.process_index}.json"
+    for path in [job.output for job in mine] + [part_file] + ([out_dir / "batch_report.json"] * state.is_main_process):
+        remove_partials(path)  # what a killed run left half-written
+    states = {id(job): job_state(job, overwrite) for job in mine}
+    todo = [job for job in mine if states[id(job)] == "todo"]
+    done = [job for job in mine if states[id(job)] == "done"]
+    part: dict[str, list] = {"images": [], "unreadable": [], "failed": [], "kept": []}
+    part["kept"] = [{"image": str(job.image), "output": str(job.output), "why": KEPT_BECAUSE[states[id(job)]]}
+                    for job in mine if states[id(job)] in KEPT_BECAUSE]
     segmenter = segmenter_factory() if todo else None
+    resumed = len(done)
     for job in tqdm(todo, unit="image", desc="labelling", disable=not progress or not state.is_main_process):
         try:
             image = read_image(str(job.image))
         except ValueError as error:
-            unreadable.append({"image": str(job.image), "error": str(error)})
+            part["unreadable"].append({"image": str(job.image), "error": str(error)})
             continue
         try:
             segmenter.set_image(image)
             results = segmenter.segment_batch(job.expressions)
         except ValueError as error:  # e.g. a 2-channel image or an empty expression
-            failed.append({"image": str(job.image), "error": str(error)})
+            part["failed"].append({"image": str(job.image), "error": str(error)})
             continue
         labels = np.zeros(image.shape[:2], np.uint8 if len(results) < 256 else np.uint16)
         for value, result in enumerate(results, start=1):
             labels[result.mask & (labels == 0)] = value
-        write_labels(job.output, labels)
-        done.append({"image": str(job.image), "output": str(job.output),
-                     "labels": {str(i): e for i, e in enumerate(job.expressions, start=1)}})
-    part = {"written": done, "unreadable": unreadable, "failed": failed,
-            "skipped_existing": len(mine) - len(todo)}
-    (out_dir / f"batch_report.rank{state.process_index}.json").write_text(json.dumps(part, indent=1))
+        write_labels(job.output, labels, job.description())
+        done.append(job)
+    part["images"] = [{"image": str(job.image), "output": str(job.output), "labels": job.labels()} for job in done]
+    part["this_run"] = {"labelled": len(done) - resumed, "already_done": resumed}
+    write_json(part_file, part)
     state.wait_for_everyone()
-    report: dict = {"written": [], "unreadable": [], "failed": [], "skipped_existing": 0}
-    for rank in range(state.num_processes):  # this run's shards only
-        part = json.loads((out_dir / f"batch_report.rank{rank}.json").read_text())
-        for key in ("written", "unreadable", "failed"):
-            report[key] += part[key]
-        report["skipped_existing"] += part["skipped_existing"]
+    report = merge_parts([out_dir / f"batch_report.rank{rank}.json" for rank in range(state.num_processes)])
     if state.is_main_process:
-        (out_dir / "batch_report.json").write_text(json.dumps(report, indent=1))
+        write_json(out_dir / "batch_report.json", report)
+    return report
+
+
+def merge_parts(paths: list[Path]) -> dict:
+    """One report from every process's part; lists sorted by image, so the report of a job
+    list is the same however many processes and runs it took."""
+    import json
+
+    report: dict = {"images": [], "unreadable": [], "failed": [], "kept": [],
+                    "this_run": {"labelled": 0, "already_done": 0}}
+    for path in paths:
+        part = json.loads(path.read_text())
+        for key in ("images", "unreadable", "failed", "kept"):
+            report[key] += part[key]
+        for key in report["this_run"]:
+            report["this_run"][key] += part["this_run"][key]
+    for key in ("images", "unreadable", "failed", "kept"):
+        report[key].sort(key=lambda item: (item["image"], item.get("output", "")))
     return report
 
 
 def summary(report: dict) -> str:
-    lines = [f"labelled {len(report['written'])} image(s); {report['skipped_existing']} already done (resumed)"]
-    for key, what in (("unreadable", "unreadable, skipped"), ("failed", "refused by the segmenter")):
+    run = report["this_run"]
+    lines = [f"labelled {run['labelled']} image(s); {run['already_done']} already done (resumed)"]
+    for key, what in (("unreadable", "unreadable, skipped"), ("failed", "refused by the segmenter"),
+                      ("kept", "existing output(s) not replaced")):
         if report[key]:
             lines.append(f"{len(report[key])} {what}:")
-            lines += [f"  {item['image']}: {item['error']}" for item in report[key]]
+            lines += [f"  {item['image']}: {item.get('error') or item['output'] + ' ' + item['why']}"
+                      for item in report[key]]
     return "\n".join(lines)
+

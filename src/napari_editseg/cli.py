@@ -5,26 +5,36 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from .core.instruction import normalise_expression
 from .core.model import DEFAULT_MODEL, ModelNotAvailableError
-from .core.settings import SegmentationSettings, parse_setting
-from .files import read_image, write_labels
-from .samples import SAMPLES, sample_image
+from .core.settings import SETTING_SPECS, SegmentationSettings, parse_setting
+from .files import check_outputs, check_suffix, read_image, write_labels, write_npy
+from .samples import SAMPLES, check_sample, sample_image
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # lossless: a mask must read back as it was
+OVERLAY_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+MAP_SUFFIXES = (".npy",)
 
 
 def settings_help() -> str:
+    """Every setting with its default, the values it takes and what it does, from its declaration."""
     lines = ["settings (--set NAME=VALUE; defaults in brackets, 'auto' follows the model):"]
-    for name, default, text in SegmentationSettings.help():
-        lines.append(f"  {name} [{default}]\n      {text}")
+    for spec in SETTING_SPECS.values():
+        lines.append(f"  {spec.name} [{spec.default}]  {spec.describe()}\n      {spec.help}")
     return "\n".join(lines)
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
-    """The mask at the image's size: 0/255 in PNG/JPEG (visible in any viewer), 0/1 in TIFF."""
+    """The mask at the image's size: 0/255 in PNG (visible in any viewer), 0/1 in TIFF, bool in .npy."""
+    if path.suffix.lower() == ".npy":
+        write_npy(path, mask.astype(bool))
+        return
     scale = 1 if path.suffix.lower() in (".tif", ".tiff") else 255
     write_labels(path, mask.astype(np.uint8) * scale)
 
@@ -58,6 +68,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "float16, bfloat16")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                         help="change a setting (repeatable; see the list below)")
+    parser.add_argument("--allow-pickle-weights", action="store_true",
+                        help="also load pickle-based .bin weights (they can run code when loaded: only for a "
+                             "model you trust); by default only safetensors weights are read")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("-e", "--expression", action="append", default=[],
                          help="an expression (repeatable: one mask each, the image encoded once)")
     segment.add_argument("--sample", help="use one of scikit-image's sample pictures instead of a file")
-    segment.add_argument("-o", "--output", default="mask.png", help="mask file (PNG/TIFF; default mask.png)")
-    segment.add_argument("--overlay", help="also write the picture with the mask tinted")
+    segment.add_argument("-o", "--output", default="mask.png",
+                         help="mask file: .png (0/255), .tif (0/1) or .npy (bool); default mask.png")
+    segment.add_argument("--overlay", help="also write the picture with the mask tinted (.png, .tif or .jpg)")
     segment.add_argument("--scores", help="also write the score map S (float32 .npy, image size)")
     segment.add_argument("--prior", help="also write the attention prior P (float32 .npy, image size)")
     add_model_arguments(segment)
@@ -141,28 +155,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def segment_outputs(args: argparse.Namespace, count: int) -> list[tuple[str, Path]]:
+    """(option, path) of every file ``segment`` will write, in the order it writes them."""
+    options = (("-o", args.output, MASK_SUFFIXES, " (a mask must be lossless)"),
+               ("--overlay", args.overlay, OVERLAY_SUFFIXES, ""), ("--scores", args.scores, MAP_SUFFIXES, ""),
+               ("--prior", args.prior, MAP_SUFFIXES, ""))
+    outputs = []
+    for option, path, allowed, why in options:
+        if path:
+            check_suffix(option, Path(path), allowed, why)
+            outputs += [(option, numbered(path, i, count)) for i in range(count)]
+    return outputs
+
+
 def run_segment(args: argparse.Namespace) -> int:
     inputs = list(args.inputs)
     if args.sample:
-        image, source = sample_image(args.sample), f"sample {args.sample!r}"
+        if inputs and Path(inputs[0]).is_file():
+            raise ValueError(f"give either an IMAGE file or --sample, not both ({inputs[0]!r} is a file)")
+        source, input_files = f"sample {args.sample!r}", []
+        check_sample(args.sample)
     else:
         if not inputs:
             raise ValueError("give an IMAGE file (or --sample NAME) and an expression")
         source = inputs.pop(0)
-        image = read_image(source)
+        input_files = [Path(source)]
     expressions = inputs + list(args.expression)
     if not expressions:
         raise ValueError("give at least one expression, e.g. \"the dog on the left\"")
     for expression in expressions:
-        if not expression.strip():
-            raise ValueError("an expression is empty: describe the object to segment")
+        normalise_expression(expression)  # empty or not UTF-8: refused before anything loads
     overrides = parse_settings(args.settings)
     SegmentationSettings().replace(**overrides)  # bad settings fail before the model loads
+    outputs = segment_outputs(args, len(expressions))
+    check_outputs(outputs, input_files)
+    image = sample_image(args.sample) if args.sample else read_image(source)
 
     from .core.segmenter import EditSegmenter
 
     start = time.perf_counter()
-    segmenter = EditSegmenter.from_pretrained(args.model, device=args.device, dtype=args.dtype, **overrides)
+    segmenter = EditSegmenter.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                              allow_pickle=args.allow_pickle_weights, **overrides)
     loaded = time.perf_counter()
     segmenter.set_image(image)
     for index, expression in enumerate(expressions):
@@ -170,13 +203,10 @@ def run_segment(args: argparse.Namespace) -> int:
         mask_path = numbered(args.output, index, len(expressions))
         write_mask(mask_path, result.mask)
         if args.overlay:
-            from skimage import io
-
-            io.imsave(numbered(args.overlay, index, len(expressions)), overlay(image, result.mask),
-                      check_contrast=False)
+            write_labels(numbered(args.overlay, index, len(expressions)), overlay(image, result.mask))
         for path, values in ((args.scores, result.scores), (args.prior, result.prior)):
             if path:
-                np.save(numbered(path, index, len(expressions)), values)
+                write_npy(numbered(path, index, len(expressions)), values)
         note = " (instruction truncated to fit the text encoder)" if result.truncated else ""
         found = "" if result.found else f" - nothing found (below min_confidence {result.settings.min_confidence:g})"
         print(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}, "
@@ -204,7 +234,8 @@ def run_batch(args: argparse.Namespace) -> int:
         from .core.segmenter import EditSegmenter
 
         device = segmenter_device(process_state(), args.device)
-        return EditSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype, **overrides)
+        return EditSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype,
+                                             allow_pickle=args.allow_pickle_weights, **overrides)
 
     report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite)
     print(summary(report))
@@ -258,7 +289,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root, dataset=args.dataset, split=args.split, split_by=args.split_by,
         layout=args.layout, limit=args.limit, method=args.method, model=args.model, device=args.device,
         dtype=args.dtype, settings=overrides, out=args.out, strict=args.strict, binarise=args.binarise,
-        sentence_field=args.sentence,
+        sentence_field=args.sentence, allow_pickle=args.allow_pickle_weights,
     )
     report = evaluate(config)
     if process_state().is_main_process:
@@ -278,17 +309,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for library in (diffusers_logging, transformers_logging):
         library.set_verbosity_error()
         library.disable_progress_bar()
+    import torch
+
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            return args.run(args)
     except ModelNotAvailableError as error:
         print(f"napari-editseg: error: {error}", file=sys.stderr)
         return 3
     except (ValueError, OSError) as error:
         print(f"napari-editseg: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except out_of_memory:
+        print("napari-editseg: error: out of memory: lower the resolution (--set resolution=...), or use a "
+              "smaller image or fewer expressions at once", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("napari-editseg: interrupted", file=sys.stderr)
+        print("napari-editseg: interrupted (files are written whole or not at all)", file=sys.stderr)
         return 130
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, like the errors (no source line, no file name)."""
+    print(f"napari-editseg: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

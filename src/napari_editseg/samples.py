@@ -43,12 +43,17 @@ SAMPLES = {
 MENU_SAMPLES = tuple(name for name, sample in SAMPLES.items() if sample.in_menu)
 
 
+def check_sample(name: str) -> None:
+    """One line for an unknown name, before anything is loaded."""
+    if name not in SAMPLES:
+        raise ValueError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
+
+
 def sample_image(name: str) -> np.ndarray:
     """The picture called ``name`` (H×W or H×W×3 uint8)."""
     from skimage import data
 
-    if name not in SAMPLES:
-        raise ValueError(f"unknown sample {name!r}; samples: {', '.join(SAMPLES)}")
+    check_sample(name)
     if name == "shapes":
         from .shapes_world import make_sample
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
+class ImageScalingWarning(UserWarning):
+    """An integer image's values do not span its dtype's range, so it was scaled by its data."""
+
+
 def to_rgb_float(image: np.ndarray) -> np.ndarray:
     """H×W, H×W×1, H×W×3 or H×W×4 of any real dtype → float32 H×W×3 in [0, 1].
 
-    Integers are scaled by their dtype's range, floats inside [0, 1] are kept and
-    other floats are scaled by their own min/max; alpha is dropped, grey repeated.
+    Integers are scaled by their data (:func:`integer_scale`), floats inside [0, 1] are kept
+    and other floats are scaled by their own min/max; alpha is dropped, grey repeated.
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
@@ -24,15 +30,28 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
     if image.dtype == bool:
         image = image.astype(np.float32)
     elif np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        image = ((image.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
+        image = image[:, :, :3] if image.ndim == 3 else image  # alpha takes no part in the scale
+        low, scale = integer_scale(image)
+        scaled = image.astype(np.float32)
+        if low:
+            scaled -= np.float32(low)
+        scaled /= np.float32(scale)
+        image = scaled
     elif np.issubdtype(image.dtype, np.floating):
-        image = image.astype(np.float32)
         if not np.isfinite(image).all():
             raise ValueError("image contains NaN or infinite values")
-        low, high = float(image.min()), float(image.max())
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: handled below
+            narrow = image.astype(np.float32)
+        low, high = float(narrow.min()), float(narrow.max())
         if low < 0.0 or high > 1.0:
-            image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+            if high - low <= float(np.finfo(np.float32).max):
+                image = (narrow - low) / (high - low) if high > low else np.zeros_like(narrow)
+            else:  # the range overflows float32 (values near its limit): scale in float64
+                wide = image.astype(np.float64)
+                low, high = float(wide.min()), float(wide.max())
+                image = ((wide - low) / (high - low)).astype(np.float32) if high > low else np.zeros_like(narrow)
+        else:
+            image = narrow
     else:
         raise ValueError(f"image dtype {image.dtype} is not supported: use an integer, float or bool array")
     if image.ndim == 2:
@@ -41,6 +60,33 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image)
+
+
+def integer_scale(image: np.ndarray) -> tuple[int, int]:
+    """(offset, scale) that map an integer image to [0, 1] as ``(x - offset) / scale``.
+
+    The rule (docs/method.md, step 1): non-negative data are read as recorded at the smallest
+    bit depth, at least 8, that holds their maximum — uint8 by 255, 12-bit data in uint16 by
+    4095, 0–255 values in an int64 array (a Python list) by 255, full-range uint16 by 65535;
+    data with negative values are scaled by their own minimum and maximum. An
+    :class:`ImageScalingWarning` says so when this differs from the dtype's own range.
+    """
+    low, high = int(image.min()), int(image.max())
+    info = np.iinfo(image.dtype)
+    if low < 0:
+        warnings.warn(
+            f"{image.dtype} image holds negative values ({low} to {high}): scaled by its own minimum and maximum",
+            ImageScalingWarning, stacklevel=3,
+        )
+        return low, max(1, high - low)
+    bits = max(8, high.bit_length())
+    scale = 2**bits - 1
+    if scale != info.max:
+        warnings.warn(
+            f"{image.dtype} image holds values up to {high}: scaled as {bits}-bit data (0 to {scale} becomes "
+            f"0 to 1), not by the {image.dtype} range", ImageScalingWarning, stacklevel=3,
+        )
+    return 0, scale
 
 
 def model_size(height: int, width: int, resolution: int, multiple: int, keep_aspect: bool) -> tuple[int, int]:

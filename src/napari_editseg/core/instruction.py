@@ -14,6 +14,11 @@ class Instruction:
     token_positions: tuple[int, ...]  # positions of the expression's tokens in the encoded sequence
     truncated: bool  # True when the tokenizer cut the instruction
     word_positions: tuple[int, ...] = ()  # every word token of the instruction: no SOT, EOT or padding
+    encoded_text: str = ""  # what the text encoder saw: ``text``, or its kept part when truncated
+
+    def __post_init__(self) -> None:
+        if not self.encoded_text:
+            object.__setattr__(self, "encoded_text", self.text)
 
     @property
     def template_positions(self) -> tuple[int, ...]:
@@ -24,6 +29,10 @@ class Instruction:
 def normalise_expression(expression: Any) -> str:
     if not isinstance(expression, str):
         raise ValueError(f"expression must be text, got {type(expression).__name__}")
+    try:
+        expression.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes a terminal passed that are not UTF-8
+        raise ValueError(f"expression {expression!r} is not valid UTF-8 text") from None
     text = re.sub(r"\s+", " ", expression).strip().lower()
     if not text:
         raise ValueError("expression is empty: describe the object to segment, e.g. 'the dog on the left'")
@@ -62,7 +71,8 @@ def build_instruction(expression: str, template: str, tokenizer: Any, max_length
             f"the expression does not fit in the text encoder's {max_length} tokens after the template's words"
         )
     words = tuple(range(offset, min(offset + len(plain), last_content)))
-    return Instruction(expression, text, positions, truncated, words)
+    kept = tokenizer.decode(plain[:last_content - offset]).strip() if truncated else text
+    return Instruction(expression, text, positions, truncated, words, kept)
 
 
 def baseline_text(template: str, baseline: str) -> str:

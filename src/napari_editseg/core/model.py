@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -28,8 +31,10 @@ def choose_device(device: Union[str, torch.device] = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         chosen = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps") from None
+    except (RuntimeError, TypeError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU here (try --device cpu)")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
@@ -64,6 +69,8 @@ class EditingModel:
     source: str
     device: torch.device
     dtype: torch.dtype
+    # one forward at a time: capture swaps the UNet's attention processors for the call's own
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def vae_factor(self) -> int:
@@ -124,16 +131,21 @@ def load_editing_model(
     device: Union[str, torch.device] = "auto",
     dtype: Union[str, torch.dtype] = "auto",
     local_files_only: Optional[bool] = None,
+    allow_pickle: bool = False,
 ) -> EditingModel:
     """Load UNet, VAE, text encoder, tokenizer and scheduler; nothing else is downloaded.
 
     ``model`` is a hub id (fetched once into the Hugging Face cache), a cached hub id
     (used offline), or a local folder in diffusers layout. ``HF_HUB_OFFLINE=1`` or
-    ``local_files_only=True`` never touches the network.
+    ``local_files_only=True`` never touches the network. Weights are read from safetensors
+    files only: pickle-based ``.bin``/``.pt`` weights can run code when loaded, so they are
+    refused unless ``allow_pickle=True`` (CLI: ``--allow-pickle-weights``) for a source you trust.
     """
+    if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
+        raise ValueError(f"model must be a hub id or a folder path (text), not {model!r}")
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
-    model = str(model)
+    model = os.fspath(model)
     folder = Path(model).expanduser()
     if _looks_like_path(model):
         if not folder.is_dir():
@@ -149,10 +161,20 @@ def load_editing_model(
         pipe = _pipeline_class().from_pretrained(
             model, **{_DTYPE_KEYWORD: torch_dtype}, local_files_only=offline,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            use_safetensors=None if allow_pickle else True,
         )
-    except (OSError, ValueError) as error:
+    except Exception as error:  # every loader and weight format fails its own way; the user needs one line
+        why = " ".join(str(error).split())[:300]
+        if not allow_pickle and re.search(r"no file named \S+\.safetensors|necessary `safetensors` weights", why):
+            raise ValueError(
+                f"model {model!r} has no safetensors weights for every part ({why}); pickle-based weights can run "
+                "code when loaded: convert them, or pass allow_pickle=True (--allow-pickle-weights) if you trust "
+                "the source"
+            ) from None
         if folder.is_dir():
-            raise ValueError(f"could not load the model folder {model!r}: {error}") from None
+            raise ValueError(f"could not load the model folder {model!r}: {type(error).__name__}: {why}") from None
+        if not isinstance(error, (OSError, ValueError)):
+            raise ValueError(f"could not load model {model!r}: {type(error).__name__}: {why}") from None
         tried = "the Hugging Face cache only (offline mode)" if offline else "the Hugging Face cache and the hub"
         raise ModelNotAvailableError(
             f"weights for model {model!r} are not available: tried {tried} "

@@ -7,14 +7,18 @@ with capture → prior → prototypes and scores → mask at the image's own siz
 
 from __future__ import annotations
 
+import functools
+import math
+import numbers
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .budget import check_memory, forward_needs, image_needs, vae_needs
 from .capture import AttentionStore, forward_and_capture
 from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
@@ -91,6 +95,48 @@ def relevance_of_rows(outputs: Sequence[torch.Tensor], i: int, n: int, samples: 
     return torch.stack(maps).mean(dim=0)
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _serialised(method: Method) -> Method:
+    """Run ``method`` holding the model's lock: one call at a time per loaded model."""
+    @functools.wraps(method)
+    def locked(self: "EditSegmenter", *args: Any, **kwargs: Any) -> Any:
+        with self.model.lock:
+            return method(self, *args, **kwargs)
+    return locked  # type: ignore[return-value]
+
+
+def _expression_list(expressions: Iterable[str]) -> list[str]:
+    """Any iterable of texts as a list, taken before any work (a generator is read once)."""
+    if isinstance(expressions, str):
+        raise ValueError("expressions must be a list of texts; use segment() for one")
+    try:
+        expressions = list(expressions)
+    except TypeError:
+        raise ValueError(f"expressions must be a list of texts, not {type(expressions).__name__}") from None
+    if not expressions:
+        raise ValueError("no expressions given")
+    return expressions
+
+
+def _points(name: str, points: Iterable[Point]) -> tuple[Point, ...]:
+    """(row, col) pixel pairs of finite numbers; anything else is refused with what is expected."""
+    expected = f"{name} must be a list of (row, col) pixel points, e.g. {name}=[(120, 80)]"
+    if isinstance(points, (str, bytes)):
+        raise ValueError(f"{expected}; got text {points!r}")
+    try:
+        pairs = [tuple(point) for point in points]
+    except TypeError:
+        raise ValueError(f"{expected}; got {points!r}") from None
+    for pair in pairs:
+        if len(pair) != 2 or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v) for v in pair
+        ):
+            raise ValueError(f"{expected}; {pair!r} is not a (row, col) pair of numbers")
+    return tuple(tuple(v.item() if isinstance(v, np.generic) else v for v in pair) for pair in pairs)
+
+
 class EditSegmenter:
     """Referring segmentation from one UNet forward of an instruction-editing model.
 
@@ -98,6 +144,12 @@ class EditSegmenter:
     >>> segmenter.set_image(image)                           # H×W(×3|4) numpy array
     >>> result = segmenter.segment("the dog on the left")
     >>> result.mask                                          # bool H×W
+
+    Threads: calls serialise. ``set_image``, ``forward``, ``segment``, ``segment_batch`` and
+    ``refine`` each hold the loaded model's lock for their whole run, so a call from a second
+    thread waits until the running one has finished: a result always belongs to the image
+    that was set when its call started, and the UNet's attention processors are never
+    swapped by two calls at once. Segmenters that share one loaded model share its lock.
     """
 
     def __init__(self, model: EditingModel, settings: Optional[SegmentationSettings] = None, **overrides: Any):
@@ -117,11 +169,14 @@ class EditSegmenter:
         device: Union[str, torch.device] = "auto",
         dtype: Union[str, torch.dtype] = "auto",
         local_files_only: Optional[bool] = None,
+        allow_pickle: bool = False,
         **settings: Any,
     ) -> "EditSegmenter":
-        """Load a hub id, cached id or local diffusers folder (see :func:`load_editing_model`)."""
+        """Load a hub id, cached id or local diffusers folder (see :func:`load_editing_model`);
+        weights from safetensors files only unless ``allow_pickle=True``."""
         check_names(settings)
-        return cls(load_editing_model(model, device, dtype, local_files_only), **settings)
+        SegmentationSettings().replace(**settings)  # bad values fail before the weights load
+        return cls(load_editing_model(model, device, dtype, local_files_only, allow_pickle), **settings)
 
     @property
     def device(self) -> torch.device:
@@ -154,28 +209,42 @@ class EditSegmenter:
         return scheduler
 
     # -- step 1-2: image --------------------------------------------------------------
+    @_serialised
     def set_image(self, image: np.ndarray, latents: Optional[dict] = None) -> None:
         """Take an H×W, H×W×3 or H×W×4 image and encode it once for every later expression.
 
-        ``latents``: what :meth:`image_latents` gave for this same image before (a caller's
-        cache keyed on the image's content, as the napari widget keeps); no VAE pass then.
+        Integer images are scaled by their data (docs/method.md, step 1). An image too large
+        for the free memory is refused before its float copy is made. ``latents``: what
+        :meth:`image_latents` gave for this same image before (a caller's cache keyed on the
+        image's content, as the napari widget keeps); no VAE pass then.
         """
         self._rgb, self._guide, self._latents = None, None, {}  # a refused image leaves no stale one behind
+        image = np.asarray(image)
+        settings = self.resolve_settings()
+        if image.ndim in (2, 3) and min(image.shape[:2]) > 0:
+            check_memory([vae_needs(self.model, self._model_size(settings, image.shape[:2]), settings.resolution)],
+                         self.device, image_needs(*image.shape[:2]))
         self._rgb = to_rgb_float(image)
         self._guide = ImageGuide(self._rgb)
         if latents is not None:
             self._latents = latents
-        settings = self.resolve_settings()
         self._image_latents(settings)
 
     def image_latents(self) -> dict:
         """The set image's VAE latents by model input size (small: 4×h/8×w/8 each), for set_image(latents=)."""
         return self._latents
 
-    def _image_latents(self, settings: SegmentationSettings) -> torch.Tensor:
+    def _require_image(self) -> np.ndarray:
         if self._rgb is None:
             raise ValueError("no image is set: call set_image(image) first")
-        size = model_size(*self._rgb.shape[:2], settings.resolution, settings.size_multiple, settings.keep_aspect)
+        return self._rgb
+
+    @staticmethod
+    def _model_size(settings: SegmentationSettings, shape: Sequence[int]) -> tuple[int, int]:
+        return model_size(*shape[:2], settings.resolution, settings.size_multiple, settings.keep_aspect)
+
+    def _image_latents(self, settings: SegmentationSettings) -> torch.Tensor:
+        size = self._model_size(settings, self._require_image().shape)
         if size not in self._latents:
             start = time.perf_counter()
             x = to_model_input(self._rgb, size).to(self.device, self.model.dtype)
@@ -219,6 +288,7 @@ class EditSegmenter:
         latents = scheduler.scale_model_input(latents, t)
         return latents.repeat(batch, 1, 1, 1), t
 
+    @_serialised
     def forward(self, expressions: Sequence[str], early_exit: bool = True, **overrides: Any) -> ForwardResult:
         """One batched UNet forward for ``expressions`` on the set image, capturing its maps.
 
@@ -227,10 +297,7 @@ class EditSegmenter:
         A relevance prior (``prior_source`` relevance or fused) adds one baseline-text row per
         noise draw to the same batch; with ``relevance_from="noise"`` the whole UNet runs.
         """
-        if isinstance(expressions, str):
-            raise ValueError("expressions must be a list of texts; use segment() for one")
-        if not expressions:
-            raise ValueError("no expressions given")
+        expressions = _expression_list(expressions)
         settings = self.resolve_settings(**overrides)
         plan = self.layout.plan(settings)
         instructions = [
@@ -240,10 +307,11 @@ class EditSegmenter:
         ]
         if settings.token_norm == "contrast" and not instructions[0].template_positions:
             raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
-        image_latents = self._image_latents(settings)
         relevance_rows = settings.prior_source != "attention"
         baseline = baseline_text(settings.instruction_template, settings.relevance_baseline)
         texts = [i.text for i in instructions] + ([baseline] if relevance_rows else [])
+        self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))
+        image_latents = self._image_latents(settings)
         timings = {}
         with torch.inference_mode():
             start = time.perf_counter()
@@ -269,6 +337,15 @@ class EditSegmenter:
             timings["unet"] = time.perf_counter() - start
         return ForwardResult(instructions, settings, plan, latent_grid, store, noise_pred, timings, relevance)
 
+    def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, rows: int, expressions: int) -> None:
+        """Refuse a forward whose memory estimate exceeds what is free (before anything large exists)."""
+        shape = self._require_image().shape[:2]
+        size = self._model_size(settings, shape)
+        needs = forward_needs(self.model, settings, plan, size, rows, expressions)
+        if size not in self._latents:
+            needs.append(vae_needs(self.model, size, settings.resolution))
+        check_memory(needs, self.device, image_needs(*shape, expressions))
+
     # -- steps 5-7 --------------------------------------------------------------------
     def segment(self, expression: str, box: Optional[Sequence[float]] = None, **overrides: Any) -> Segmentation:
         """Segment what ``expression`` names in the set image; ``overrides`` change settings.
@@ -278,10 +355,12 @@ class EditSegmenter:
         """
         return self.segment_batch([expression], box=box, **overrides)[0]
 
+    @_serialised
     def segment_batch(
         self, expressions: Sequence[str], box: Optional[Sequence[float]] = None, **overrides: Any
     ) -> list[Segmentation]:
         """Several expressions on the set image in ONE batched UNet forward (one ``box`` for all)."""
+        expressions = _expression_list(expressions)
         box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
         forward = self.forward(expressions, **overrides)
         settings, plan, store = forward.settings, forward.plan, forward.store
@@ -315,7 +394,8 @@ class EditSegmenter:
             features = pixel_features([b[i] for b in blocks], work_grid)
             timings = {**self._image_timings, **forward.timings, "prior": prior_time}
             base = Segmentation(
-                expression=instruction.expression, instruction=instruction.text, truncated=instruction.truncated,
+                expression=instruction.expression, instruction=instruction.encoded_text,
+                truncated=instruction.truncated,
                 mask=np.zeros(self.image_shape, bool), scores=np.zeros(self.image_shape, np.float32),
                 prior=to_image_size(prior_work, self.image_shape), settings=settings, timings=timings,
                 features=features.cpu().numpy(), prior_work=prior_work.cpu().numpy(),
@@ -326,6 +406,7 @@ class EditSegmenter:
             results.append(self._discriminate(base, settings, (), ()))
         return results
 
+    @_serialised
     def segment_points(
         self,
         positive: Sequence[Point] = (),
@@ -341,6 +422,7 @@ class EditSegmenter:
         zero outside the box; the points then join the prototypes as in :meth:`refine`.
         ``positive`` / ``negative``: (row, col) pixels of the image.
         """
+        positive, negative = _points("positive", positive), _points("negative", negative)
         if not positive and box is None:
             raise ValueError("give at least one positive point or a box to segment without words")
         # the words' prior is replaced below, so no relevance rows are spent on it
@@ -348,8 +430,9 @@ class EditSegmenter:
         prior_work = points_prior(torch.from_numpy(base.features), positive, base.box, self.image_shape)
         base = replace(base, prior_work=prior_work.numpy(), prior=to_image_size(prior_work, self.image_shape),
                        confidence=1.0, prior_prototypes=None)
-        return self._discriminate(base, base.settings, tuple(map(tuple, positive)), tuple(map(tuple, negative)))
+        return self._discriminate(base, base.settings, positive, negative)
 
+    @_serialised
     def refine(
         self,
         segmentation: Segmentation,
@@ -374,8 +457,8 @@ class EditSegmenter:
         settings = segmentation.settings.replace(**overrides)
         return self._discriminate(
             segmentation, settings,
-            tuple(segmentation.positive) + tuple(map(tuple, positive)),
-            tuple(segmentation.negative) + tuple(map(tuple, negative)),
+            tuple(segmentation.positive) + _points("positive", positive),
+            tuple(segmentation.negative) + _points("negative", negative),
         )
 
     def _discriminate(

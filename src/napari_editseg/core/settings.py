@@ -1,5 +1,12 @@
 """Every hyper-parameter of the method, by the name ``docs/method.md`` gives it.
 
+Each setting is declared once, below, as a field of :class:`SegmentationSettings`: its type
+(and, for a ``Literal``, its choices) in the annotation; its default, help, stage and range in
+the field. :data:`SETTING_SPECS` is derived from those declarations, and everything else reads
+it: validation, parsing of command-line text, the CLI's help, and a widget's controls
+(:class:`SettingSpec` has the kind, choices, range and help a control needs). Combinations of
+values that contradict each other are listed once too (:data:`COMBINATIONS`).
+
 Settings that name sizes or UNet blocks default to ``"auto"``: they are resolved
 from the loaded model's configs (see :mod:`napari_editseg.core.model`) so that the
 same defaults work on InstructPix2Pix and on any other UNet layout. The resolved
@@ -10,15 +17,33 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 AUTO = "auto"
 Auto = Literal["auto"]
 
 
-def _setting(default: Any, help: str, stage: str) -> Any:
-    return field(default=default, metadata={"help": help, "stage": stage})
+def _setting(
+    default: Any,
+    help: str,
+    stage: str,
+    minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
+    above: bool = False,
+    rule: Optional[Callable[[Any], Optional[str]]] = None,
+) -> Any:
+    """A settings field; ``minimum``/``maximum`` bound numbers (``above``: strictly above the
+    minimum), ``rule`` returns why a value is refused (or None) for what a range cannot say."""
+    return field(default=default, metadata={
+        "help": help, "stage": stage, "minimum": minimum, "maximum": maximum, "above": above, "rule": rule,
+    })
+
+
+def _one_placeholder(value: str) -> Optional[str]:
+    return None if value.count("{}") == 1 else "must be text holding exactly one '{}' where the expression goes"
 
 
 # Stages a setting belongs to. refine() may only change "discriminate" settings
@@ -33,23 +58,26 @@ class SegmentationSettings:
     """Hyper-parameters of one-step referring segmentation (see docs/method.md)."""
 
     resolution: Union[int, Auto] = _setting(
-        AUTO, "long side (pixels) the image is resized to; auto = UNet sample_size x VAE factor (512)", FORWARD
+        AUTO, "long side (pixels) the image is resized to; auto = UNet sample_size x VAE factor (512)", FORWARD,
+        minimum=1, maximum=8192,
     )
     keep_aspect: bool = _setting(True, "keep the aspect ratio when resizing (False: square)", FORWARD)
     size_multiple: Union[int, Auto] = _setting(
-        AUTO, "both sides are rounded to a multiple of this; auto = VAE factor x 2^(levels-1) (64)", FORWARD
+        AUTO, "both sides are rounded to a multiple of this; auto = VAE factor x 2^(levels-1) (64)", FORWARD,
+        minimum=1, maximum=8192,
     )
     instruction_template: str = _setting(
-        "make the {} red", "edit instruction; {} is replaced by the expression", FORWARD
+        "make the {} red", "edit instruction; {} is replaced by the expression", FORWARD, rule=_one_placeholder
     )
     timestep: Union[int, Auto] = _setting(
-        AUTO, "timestep of the one UNet forward; auto = the scheduler's first (earliest) step", FORWARD
+        AUTO, "timestep of the one UNet forward; auto = the scheduler's first (earliest) step", FORWARD, minimum=0
     )
-    seed: int = _setting(0, "seed of the Gaussian noise latent", FORWARD)
-    noise_samples: int = _setting(1, "noise draws averaged in one batch", FORWARD)
+    seed: int = _setting(0, "seed of the Gaussian noise latent (and of the background k-means)", FORWARD,
+                          minimum=0, maximum=2**32 - 1)
+    noise_samples: int = _setting(1, "noise draws averaged in one batch", FORWARD, minimum=1, maximum=64)
     prior_resolutions: Union[tuple[int, ...], Auto] = _setting(
         AUTO, "latent sides of the cross-attention layers used for the prior; auto = latent/4, latent/2 (16,32)",
-        FORWARD,
+        FORWARD, minimum=1, maximum=4096,
     )
     prior_layers: Literal["all", "decoder"] = _setting(
         "all", "which cross-attention layers at prior_resolutions make the prior: all (encoder and decoder) "
@@ -73,19 +101,21 @@ class SegmentationSettings:
         "start/end/padding dropped (softmax), or minus the template words' mean (contrast)", FORWARD,
     )
     token_scale: float = _setting(100.0, "token_norm=softmax: probabilities times this before the re-softmax",
-                                  FORWARD)
+                                  FORWARD, minimum=0, above=True)
     token_reduce: Literal["mean", "max"] = _setting(
         "mean", "how the expression tokens' attention maps are combined: mean or max", FORWARD
     )
     affinity_resolution: Union[int, Auto] = _setting(
-        AUTO, "latent side of the self-attention used for propagation; auto = latent/2 (32)", FORWARD
+        AUTO, "latent side of the self-attention used for propagation; auto = latent/2 (32)", FORWARD,
+        minimum=1, maximum=4096,
     )
-    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", FORWARD)
+    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", FORWARD, minimum=0, maximum=64)
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "UNet blocks whose outputs are the features; auto = the two up-blocks before the last", FORWARD
     )
     work_resolution: Union[int, Auto] = _setting(
-        AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD
+        AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD,
+        minimum=1, maximum=4096,
     )
     fg_select: Literal["quantile", "otsu", "peak", "both"] = _setting(
         "both", "which pixels make the foreground prototype: P >= its fg_quantile (a fixed share of the image), "
@@ -93,23 +123,25 @@ class SegmentationSettings:
         "or both (above Otsu's threshold AND in the fg_quantile share)", DISCRIMINATE,
     )
     fg_quantile: float = _setting(0.90, "pixels with prior >= this quantile define the foreground prototype",
-                                  DISCRIMINATE)
+                                  DISCRIMINATE, minimum=0, maximum=1)
     bg_quantile: float = _setting(0.50, "pixels with prior <= this quantile define the background prototypes",
-                                  DISCRIMINATE)
+                                  DISCRIMINATE, minimum=0, maximum=1)
     bg_prototypes: int = _setting(5, "background prototypes (k-means clusters of background features)",
-                                  DISCRIMINATE)
-    temperature: float = _setting(10.0, "S = sigmoid(temperature * (s_fg - s_bg))", DISCRIMINATE)
-    mask_threshold: float = _setting(0.5, "mask = S >= mask_threshold", DISCRIMINATE)
+                                  DISCRIMINATE, minimum=1, maximum=64)
+    temperature: float = _setting(10.0, "S = sigmoid(temperature * (s_fg - s_bg))", DISCRIMINATE, minimum=0,
+                                  above=True)
+    mask_threshold: float = _setting(0.5, "mask = S >= mask_threshold", DISCRIMINATE, minimum=0, maximum=1)
     edge_refine: Literal["none", "guided"] = _setting(
         "guided", "make S follow the image's edges at full resolution before thresholding: none (bilinear "
         "upsampling of the work grid) or guided (colour guided filter against the image)", DISCRIMINATE,
     )
-    edge_radius: float = _setting(2.0, "guided filter window radius, in work-grid cells", DISCRIMINATE)
+    edge_radius: float = _setting(2.0, "guided filter window radius, in work-grid cells", DISCRIMINATE, minimum=0,
+                                  above=True)
     edge_eps: float = _setting(1e-3, "guided filter regularisation: larger follows only stronger edges",
-                               DISCRIMINATE)
+                               DISCRIMINATE, minimum=0, above=True)
     min_confidence: float = _setting(
         0.0, "below this confidence a result says nothing was found (Segmentation.found); the mask is kept",
-        DISCRIMINATE,
+        DISCRIMINATE, minimum=0, maximum=1,
     )
     keep: Literal["all", "peak"] = _setting(
         "peak", "all: every mask pixel; peak: only the connected parts holding the prior's maximum", DISCRIMINATE
@@ -118,12 +150,14 @@ class SegmentationSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _validate(f.name, getattr(self, f.name))
+            SETTING_SPECS[f.name].check(getattr(self, f.name))
+        for combination in COMBINATIONS:
+            combination.check(self)
 
     def replace(self, **overrides: Any) -> "SegmentationSettings":
         """A copy with ``overrides`` applied; unknown names raise a ValueError."""
         check_names(overrides)
-        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in overrides.items()})
+        return dataclasses.replace(self, **{k: SETTING_SPECS[k].coerce(v) for k, v in overrides.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -137,8 +171,177 @@ class SegmentationSettings:
     @classmethod
     def help(cls) -> list[tuple[str, Any, str]]:
         """(name, default, description) of every setting, for --help and docs."""
-        return [(f.name, f.default, f.metadata["help"]) for f in fields(cls)]
+        return [(spec.name, spec.default, spec.help) for spec in SETTING_SPECS.values()]
 
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting as declared: what a value may be, what it does, and which stage it shapes.
+
+    ``kind`` is one of ``int``, ``float``, ``bool``, ``choice``, ``text``, ``sides`` (one or
+    more positive integers) or ``blocks`` (one or more UNet block names); ``auto`` says whether
+    ``"auto"`` (resolved from the model) is accepted. ``minimum``/``maximum`` bound a number (or
+    each side); ``above`` makes the minimum exclusive. A widget builds its controls from these.
+    """
+
+    name: str
+    default: Any
+    kind: str
+    help: str
+    stage: str
+    choices: tuple[str, ...] = ()
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    above: bool = False
+    auto: bool = False
+    rule: Optional[Callable[[Any], Optional[str]]] = field(default=None, repr=False, compare=False)
+
+    def describe(self) -> str:
+        """The values this setting takes, in words ("number in [0, 1]", "one of mean, max")."""
+        if self.kind == "choice":
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "text":
+            text = "text"
+        elif self.kind == "blocks":
+            text = "UNet block names, comma-separated"
+        else:
+            noun = {"int": "integer", "float": "number", "sides": "integers, comma-separated,"}[self.kind]
+            text = f"{noun} {self._range()}"
+        return text + (" or auto" if self.auto else "")
+
+    def _range(self) -> str:
+        low, high = _number_text(self.minimum), _number_text(self.maximum)
+        if self.minimum is not None and self.maximum is not None:
+            return f"in {'(' if self.above else '['}{low}, {high}]"
+        if self.minimum is not None:
+            return f"{'>' if self.above else '>='} {low}"
+        return f"<= {high}" if self.maximum is not None else ""
+
+    def coerce(self, value: Any) -> Any:
+        """Typed value from text (CLI, widget), lists or numpy scalars; other values as given."""
+        if hasattr(value, "dtype") and getattr(value, "shape", None) == ():  # a numpy scalar: np.float32(0.4)
+            value = value.item()
+        if isinstance(value, list):
+            return tuple(v.item() if hasattr(v, "item") else v for v in value)
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if self.auto and text == AUTO:
+            return AUTO
+        try:
+            if self.kind == "int":
+                return int(text)
+            if self.kind == "float":
+                return float(text)
+            if self.kind == "sides":
+                return tuple(int(p) for p in text.split(",") if p.strip())
+        except ValueError:
+            what = "a comma-separated list of sides" if self.kind == "sides" else "a number"
+            raise ValueError(f"setting {self.name!r}: {value!r} is not {what}") from None
+        if self.kind == "bool":
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"setting {self.name!r}: {value!r} is not true/false")
+        if self.kind == "blocks":
+            return tuple(p.strip() for p in text.split(",") if p.strip())
+        return text
+
+    def check(self, value: Any) -> None:
+        """Raise a ValueError naming the setting when ``value`` is not one it takes."""
+        why = self._problem(value)
+        if why:
+            raise ValueError(f"setting {self.name!r}={value!r}: {why}")
+
+    def _problem(self, value: Any) -> Optional[str]:
+        if self.auto and value == AUTO:
+            return None
+        or_auto = " or 'auto'" if self.auto else ""
+        if self.kind in ("int", "float"):
+            integer = self.kind == "int"
+            allowed = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                return f"expected {'an integer' if integer else 'a number'}{or_auto}"
+            if not integer and not math.isfinite(value):
+                return "expected a finite number"
+            return self._out_of_range(value)
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else "expected true or false"
+        if self.kind == "choice":
+            return None if value in self.choices else f"expected one of {', '.join(self.choices)}"
+        if self.kind == "text":
+            if not isinstance(value, str):
+                return "expected text"
+            return self.rule(value) if self.rule else None
+        if self.kind == "sides":
+            if not isinstance(value, tuple) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                return "expected 'auto' or one or more positive integers"
+            return next((why for why in map(self._out_of_range, value) if why), None)
+        if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
+            return "expected 'auto' or one or more UNet block names"
+        return None
+
+    def _out_of_range(self, value: float) -> Optional[str]:
+        low = self.minimum is not None and (value <= self.minimum if self.above else value < self.minimum)
+        high = self.maximum is not None and value > self.maximum
+        if not (low or high):
+            return None
+        if self.minimum is not None and self.maximum is not None:
+            return f"must lie in {self._range()[3:]}"
+        return f"must be {self._range()}"
+
+
+def _number_text(x: Optional[float]) -> str:
+    return "" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _spec(f: dataclasses.Field, annotation: Any) -> SettingSpec:
+    """A field's spec, its kind and choices read from the annotation."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) is Union else (annotation,)
+    auto = Auto in options
+    (kind_type,) = [o for o in options if o is not Auto]
+    choices: tuple[str, ...] = ()
+    if typing.get_origin(kind_type) is Literal:
+        kind, choices = "choice", typing.get_args(kind_type)
+    elif typing.get_origin(kind_type) is tuple:
+        kind = "sides" if typing.get_args(kind_type)[0] is int else "blocks"
+    else:
+        kind = {bool: "bool", int: "int", float: "float", str: "text"}[kind_type]
+    meta = f.metadata
+    return SettingSpec(
+        name=f.name, default=f.default, kind=kind, help=meta["help"], stage=meta["stage"], choices=choices,
+        minimum=meta["minimum"], maximum=meta["maximum"], above=meta["above"], auto=auto, rule=meta["rule"],
+    )
+
+
+_HINTS = typing.get_type_hints(SegmentationSettings)
+SETTING_SPECS: dict[str, SettingSpec] = {f.name: _spec(f, _HINTS[f.name]) for f in fields(SegmentationSettings)}
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Values of several settings that contradict each other, refused with one line."""
+
+    names: tuple[str, ...]
+    holds: Callable[[Any], bool]
+    why: str
+
+    def check(self, settings: Any) -> None:
+        if not self.holds(settings):
+            given = " and ".join(f"{n}={getattr(settings, n)!r}" for n in self.names)
+            raise ValueError(f"settings {given} contradict each other: {self.why}")
+
+
+COMBINATIONS = (
+    Combination(("fg_quantile", "bg_quantile"), lambda s: s.fg_quantile > s.bg_quantile,
+                "fg_quantile must lie above bg_quantile, or the foreground and background pixel sets overlap"),
+)
 
 # The paper's method and our reference design as the first version shipped them; the defaults
 # differ where the shapes world measured a win (docs/method.md, "Defaults and the evidence").
@@ -146,16 +349,20 @@ PAPER = {
     "prior_source": "attention", "token_norm": "none", "fg_select": "quantile", "bg_prototypes": 1,
     "edge_refine": "none", "keep": "all",
 }
-SETTING_NAMES = tuple(f.name for f in fields(SegmentationSettings))
-DISCRIMINATE_SETTINGS = frozenset(
-    f.name for f in fields(SegmentationSettings) if f.metadata["stage"] == DISCRIMINATE
-)
+SETTING_NAMES = tuple(SETTING_SPECS)
+DISCRIMINATE_SETTINGS = frozenset(name for name, spec in SETTING_SPECS.items() if spec.stage == DISCRIMINATE)
+
+
+def setting_spec(name: str) -> SettingSpec:
+    """The declared spec of one setting; unknown names raise a ValueError with a suggestion."""
+    check_names({name: None})
+    return SETTING_SPECS[name]
 
 
 def check_names(overrides: dict[str, Any]) -> None:
     for name in overrides:
         if name not in SETTING_NAMES:
-            close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+            close = difflib.get_close_matches(str(name), SETTING_NAMES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known settings: {', '.join(SETTING_NAMES)}"
             raise ValueError(f"unknown setting {name!r}{hint}")
 
@@ -165,100 +372,4 @@ def parse_setting(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"setting {text!r} is not of the form NAME=VALUE")
     name, value = (part.strip() for part in text.split("=", 1))
-    check_names({name: value})
-    return name, _coerce(name, value)
-
-
-_INT_OR_AUTO = {"resolution", "size_multiple", "timestep", "affinity_resolution", "work_resolution"}
-_INTS = {"seed", "noise_samples", "propagation_steps", "bg_prototypes"}
-_POSITIVE_FLOATS = {"temperature", "token_scale", "edge_radius", "edge_eps"}
-_FLOATS = {"fg_quantile", "bg_quantile", "mask_threshold", "min_confidence"} | _POSITIVE_FLOATS
-_BOOLS = {"keep_aspect", "fill_holes"}
-_CHOICES = {
-    "token_reduce": ("mean", "max"), "keep": ("all", "peak"), "prior_layers": ("all", "decoder"),
-    "prior_source": ("attention", "relevance", "fused"), "relevance_from": ("noise", "features"),
-    "relevance_baseline": ("empty", "template"),
-    "token_norm": ("none", "softmax", "contrast"), "fg_select": ("quantile", "otsu", "peak", "both"),
-    "edge_refine": ("none", "guided"),
-}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Accept strings (CLI, widget) and lists for every setting; leave typed values alone."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text == AUTO and name in _INT_OR_AUTO | {"prior_resolutions", "feature_blocks"}:
-            return AUTO
-        try:
-            if name in _INT_OR_AUTO | _INTS:
-                return int(text)
-            if name in _FLOATS:
-                return float(text)
-        except ValueError:
-            raise ValueError(f"setting {name!r}: {value!r} is not a number") from None
-        if name in _BOOLS:
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"setting {name!r}: {value!r} is not true/false")
-        if name == "prior_resolutions":
-            try:
-                return tuple(int(p) for p in text.split(",") if p.strip())
-            except ValueError:
-                raise ValueError(f"setting {name!r}: {value!r} is not a comma-separated list of sides") from None
-        if name == "feature_blocks":
-            return tuple(p.strip() for p in text.split(",") if p.strip())
-        return text
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-def _validate(name: str, value: Any) -> None:
-    def bad(why: str) -> ValueError:
-        return ValueError(f"setting {name!r}={value!r}: {why}")
-
-    if name in _INT_OR_AUTO:
-        if value == AUTO:
-            return
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("expected an integer or 'auto'")
-        if value < 0 or (value == 0 and name != "timestep"):
-            raise bad("must be positive")
-    elif name in _INTS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("expected an integer")
-        minimum = 0 if name in ("seed", "propagation_steps") else 1
-        if value < minimum:
-            raise bad(f"must be >= {minimum}")
-    elif name in _FLOATS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("expected a number")
-        if name in _POSITIVE_FLOATS:
-            if not value > 0:
-                raise bad("must be > 0")
-        elif not 0.0 <= value <= 1.0:
-            raise bad("must lie in [0, 1]")
-    elif name in _BOOLS:
-        if not isinstance(value, bool):
-            raise bad("expected true or false")
-    elif name in _CHOICES:
-        if value not in _CHOICES[name]:
-            raise bad(f"expected one of {', '.join(_CHOICES[name])}")
-    elif name == "instruction_template":
-        if not isinstance(value, str) or value.count("{}") != 1:
-            raise bad("must be text holding exactly one '{}' where the expression goes")
-    elif name == "prior_resolutions":
-        if value == AUTO:
-            return
-        if not isinstance(value, tuple) or not value or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-        ):
-            raise bad("expected 'auto' or one or more positive integers")
-    elif name == "feature_blocks":
-        if value == AUTO:
-            return
-        if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
-            raise bad("expected 'auto' or one or more UNet block names")
+    return name, setting_spec(name).coerce(value)

@@ -8,6 +8,7 @@ code; pixels covered by two polygons drop out) or ``> 0``.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import io
 import json
@@ -51,26 +52,44 @@ class RefSample:
 def select_split(refs: list, split: str) -> list:
     """The refer API's rule: testA/testB/testC match refs whose split contains the letter,
     test matches every split containing "test", the rest match exactly."""
+    splits = [str(r.get("split", "")) for r in refs]  # a ref without a split belongs to none
     if split in ("testA", "testB", "testC"):
-        return [r for r in refs if split[-1] in r["split"]]
+        return [r for r, s in zip(refs, splits) if split[-1] in s]
     if split == "test":
-        return [r for r in refs if "test" in r["split"]]
+        return [r for r, s in zip(refs, splits) if "test" in s]
     if split in ("train", "val", "testAB", "testBC", "testAC"):
-        return [r for r in refs if r["split"] == split]
+        return [r for r, s in zip(refs, splits) if s == split]
     raise ValueError(f"no such split {split!r}: use train, val, test, testA, testB, testC")
 
 
 def annotation_mask(segmentation: Any, height: int, width: int, binarise: str = "eq1") -> np.ndarray:
-    """COCO polygons (or RLE) → bool H×W, polygons summed, then ``== 1`` or ``> 0``."""
+    """COCO polygons (or RLE) → bool H×W, polygons summed, then ``== 1`` or ``> 0``.
+
+    A malformed annotation (no polygon, a polygon of fewer than three points, an RLE without
+    counts) raises a ValueError that says so; the harness scores that sample as failed.
+    """
     coco_mask = need_extra("pycocotools.mask", "rasterising RefCOCO annotations")
 
+    if binarise not in ("eq1", "gt0"):
+        raise ValueError(f"binarise must be 'eq1' or 'gt0', not {binarise!r}")
     if isinstance(segmentation, list):  # polygons
+        if not segmentation or not all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p) for p in segmentation
+        ):
+            raise ValueError("malformed polygon annotation: expected one or more lists of at least 3 (x, y) points")
         counts = coco_mask.decode(coco_mask.frPyObjects(segmentation, height, width)).astype(np.int32)
         counts = counts.sum(axis=2) if counts.ndim == 3 else counts
-    else:  # RLE (crowd annotations), compressed or not
-        if isinstance(segmentation.get("counts"), list):
-            segmentation = coco_mask.frPyObjects(segmentation, height, width)
-        counts = coco_mask.decode(segmentation).astype(np.int32)
+    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:  # RLE
+        try:
+            if isinstance(segmentation.get("counts"), list):
+                segmentation = coco_mask.frPyObjects(segmentation, height, width)
+            counts = coco_mask.decode(segmentation).astype(np.int32)
+        except Exception as error:  # pycocotools raises bare Exceptions
+            raise ValueError(f"malformed RLE annotation ({error})") from None
+    else:
+        raise ValueError(f"malformed annotation: segmentation is {type(segmentation).__name__}, "
+                         "not polygons or RLE")
     if binarise == "eq1":
         return counts == 1
     if binarise == "gt0":
@@ -78,21 +97,51 @@ def annotation_mask(segmentation: Any, height: int, width: int, binarise: str = 
     raise ValueError(f"binarise must be 'eq1' or 'gt0', not {binarise!r}")
 
 
+def _missing(what: str) -> Callable[[], np.ndarray]:
+    """A loader for data the annotations lack: the sample is scored as failed, the run goes on."""
+    def fail() -> np.ndarray:
+        raise ValueError(what)
+    return fail
+
+
+def _mask_loader(ann: Optional[dict], ann_id: Any, h: int, w: int, binarise: str) -> Callable[[], np.ndarray]:
+    if ann is None:
+        return _missing(f"annotation {ann_id} is not in the annotations")
+    if "segmentation" not in ann:
+        return _missing(f"annotation {ann_id} has no segmentation")
+    return functools.partial(annotation_mask, ann["segmentation"], h, w, binarise)
+
+
 def _samples_from_refs(refs, annotations, image_info, image_loader, sentence_field, binarise) -> list[RefSample]:
     samples = []
     for ref in refs:
+        try:
+            samples += _ref_samples(ref, annotations, image_info, image_loader, sentence_field, binarise)
+        except (KeyError, TypeError, ValueError) as error:
+            ref_id = ref.get("ref_id", "?") if isinstance(ref, dict) else "?"
+            raise ValueError(f"ref {ref_id} is malformed ({type(error).__name__}: {error})") from None
+    return samples
+
+
+def _ref_samples(ref, annotations, image_info, image_loader, sentence_field, binarise) -> list[RefSample]:
+    """One sample per sentence; an image or annotation the files lack fails only these samples."""
+    try:
         info = image_info(ref["image_id"])
         h, w = int(info["height"]), int(info["width"])
-        ann = annotations[ref["ann_id"]]
-        load_mask = functools.partial(annotation_mask, ann["segmentation"], h, w, binarise)
-        for sentence in ref["sentences"]:
-            samples.append(RefSample(
-                key=f"{ref['ref_id']}/{sentence['sent_id']}", image_key=str(ref["image_id"]),
-                sentence=sentence[sentence_field], ref_id=int(ref["ref_id"]), sent_id=int(sentence["sent_id"]),
-                ann_id=int(ref["ann_id"]), image_id=int(ref["image_id"]), split=ref["split"], height=h, width=w,
-                load_image=image_loader(ref["image_id"]), load_mask=load_mask,
-            ))
-    return samples
+        load_image = image_loader(ref["image_id"])
+        load_mask = _mask_loader(annotations.get(ref["ann_id"]), ref["ann_id"], h, w, binarise)
+    except (KeyError, TypeError, ValueError):
+        h = w = 0
+        load_image = load_mask = _missing(f"image {ref['image_id']} is not in the annotations (no size or file)")
+    return [
+        RefSample(
+            key=f"{ref['ref_id']}/{sentence['sent_id']}", image_key=str(ref["image_id"]),
+            sentence=sentence[sentence_field], ref_id=int(ref["ref_id"]), sent_id=int(sentence["sent_id"]),
+            ann_id=int(ref["ann_id"]), image_id=int(ref["image_id"]), split=ref["split"], height=h, width=w,
+            load_image=load_image, load_mask=load_mask,
+        )
+        for sentence in ref["sentences"]
+    ]
 
 
 def read_refer(root: Path, dataset: str, split: str, split_by: Optional[str] = None, sentence_field: str = "sent",
@@ -108,17 +157,46 @@ def read_refer(root: Path, dataset: str, split: str, split_by: Optional[str] = N
     for f in (refs_file, instances_file):
         if not f.is_file():
             raise ValueError(f"{f} not found: is {root} a refer-layout data root (see docs/evaluation.md)?")
-    with refs_file.open("rb") as handle:
-        refs = pickle.load(handle)
-    instances = json.loads(instances_file.read_text())
-    images = {img["id"]: img for img in instances["images"]}
-    annotations = {ann["id"]: ann for ann in instances["annotations"]}
+    refs = load_refs(refs_file)
+    try:
+        instances = json.loads(instances_file.read_text())
+        images = {img["id"]: img for img in instances["images"]}
+        annotations = {ann["id"]: ann for ann in instances["annotations"]}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{instances_file} is not a COCO instances file ({type(error).__name__}: "
+                         f"{str(error)[:200]})") from None
 
     def loader(image_id):
         return functools.partial(read_image, root / COCO_IMAGES / images[image_id]["file_name"])
 
     return _samples_from_refs(select_split(refs, split), annotations, images.__getitem__, loader,
                               sentence_field, binarise)
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, text and numbers only. A pickle can name any importable
+    callable and run it as it loads; a refs file never needs one, so naming any is refused."""
+
+    ALLOWED = frozenset({"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool",
+                         "complex"})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in self.ALLOWED:
+            return getattr(builtins, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not plain data")
+
+
+def load_refs(path: Path) -> list:
+    """The refer layout's ``refs(<split_by>).p``, through :class:`PlainUnpickler`."""
+    try:
+        with Path(path).open("rb") as handle:
+            refs = PlainUnpickler(handle).load()
+    except Exception as error:  # UnpicklingError, EOFError, ...: one line, whatever the file holds
+        raise ValueError(f"{path} was not loaded: {type(error).__name__}: {str(error)[:200]} (only lists, "
+                         "dicts, text and numbers are read from a refs pickle)") from None
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        raise ValueError(f"{path} does not hold a list of refs")
+    return refs
 
 
 def _maybe_json(value):
@@ -154,16 +232,26 @@ def read_parquet(folder: Path, dataset: str, split: str, split_by: Optional[str]
         raise ValueError(f"no {stem}-*.parquet under {folder}")
     samples = []
     for path in files:
-        reader = pq.ParquetFile(path)
+        try:
+            reader = pq.ParquetFile(path)
+            missing = {"image", "image_info", "ref_list"} - set(reader.schema_arrow.names)
+        except Exception as error:  # pyarrow's errors for a file that is not parquet
+            raise ValueError(f"{path} is not a parquet file ({type(error).__name__}: {str(error)[:200]})") from None
+        if missing:
+            raise ValueError(f"{path} has no column {', '.join(sorted(missing))}: not a refcoco-benchmark file")
         for group in range(reader.num_row_groups):
             table = reader.read_row_group(group, columns=["image_info", "ref_list"]).to_pylist()
             for row, record in enumerate(table):
-                info = _maybe_json(record["image_info"])
-                refs, annotations = [], {}
-                for item in _maybe_json(record["ref_list"]):
-                    ann, ref = _maybe_json(item["ann_info"]), _maybe_json(item["ref_info"])
-                    annotations[ref["ann_id"]] = ann
-                    refs.append(ref)
+                try:
+                    info = _maybe_json(record["image_info"])
+                    refs, annotations = [], {}
+                    for item in _maybe_json(record["ref_list"]):
+                        ann, ref = _maybe_json(item["ann_info"]), _maybe_json(item["ref_info"])
+                        annotations[ref["ann_id"]] = ann
+                        refs.append(ref)
+                except (KeyError, TypeError, ValueError) as error:
+                    raise ValueError(f"{path}, row group {group}, row {row}: malformed ref_list "
+                                     f"({type(error).__name__}: {str(error)[:200]})") from None
                 loader = functools.partial(_decode_embedded, str(path), group, row)
                 samples += _samples_from_refs(select_split(refs, split), annotations, lambda _: info,
                                               lambda _: loader, sentence_field, binarise)

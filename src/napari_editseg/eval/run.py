@@ -4,21 +4,27 @@ Runs unchanged in one process or under ``accelerate launch``: each process takes
 N-th image (a disjoint shard) and appends its per-sample records to its own file; the
 main process merges every record and computes the metrics from them, so a split run in
 shards gives exactly the numbers of a run in one piece. Re-running with the same
-``--out`` skips the samples already scored.
+``--out`` skips the samples already scored and retries those that failed.
+
+Crash-safe: records are appended one whole line at a time and a line cut short by a kill
+is dropped before the next append; the report and the run's identity are written whole or
+not at all. One malformed ground-truth annotation fails its own sample, not the run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from .._distributed import process_state, segmenter_device
+from ..files import check_outputs, remove_partials, write_json
 from .metrics import THRESHOLDS, SampleScore, score_sample, summarise
 from .refer import EXPECTED_SAMPLES, SPLIT_BY, RefSample, read_dataset
 
@@ -77,57 +83,148 @@ class EvalConfig:
     strict: bool = False
     binarise: str = "eq1"
     sentence_field: str = "sent"
+    allow_pickle: bool = False  # pickle-based model weights (see load_editing_model); not part of the identity
 
     def identity(self) -> dict:
-        """What must match for a resumed run to continue an earlier one."""
+        """What must match for a resumed run to continue an earlier one (as JSON reads it back)."""
         keys = ("dataset", "split", "split_by", "layout", "limit", "method", "model", "settings", "binarise",
                 "sentence_field")
-        return {k: getattr(self, k) for k in keys}
+        identity = {k: getattr(self, k) for k in keys}
+        identity["split_by"] = self.split_by or SPLIT_BY.get(self.dataset)
+        identity["data_root"] = str(Path(self.data_root).expanduser().resolve())
+        return json.loads(json.dumps(identity))
 
 
 def _records_paths(out: Path) -> list[Path]:
     return sorted(out.parent.glob(out.name + ".samples*.jsonl"))
 
 
+def repair_records(path: Path) -> None:
+    """Drop a last line that a kill cut short, so the next append starts on a line of its own."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def read_records(out: Path) -> dict[str, SampleScore]:
-    records = {}
+    """Every sample's record beside ``out``. A success replaces a failure of the same sample (a
+    retry); a last line cut short by a kill is ignored; any other line that is not a record is
+    an error naming its file and line."""
+    records: dict[str, SampleScore] = {}
     for path in _records_paths(out):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                data = json.loads(line)
-                records[data["key"]] = SampleScore(**data)
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                score = SampleScore(**json.loads(line))
+            except (ValueError, TypeError) as error:
+                if number == len(lines):  # no newline after it: torn by a kill
+                    continue
+                raise ValueError(f"{path}, line {number}, is not a sample record ({type(error).__name__}: "
+                                 f"{str(error)[:100]}): delete that line, or choose another --out") from None
+            earlier = records.get(score.key)
+            if earlier is None or earlier.failed or not score.failed:
+                records[score.key] = score
     return records
 
 
-def _check_resume(out: Path, config: EvalConfig) -> None:
-    meta = out.parent / (out.name + ".run.json")
+def _check_resume(out: Path, config: EvalConfig) -> Optional[dict]:
+    """Record the run's identity beside ``out``, or refuse an ``out`` that holds another run's
+    records; returns the resolved settings an earlier run of this identity recorded."""
+    meta = _meta_path(out)
     identity = config.identity()
     if meta.is_file():
-        earlier = json.loads(meta.read_text())
-        if earlier != json.loads(json.dumps(identity)):
-            raise ValueError(f"{out} holds results of another run ({earlier}); choose another --out")
-    else:
-        meta.write_text(json.dumps(identity))
+        try:
+            earlier = json.loads(meta.read_text())
+        except ValueError:
+            earlier = {}
+        earlier_identity = earlier.get("identity", earlier) if isinstance(earlier, dict) else {}
+        if earlier_identity == identity:
+            return earlier.get("settings")
+        if any(p.stat().st_size for p in _records_paths(out)):
+            differ = sorted(k for k in set(identity) | set(earlier_identity)
+                            if identity.get(k) != earlier_identity.get(k))
+            raise ValueError(f"{out} holds results of another run (it differs in {', '.join(differ)}); "
+                             "choose another --out")
+        # the earlier run scored nothing (its model did not load, say): nothing to keep
+    write_json(meta, {"identity": identity, "settings": None})
+    return None
+
+
+def _meta_path(out: Path) -> Path:
+    return out.parent / (out.name + ".run.json")
+
+
+def _check_config(config: EvalConfig, segmenter: Any) -> None:
+    """What can be refused before the data is read and the model loaded."""
+    if config.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {config.method!r}")
+    if config.method not in MODEL_FREE and segmenter is None and (
+        not isinstance(config.model, (str, os.PathLike)) or not str(config.model).strip()
+    ):
+        raise ValueError(f"method {config.method!r} needs a model: set model to a hub id or a folder, "
+                         f"not {config.model!r}")
+    out = Path(config.out)
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder: give a report file name, e.g. {str(out / 'report.json')!r}")
+    check_outputs([("--out", out)])
+
+
+def _score_group(group: list[RefSample], predict: Callable) -> list[SampleScore]:
+    """Scores of the samples of one image; a failure (of the prediction or of one sample's
+    ground truth) scores that sample 0 with the error recorded, never stops the run."""
+    truths: list[Any] = []
+    for sample in group:
+        try:
+            truths.append(sample.load_mask())
+        except Exception as exc:  # a malformed annotation: this sample only
+            truths.append(f"ground truth: {type(exc).__name__}: {exc}")
+    try:
+        predictions, error = predict(group[0].load_image(), [s.sentence for s in group]), None
+    except Exception as exc:  # any failure scores 0 and is counted, never skipped
+        predictions, error = [None] * len(group), f"{type(exc).__name__}: {exc}"
+    scores = []
+    for sample, prediction, truth in zip(group, predictions, truths):
+        if isinstance(truth, str):
+            scores.append(SampleScore(sample.key, 0, 0, failed=True, empty=True, error=truth))
+            continue
+        try:
+            scores.append(score_sample(sample.key, prediction, truth, error))
+        except ValueError as exc:  # e.g. the annotation's size is not the image's
+            scores.append(score_sample(sample.key, None, truth, str(exc)))
+    return scores
 
 
 def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
-    """Score ``config.method`` on a split; returns (and on the main process writes) the report."""
-    if config.method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {config.method!r}")
+    """Score ``config.method`` on a split; returns (and on the main process writes) the report.
+
+    ``config`` is not changed. A ``segmenter`` given here is used with ``config.settings`` on top
+    of its own settings.
+    """
+    _check_config(config, segmenter)
+    config = replace(config, split_by=config.split_by or SPLIT_BY.get(config.dataset))
     state = process_state()
     start = time.perf_counter()
-    config.split_by = config.split_by or SPLIT_BY.get(config.dataset)
     samples = read_dataset(Path(config.data_root), config.dataset, config.split, config.split_by, config.layout,
                            config.sentence_field, config.binarise)
     if config.limit:
         samples = samples[:config.limit]
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recorded_settings = None
     if state.is_main_process:
-        _check_resume(out, config)
+        recorded_settings = _check_resume(out, config)
+        remove_partials(out)
     state.wait_for_everyone()
 
-    done = read_records(out)
+    records_file = out.parent / (out.name + f".samples.rank{state.process_index}.jsonl")
+    repair_records(records_file)
+    done = {key for key, record in read_records(out).items() if not record.failed}
     mine = group_by_image(samples)[state.process_index::state.num_processes]
     todo = [[s for s in group if s.key not in done] for group in mine]
     todo = [g for g in todo if g]
@@ -135,21 +232,17 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
         from ..core.segmenter import EditSegmenter
 
         segmenter = EditSegmenter.from_pretrained(config.model, device=segmenter_device(state, config.device),
-                                                  dtype=config.dtype,
+                                                  dtype=config.dtype, allow_pickle=config.allow_pickle,
                                                   **config.settings)
-    predict = predictor(config.method, segmenter)
-    records_file = out.parent / (out.name + f".samples.rank{state.process_index}.jsonl")
+    if segmenter is not None and config.method not in MODEL_FREE and state.is_main_process:
+        recorded_settings = _resolved_settings(segmenter, config)
+        write_json(_meta_path(out), {"identity": config.identity(), "settings": recorded_settings})
+    predict = predictor(config.method, segmenter, config.settings)
     bar = tqdm(total=sum(len(g) for g in todo), unit="sample", desc=f"{config.dataset} {config.split}",
                disable=not progress or not state.is_main_process, dynamic_ncols=True)
-    with records_file.open("a") as records:
+    with records_file.open("a", encoding="utf-8") as records:
         for group in todo:
-            truths = [s.load_mask() for s in group]
-            try:
-                predictions, error = predict(group[0].load_image(), [s.sentence for s in group]), None
-            except Exception as exc:  # any failure scores 0 and is counted, never skipped
-                predictions, error = [None] * len(group), f"{type(exc).__name__}: {exc}"
-            for sample, prediction, truth in zip(group, predictions, truths):
-                score = score_sample(sample.key, prediction, truth, error)
+            for score in _score_group(group, predict):
                 records.write(json.dumps(asdict(score)) + "\n")
             records.flush()
             bar.update(len(group))
@@ -165,7 +258,7 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
         **summarise([scores[k] for k in wanted], strict=config.strict),
         "method": config.method, "dataset": config.dataset, "split": config.split, "split_by": config.split_by,
         "model": None if config.method in MODEL_FREE else config.model,
-        "settings": _resolved_settings(segmenter, config),
+        "settings": {} if config.method in MODEL_FREE else recorded_settings or dict(config.settings),
         "n_refs": len({s.ref_id for s in samples}), "n_images": len({s.image_key for s in samples}),
         "binarise": config.binarise, "sentence_field": config.sentence_field, "limit": config.limit,
         "processes": state.num_processes, "wall_time_s": time.perf_counter() - start,
@@ -175,16 +268,14 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
         report["expected_n_samples"] = expected
         report["n_samples_as_published"] = report["n_samples"] == expected
     if state.is_main_process:
-        Path(config.out).write_text(json.dumps(report, indent=2))
+        write_json(out, report)
     return report
 
 
 def _resolved_settings(segmenter, config: EvalConfig) -> dict:
-    if config.method in MODEL_FREE:
-        return {}
-    if segmenter is None:  # everything was resumed: no model was loaded in this run
-        return dict(config.settings)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in segmenter.resolve_settings().to_dict().items()}
+    """The settings this run segments with, every "auto" resolved for the loaded model."""
+    resolved = segmenter.resolve_settings(**config.settings).to_dict()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
 def report_table(report: dict) -> str:

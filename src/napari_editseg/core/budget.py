@@ -1,0 +1,168 @@
+"""Memory guards: refuse, with one line naming the setting to lower, before anything large exists.
+
+The biggest allocations of a segmentation are known from the image size and the settings
+before any of them is made: the self-attention maps captured for propagation grow with the
+fourth power of ``affinity_resolution`` (N×N for N = side²), the UNet's activations with the
+latent area, the VAE's with the image area the model sees, the work grid's features with
+``work_resolution``², and the full-size outputs with the picture's own pixel count. The
+estimate is deliberately rough (within a small factor); it exists to stop the requests that
+are off by orders of magnitude (``resolution=2048`` on a small machine) with a sentence instead
+of the kernel's OOM killer or a traceback deep inside torch.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .capture import SELF_ATTENTION_BUDGET
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Need:
+    """One term of the estimate: bytes, what they hold, and what to lower to shrink them."""
+
+    bytes: int
+    what: str
+    lower: str
+
+
+def _bytes_of(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def image_needs(height: int, width: int, expressions: int = 1) -> list[Need]:
+    """The picture at its own size: the float RGB copy, the edge guide's full-size passes,
+    and the score / prior / mask maps of each result."""
+    pixels = height * width
+    return [
+        Need(pixels * 4 * 3 * 2, f"the {height}x{width} image as float RGB", "the image size (downscale it)"),
+        Need(pixels * 4 * 12 + pixels * 9 * expressions, f"full-size maps of the {height}x{width} image",
+             "the image size (downscale it)"),
+    ]
+
+
+def forward_needs(model: Any, settings: Any, plan: Any, size: tuple[int, int], rows: int, expressions: int
+                  ) -> list[Need]:
+    """What one batched forward and the later stages hold, from the model's configs and the
+    resolved settings; ``size`` is the (h, w) the model sees, ``rows`` the UNet batch."""
+    vae_factor = model.vae_factor
+    latent = (size[0] // vae_factor, size[1] // vae_factor)
+    area = latent[0] * latent[1]
+    unet = model.unet.config
+    element = _bytes_of(model.dtype)
+    per_level = sum(c * (unet.layers_per_block + 1) / 4**level for level, c in enumerate(unet.block_out_channels))
+    affinity_n = (latent[0] >> plan.affinity_level) * (latent[1] >> plan.affinity_level)
+    work = settings.work_resolution
+    feature_width = sum(
+        unet.block_out_channels[::-1][min(int(name.split(".")[1]), len(unet.block_out_channels) - 1)]
+        if name.startswith("up_blocks.") else max(unet.block_out_channels)
+        for name in plan.feature_modules
+    )
+    return [
+        Need(2 * rows * affinity_n**2 * 4 + min(SELF_ATTENTION_BUDGET, rows * affinity_n**2 * 4 * 8),
+             f"self-attention maps at affinity_resolution={settings.affinity_resolution}",
+             f"affinity_resolution (now {settings.affinity_resolution}) or resolution (now {settings.resolution})"),
+        Need(int(rows * area * element * (per_level + 6 * unet.block_out_channels[0])),
+             f"UNet activations for {rows} rows at resolution={settings.resolution}",
+             f"resolution (now {settings.resolution})"
+             + (f" or noise_samples (now {settings.noise_samples})" if settings.noise_samples > 1 else "")),
+        vae_needs(model, size, settings.resolution),
+        Need(3 * expressions * feature_width * work * work * 4, f"features on the {work}x{work} work grid",
+             f"work_resolution (now {work})"),
+    ]
+
+
+def vae_needs(model: Any, size: tuple[int, int], resolution: Any) -> Need:
+    """The VAE encoder's activations at the size the model sees (each level's channels at its area)."""
+    per_pixel = sum(c / 4**level for level, c in enumerate(model.vae.config.block_out_channels))
+    return Need(int(size[0] * size[1] * per_pixel * _bytes_of(model.dtype) * 4),
+                f"VAE activations at {size[0]}x{size[1]} pixels", f"resolution (now {resolution})")
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available() -> Optional[int]:
+    """Room left under a container's memory limit (cgroup v2, then v1), if there is one."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return max(0, int(limit) - usage)
+    return None
+
+
+def _address_space_available() -> Optional[int]:
+    """Room left under ``ulimit -v`` (RLIMIT_AS), if one is set."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, soft - pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Free memory where the tensors will live: the GPU's free memory, or on the CPU (and
+    Apple's shared memory) the least of what the system, a container limit and ``ulimit -v``
+    leave; None when it cannot be known (then nothing is refused)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    known = [b for b in (_meminfo_available(), _cgroup_available(), _address_space_available()) if b is not None]
+    if not known:  # no /proc (macOS): the machine's physical memory, an upper bound
+        try:
+            known = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+        except (ValueError, OSError, AttributeError):
+            return None
+    return min(known)
+
+
+def check_memory(needs: list[Need], device: torch.device, host_needs: list[Need] = ()) -> None:
+    """Refuse with one line when the estimate exceeds what is free.
+
+    ``needs`` live on ``device``; ``host_needs`` (full-size image maps) always live in the
+    computer's own memory (one pool with ``needs`` unless the device is a CUDA GPU). The line
+    names the largest term and the setting that shrinks it.
+    """
+    pools = [(device, list(needs)), (torch.device("cpu"), list(host_needs))]
+    if device.type != "cuda":
+        pools = [(device, list(needs) + list(host_needs))]
+    for where, terms in pools:
+        if not terms:
+            continue
+        total = sum(t.bytes for t in terms)
+        free = available_bytes(where)
+        if free is None or total <= free:
+            continue
+        worst = max(terms, key=lambda t: t.bytes)
+        raise MemoryBudgetError(
+            f"this needs about {total / GIB:.1f} GiB ({worst.bytes / GIB:.1f} GiB for {worst.what}) but about "
+            f"{free / GIB:.1f} GiB are free on {where.type}: lower {worst.lower}"
+        )
+
+
+class MemoryBudgetError(ValueError):
+    """A request whose memory estimate exceeds what is free; nothing large was allocated."""

@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Mutation check of ``src/napari_editseg/core/``: does the test suite notice a broken method?
+
+Each mutant below is one small edit a careless change could make (a setting dropped on its
+way to its stage, a comparison flipped, a step skipped). For each, the package is copied to a
+temporary folder, the edit applied there (the working tree is never touched), and the tests
+run against the copy (``PYTHONPATH`` puts it first, subprocesses included). A mutant is
+*killed* when a test fails. Prints one line per mutant and the kill rate; ``--json`` saves them.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tools/mutate.py [--only NAME ...] [--json out.json]
+
+Every mutant's original text must occur exactly once in its file, so the list goes stale
+loudly (the mutant is reported as ``stale``) rather than silently when the code changes.
+
+Left out as equivalent (tried: they cannot change a result, so no test can kill them):
+dropping empty k-means clusters (scipy's ``kmeans`` already drops them), Otsu's special case
+for a constant prior (scikit-image returns the constant itself), clipping resized maps to
+[0, 1] (bilinear and antialiased resizing are convex combinations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "napari_editseg"
+# the widget's tests are Qt's business; the fault tests re-run whole processes (the file writers
+# they check are not in core/)
+DEFAULT_TESTS = ["tests/test_settings.py", "tests/test_stages.py", "tests/test_grounding.py",
+                 "tests/test_delineation.py", "tests/test_setting_effects.py", "tests/test_segmenter.py",
+                 "tests/test_reliability.py", "tests/test_model.py", "tests/test_cli.py", "tests/test_eval.py",
+                 "tests/test_batch.py", "tests/test_shapes_world.py"]
+
+# (name, file under the package, original text, mutated text)
+MUTANTS = [
+    # -- the four of issue 17: settings dropped on the way to their stage ------------------------------
+    ("token_reduce fixed", "core/segmenter.py", "instruction.token_positions, settings.token_reduce,",
+     'instruction.token_positions, "mean",'),
+    ("propagation_steps fixed", "core/segmenter.py", "affinity_grid, settings.propagation_steps)", "affinity_grid, 2)"),
+    ("keep and fill_holes dropped", "core/segmenter.py",
+     "make_mask(scores, base.prior, settings.mask_threshold, settings.keep, settings.fill_holes)",
+     "make_mask(scores, base.prior, settings.mask_threshold)"),
+    ("bg_prototypes fixed to 1", "core/segmenter.py", "settings.bg_prototypes, settings.seed, settings.fg_select)",
+     "1, settings.seed, settings.fg_select)"),
+    ("first noise draw, not the mean", "core/segmenter.py",
+     "t.reshape(len(expressions), samples, *t.shape[1:]).mean(dim=1)",
+     "t.reshape(len(expressions), samples, *t.shape[1:])[:, 0]"),
+    # -- segmenter ------------------------------------------------------------------------------
+    ("temperature fixed", "core/segmenter.py", "score(features, fg, bg, settings.temperature)",
+     "score(features, fg, bg, 10.0)"),
+    ("fg_select fixed", "core/segmenter.py", "settings.seed, settings.fg_select)", 'settings.seed, "quantile")'),
+    ("edge_radius fixed", "core/segmenter.py", "cell, settings.edge_radius, settings.edge_eps)",
+     "cell, 2.0, settings.edge_eps)"),
+    ("edge_eps fixed", "core/segmenter.py", "cell, settings.edge_radius, settings.edge_eps)",
+     "cell, settings.edge_radius, 1e-3)"),
+    ("token_norm fixed", "core/segmenter.py", "instruction.word_positions, settings.token_norm,",
+     'instruction.word_positions, "none",'),
+    ("token_scale fixed", "core/segmenter.py", "settings.token_norm, settings.token_scale,",
+     "settings.token_norm, 100.0,"),
+    ("noise not scaled by init sigma", "core/segmenter.py", "latents = noise * scheduler.init_noise_sigma",
+     "latents = noise"),
+    ("model input not scaled", "core/segmenter.py", "latents = scheduler.scale_model_input(latents, t)\n",
+     "\n"),
+    ("early exit never", "core/segmenter.py", "early_exit and not whole_unet,", "False,"),
+    ("memory guard skipped", "core/segmenter.py",
+     "        self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))\n", ""),
+    ("no lock", "core/segmenter.py", "        with self.model.lock:\n            return method(self, *args, **kwargs)",
+     "        return method(self, *args, **kwargs)"),
+    ("image latents never cached", "core/segmenter.py", "        if size not in self._latents:\n            start",
+     "        if True:\n            start"),
+    ("relevance baseline always empty", "core/segmenter.py",
+     'baseline = "" if settings.relevance_baseline == "empty" else',
+     'baseline = "" if True else'),
+    ("confidence constant", "core/segmenter.py", "confidence=peak_dominance(p0),", "confidence=1.0,"),
+    ("refine clicks dropped", "core/segmenter.py",
+     "fg = torch.cat([fg, features_at(features, to_grid(positive, image_shape, grid))])", "fg = fg"),
+    ("refine ignores earlier clicks", "core/segmenter.py",
+     'tuple(segmentation.positive) + _points("positive", positive)', '_points("positive", positive)'),
+    # -- settings -------------------------------------------------------------------------------
+    ("quantiles may overlap", "core/settings.py", "lambda s: s.fg_quantile > s.bg_quantile",
+     "lambda s: s.fg_quantile >= s.bg_quantile"),
+    ("exclusive minimum inclusive", "core/settings.py",
+     "value <= self.minimum if self.above else value < self.minimum", "value < self.minimum"),
+    ("non-finite numbers accepted", "core/settings.py", "if not integer and not math.isfinite(value):",
+     "if False:"),
+    ("numpy scalars not converted", "core/settings.py", "            value = value.item()\n",
+     "            pass\n"),
+    ("refine may change forward settings", "core/settings.py", "if spec.stage == DISCRIMINATE)",
+     "if spec.stage != FORWARD or True)"),
+    # -- prior, relevance -------------------------------------------------------------------------
+    ("token reduction swapped", "core/prior.py", 'if token_reduce == "mean" else', 'if token_reduce != "mean" else'),
+    ("no propagation", "core/prior.py", "        p = affinity @ p\n", "        p = p\n"),
+    ("fused without the square root", "core/prior.py",
+     "(normalise01(attention) * normalise01(relevance)).sqrt()", "(normalise01(attention) * normalise01(relevance))"),
+    ("peak dominance inverted", "core/prior.py", "1.0 - heights[1] / heights[0]", "heights[1] / heights[0]"),
+    ("softmax without the scale", "core/prior.py", "(probs[:, words].float() * token_scale)",
+     "(probs[:, words].float())"),
+    ("contrast not subtracted", "core/prior.py", "(reduced - normalise01(probs[:, template].mean(dim=1)))",
+     "(reduced)"),
+    ("relevance clip looser", "core/relevance.py", "q3 + 1.5 * (q3 - q1)", "q3 + 3.0 * (q3 - q1)"),
+    ("relevance signed", "core/relevance.py", "(with_text.float() - without_text.float()).abs()",
+     "(with_text.float() - without_text.float())"),
+    # -- discriminate, edges, mask --------------------------------------------------------------
+    ("features not renormalised", "core/discriminate.py", "return F.normalize(torch.cat(parts, dim=0), dim=0)",
+     "return torch.cat(parts, dim=0)"),
+    ("foreground quantile strict", "core/discriminate.py", "chosen = p >= torch.quantile(p, fg_quantile)",
+     "chosen = p > torch.quantile(p, fg_quantile)"),
+    ("rivals not background", "core/discriminate.py", "in_background = (p <= bg_limit) | rivals",
+     "in_background = (p <= bg_limit)"),
+    ("scores inverted", "core/discriminate.py", "temperature * (s_fg - s_bg)", "temperature * (s_bg - s_fg)"),
+    ("clicks rounded", "core/discriminate.py",
+     "cells.append((int(row * grid[0] / image_shape[0]), int(col * grid[1] / image_shape[1])))",
+     "cells.append((round(row * grid[0] / image_shape[0]) % grid[0],\n"
+     "              round(col * grid[1] / image_shape[1]) % grid[1]))"),
+    ("guided radius in cells ignored", "core/edges.py", "max(1.0, radius * cell)", "max(1.0, radius)"),
+    ("box mean counts padding", "core/edges.py", "count_include_pad=False", "count_include_pad=True"),
+    ("mask strict", "core/mask.py", "mask = scores >= threshold", "mask = scores > threshold"),
+    ("peak outside the mask not moved", "core/mask.py",
+     "        if not mask[peak]:\n", "        if False:\n"),
+    # -- image, capture, layout, instruction, model, budget ---------------------------------------
+    ("integers by their dtype's range", "core/image.py", "    bits = max(8, high.bit_length())\n",
+     "    bits = info.bits - (info.min < 0)\n"),
+    ("floats in [0, 1] rescaled", "core/image.py", "if low < 0.0 or high > 1.0:", "if True:"),
+    ("aspect ignored", "core/image.py", "    if not keep_aspect:\n", "    if True:\n"),
+    ("no antialiasing", "core/image.py", "antialias=shrinking)", "antialias=False)"),
+    ("first head only", "core/capture.py", "self.store.cross[self.name] = probs.mean(dim=1)",
+     "self.store.cross[self.name] = probs[:, 0]"),
+    ("processors not restored", "core/capture.py", "        unet.set_attn_processor(dict(original))\n",
+     "        pass\n"),
+    ("self-attention summed, not averaged", "core/capture.py", "self.store.add_self(summed / heads)",
+     "self.store.add_self(summed)"),
+    ("auto prior at one side", "core/layout.py", "for level in (2, 1) if level in self.cross_levels",
+     "for level in (1,) if level in self.cross_levels"),
+    ("decoder filter ignored", "core/layout.py",
+     'and (settings.prior_layers == "all" or a.name.startswith("up_blocks."))]', "]"),
+    ("expression not lower-cased", "core/instruction.py", '.strip().lower()', ".strip()"),
+    ("positions past truncation kept", "core/instruction.py", "if p < last_content)", ")"),
+    ("pickle weights by default", "core/model.py", "use_safetensors=None if allow_pickle else True",
+     "use_safetensors=None"),
+    ("any model accepted", "core/model.py", "    loaded.check()\n", ""),
+    ("meta device accepted", "core/model.py", 'chosen.type not in ("cpu", "cuda", "mps")',
+     'chosen.type not in ("cpu", "cuda", "mps", "meta")'),
+    ("affinity estimate linear", "core/budget.py", "Need(2 * rows * affinity_n**2 * 4",
+     "Need(2 * rows * affinity_n * 4"),
+]
+# outside core/, from the issue: the batch command that writes nothing
+EXTRA = [("batch writes no labels", "batch.py", "        write_labels(job.output, labels, job.description())\n",
+          "        pass\n")]
+
+
+def run_one(name: str, file: str, old: str, new: str, tests: list[str], timeout: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mutant-") as folder:
+        copy = Path(folder) / "napari_editseg"
+        shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        target = copy / file
+        text = target.read_text()
+        if text.count(old) != 1:
+            return {"name": name, "file": file, "result": "stale", "seconds": 0.0, "killed_by": ""}
+        target.write_text(text.replace(old, new))
+        env = {**os.environ, "PYTHONPATH": folder, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "HF_HUB_OFFLINE": "1"}
+        check = subprocess.run([sys.executable, "-c", "import napari_editseg; print(napari_editseg.__file__)"],
+                               env=env, capture_output=True, text=True, cwd=ROOT)
+        assert check.stdout.strip().startswith(folder), f"the copy is not what gets imported: {check.stdout}"
+        start = time.perf_counter()
+        try:
+            done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                  env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+            killed, output = done.returncode != 0, done.stdout
+        except subprocess.TimeoutExpired:
+            killed, output = True, "timed out"
+        failed = [line.split(" ")[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+        return {"name": name, "file": file, "result": "killed" if killed else "survived",
+                "seconds": round(time.perf_counter() - start, 1), "killed_by": failed[0] if failed else ""}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="names of mutants to run (default: all)")
+    parser.add_argument("--tests", nargs="*", default=DEFAULT_TESTS)
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per mutant (a hang counts as killed)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS + EXTRA if not args.only or m[0] in args.only]
+    results = []
+    for name, file, old, new in chosen:
+        result = run_one(name, file, old, new, args.tests, args.timeout)
+        results.append(result)
+        print(f"{result['result']:>8}  {result['seconds']:7.1f} s  {file:22} {name}  {result['killed_by']}", flush=True)
+    core = [r for r in results if r["file"].startswith("core/") and r["result"] != "stale"]
+    killed = sum(r["result"] == "killed" for r in core)
+    stale = [r["name"] for r in results if r["result"] == "stale"]
+    if core:
+        print(f"core/: {killed} of {len(core)} mutants killed ({100 * killed / len(core):.0f} %)")
+    if stale:
+        print(f"stale (original text not found once): {', '.join(stale)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "core_killed": killed, "core_total": len(core)},
+                                              indent=1))
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
