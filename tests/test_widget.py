@@ -678,11 +678,6 @@ def test_controls_come_from_the_settings_and_reach_the_run(make_widget, picture,
 def test_the_confidence_is_shown_and_low_confidence_paints_nothing(make_widget, picture, qtbot):
     import dataclasses
 
-    from napari_editseg.core.settings import SegmentationSettings
-
-    if "confidence" not in {f.name for f in dataclasses.fields(Segmentation)} or not hasattr(
-            SegmentationSettings(), "min_confidence"):
-        pytest.skip("Segmentation.confidence and the min_confidence setting arrive with the grounding issue")
     viewer, widget = make_widget()
     viewer.add_image(picture, name="pic")
     run(qtbot, widget)
@@ -698,3 +693,38 @@ def test_the_confidence_is_shown_and_low_confidence_paints_nothing(make_widget, 
     layers = len(viewer.layers)
     widget._finished(run_, None)  # a run that found nothing makes no layer
     assert len(viewer.layers) == layers and "nothing found" in status(widget)
+
+
+def test_a_run_started_at_once_after_a_cancel_gets_its_own_image(make_widget, picture, qtbot, segmenter):
+    """Issue 17: Segment on A, Cancel during the forward, Segment on B at once gave B a label made
+    from A and left attention processors replaced. The core's lock makes B wait for A's forward."""
+    viewer, widget = make_widget()
+    other = np.ascontiguousarray(picture[::-1, ::-1])
+    viewer.add_image(other, name="B")
+    run(qtbot, widget)
+    clean = viewer.layers["editseg B"].data.copy()
+    del viewer.layers["editseg B"]
+    viewer.add_image(picture, name="A")
+    processors = dict(segmenter.model.unet.attn_processors)
+    slow = segmenter.model.unet.register_forward_pre_hook(lambda *_: time.sleep(1.5))
+    try:
+        widget.image.value = "A"
+        widget.expression.value = "the red disc"
+        widget.segment()
+        qtbot.wait(600)
+        widget.cancel()
+        widget.image.value = "B"
+        run(qtbot, widget)
+    finally:
+        slow.remove()
+    assert np.array_equal(viewer.layers["editseg B"].data, clean) and "editseg A" not in viewer.layers
+    qtbot.wait(500)
+    assert all(segmenter.model.unet.attn_processors[k] is v for k, v in processors.items())
+
+
+def test_a_foreground_quantile_below_the_background_one_is_a_message(make_widget, picture, qtbot):
+    viewer, widget, labels = one_run(make_widget, picture, qtbot)
+    painted = labels.data.copy()
+    widget.settings["bg_quantile"].value = 0.6
+    widget.settings["fg_quantile"].value = 0.4
+    assert "contradict" in status(widget) and np.array_equal(labels.data, painted)
