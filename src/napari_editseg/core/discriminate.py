@@ -41,6 +41,9 @@ def prototypes(
     distribution sets; the background set then also stays below that threshold. ``"peak"``:
     only the connected part of that region holding the prior's maximum; the other parts
     above the threshold are rivals the expression did not pick, and join the background set.
+    ``"both"`` (the default setting): above Otsu's threshold AND in the ``fg_quantile`` share —
+    Otsu's split keeps a small object's cells apart from the rest, the quantile keeps a diffuse
+    prior from handing half the grid to the foreground.
     """
     flat = features.reshape(features.shape[0], -1)  # D×N, contiguous: means as matrix products
     p = prior.reshape(-1).float()
