@@ -158,14 +158,17 @@ def main(argv=None) -> dict:
 
     diffusers_logging.disable_progress_bar()
     device = choose_device(args.device)
-    dtype = choose_dtype(args.dtype, device)
+    dtype, autocast = choose_dtype(args.dtype, device)
     model = real_size_model(device, dtype)
+    model.autocast = autocast
     segmenter = EditSegmenter(model)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(args.repeats + 2)]
     expressions = ["the dog on the left", "the red car", "the largest nucleus", "the woman's face", "the cup",
                    "the man in the blue shirt", "the tree behind the house", "the second bird from the right"]
-    figures: dict = {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "machine": machine(device),
+    figures: dict = {"device": str(device), "dtype": str(dtype).replace("torch.", "") + (
+                         f" under {str(autocast).replace('torch.', '')} autocast" if autocast else ""),
+                     "machine": machine(device),
                      "unet_parameters": sum(p.numel() for p in model.unet.parameters())}
 
     with torch.inference_mode():

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,15 +62,25 @@ def test_a_cached_hub_model_loads_offline(tiny_model_dir, tmp_path):
     assert "(20, 20)" in done.stdout
 
 
-def test_device_and_dtype_choices():
+def test_device_and_dtype_choices(monkeypatch):
+    from napari_editseg.core import model as model_module
+
     assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else
                                           "mps" if torch.backends.mps.is_available() else "cpu")
-    assert choose_dtype("auto", torch.device("cuda")) == torch.float16
-    assert choose_dtype("auto", torch.device("cpu")) == torch.float32
-    assert choose_dtype("auto", torch.device("mps")) == torch.float32
-    assert choose_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    cpu = torch.device("cpu")
+    assert choose_dtype("auto", torch.device("cuda")) == (torch.float16, None)
+    assert choose_dtype("auto", torch.device("mps")) == (torch.float32, None)
+    monkeypatch.setattr(model_module, "native_bf16", lambda: True)
+    assert choose_dtype("auto", cpu) == (torch.float32, torch.bfloat16)  # float32 weights, bf16 compute
+    monkeypatch.setattr(model_module, "native_bf16", lambda: False)
+    assert choose_dtype("auto", cpu) == (torch.float32, None)
+    assert choose_dtype("float32", cpu) == (torch.float32, None)
+    assert choose_dtype("bf16-autocast", cpu) == (torch.float32, torch.bfloat16)
+    assert choose_dtype("bf16", cpu) == (torch.bfloat16, None)
+    with pytest.raises(ValueError, match="is for the CPU"):
+        choose_dtype("bf16-autocast", torch.device("cuda"))
     with pytest.raises(ValueError, match="dtype 'half-ish'"):
-        choose_dtype("half-ish", torch.device("cpu"))
+        choose_dtype("half-ish", cpu)
     with pytest.raises(ValueError, match="not one of auto"):
         choose_device("gpu0")
     if not torch.cuda.is_available():
@@ -93,3 +104,46 @@ def test_another_unet_layout_works_with_no_overrides(tiny_two_level_dir, picture
     result = s.segment("the disc")
     assert result.mask.shape == picture.shape[:2]
     assert result.settings.prior_resolutions == (16,) and result.settings.feature_blocks == ("up_blocks.0",)
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from napari_editseg.core import model as model_module
+
+    monkeypatch.setattr(model_module.platform, "system", lambda: "Linux")
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16", True), ("fpu avx2 avx512f", False)):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(model_module, "Path", lambda p, f=cpuinfo: f if p == "/proc/cpuinfo" else Path(p))
+        assert model_module.native_bf16() is expected
+
+
+def test_auto_keeps_small_models_in_float32_even_on_a_bf16_cpu(tiny_model_dir, monkeypatch):
+    from napari_editseg.core import model as model_module
+
+    monkeypatch.setattr(model_module, "native_bf16", lambda: True)
+    small = EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu")
+    assert (small.model.dtype, small.model.autocast) == (torch.float32, None)
+    monkeypatch.setattr(model_module, "AUTOCAST_MIN_PARAMETERS", 0)
+    large = EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu")
+    assert (large.model.dtype, large.model.autocast) == (torch.float32, torch.bfloat16)
+
+
+def test_bf16_autocast_computes_the_networks_in_bf16_and_keeps_maps_float32(tiny_model_dir, picture):
+    plain = EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
+    fast = EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu", dtype="bf16-autocast")
+    assert fast.model.dtype == torch.float32 and fast.model.autocast == torch.bfloat16
+    seen = []
+    for segmenter in (plain, fast):
+        hooks = [segmenter.model.unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype)),
+                 segmenter.model.vae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))]
+        try:
+            segmenter.set_image(picture)
+            forward = segmenter.forward(["the red disc"])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert all(t.dtype == torch.float32 for t in forward.store.features.values())
+        assert all(t.dtype == torch.float32 for t in forward.store.cross.values())
+        assert forward.store.affinity.dtype == torch.float32
+        segmenter.segment("the red disc")  # stages 5-7 run on what the bf16 forward captured
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]  # VAE then UNet, each mode

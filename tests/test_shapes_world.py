@@ -182,3 +182,27 @@ def test_features_and_edges_delineate_the_object_from_the_right_place(trained_se
     paper = prior_from_layers(trained_segmenter, scenes, layers=None, **PAPER)
     assert ceiling["mIoU"] >= 70 and ceiling["boundary F"] >= 0.8
     assert paper["mIoU"] < 35 and paper["boundary F"] < 0.5
+
+
+def test_bf16_autocast_gives_the_masks_float32_gives_on_the_trained_model(trained_segmenter):
+    # trained weights give maps with structure, so agreement of masks means something here (on
+    # random weights the maps are nearly flat and any rounding flips them). Measured on 200
+    # held-out scenes: mean IoU 0.987 with float32's masks, mIoU against the truth 52.4 both ways.
+    import torch
+
+    def iou(a, b):
+        union = (a | b).sum()
+        return 1.0 if union == 0 else (a & b).sum() / union
+
+    fast = EditSegmenter.from_pretrained(str(CHECKPOINT), device="cpu", dtype="bf16-autocast")
+    assert fast.model.autocast == torch.bfloat16 and trained_segmenter.model.autocast is None
+    agreement, truth = [], {"float32": [], "bf16": []}
+    for scene in held_out(40, TEST_SEEDS + 90_000):
+        masks = {}
+        for name, segmenter in (("float32", trained_segmenter), ("bf16", fast)):
+            segmenter.set_image(scene.image)
+            masks[name] = segmenter.segment(scene.expression).mask
+            truth[name].append(iou(masks[name], scene.mask))
+        agreement.append(iou(masks["float32"], masks["bf16"]))
+    assert np.mean(agreement) >= 0.97
+    assert abs(np.mean(truth["float32"]) - np.mean(truth["bf16"])) <= 0.02

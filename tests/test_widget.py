@@ -30,7 +30,6 @@ from napari_editseg._widget import (  # noqa: E402
     SCORES_LAYER,
     EditSegWidget,
 )
-from napari_editseg.core.segmenter import Segmentation  # noqa: E402
 from napari_editseg.record import read_records, replay  # noqa: E402
 from napari_editseg.samples import PLUGIN_NAME, SAMPLE_MENU, SAMPLES  # noqa: E402
 

@@ -60,7 +60,8 @@ def candidates(segmenter: EditSegmenter, colour: str, shape: str) -> dict:
         values[f"block {j}: mean effect of the words"] = float(own.mean())
         values[f"block {j}: effect against the control word"] = float(own.mean() / control.mean().clamp(min=1e-9))
         if mask.any() and (~mask).any():
-            values[f"block {j}: effect in the mask / outside"] = float(own[mask].mean() / own[~mask].mean().clamp(min=1e-9))
+            ratio = own[mask].mean() / own[~mask].mean().clamp(min=1e-9)
+            values[f"block {j}: effect in the mask / outside"] = float(ratio)
     s = result.scores
     values["scores in the mask − outside"] = (float(s[result.mask].mean() - s[~result.mask].mean())
                                               if result.mask.any() and (~result.mask).any() else 0.0)

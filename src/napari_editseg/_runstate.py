@@ -253,7 +253,7 @@ class Session:
         return make_record(
             label=run.label_id, expression=run.prompt.expression, box=run.prompt.box,
             settings=run.settings.to_dict(), model=run.model, device=str(segmenter.device),
-            dtype=str(segmenter.model.dtype).replace("torch.", ""), image=run.source.describe(), slices=slices,
+            dtype=segmenter.model.precision, image=run.source.describe(), slices=slices,
             overwrite=run.overwrite, confidence=getattr(run.shown, "confidence", None),
         )
 

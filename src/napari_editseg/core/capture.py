@@ -109,10 +109,12 @@ class CapturingAttnProcessor:
             key = attn.norm_k(key)
 
         def probabilities(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-            scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
-            if mask is not None:
-                scores = scores + mask.float()
-            return scores.softmax(dim=-1)
+            # float32 maps whatever the networks compute in (autocast would make this matmul bf16)
+            with torch.autocast(q.device.type, enabled=False):
+                scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+                if mask is not None:
+                    scores = scores + mask.float()
+                return scores.softmax(dim=-1)
 
         if is_cross:
             probs = probabilities(query, key, attention_mask)  # B×heads×N×T

@@ -248,9 +248,9 @@ class EditSegmenter:
         if size not in self._latents:
             start = time.perf_counter()
             x = to_model_input(self._rgb, size).to(self.device, self.model.dtype)
-            with torch.inference_mode():
+            with torch.inference_mode(), self.model.compute():
                 # unscaled mode of the posterior: what InstructPix2Pix conditions on
-                self._latents[size] = self.model.vae.encode(x).latent_dist.mode()
+                self._latents[size] = self.model.vae.encode(x).latent_dist.mode().to(self.model.dtype)
             self._image_timings = {"encode_image": time.perf_counter() - start}
         return self._latents[size]
 
@@ -313,7 +313,7 @@ class EditSegmenter:
         self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))
         image_latents = self._image_latents(settings)
         timings = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self.model.compute():
             start = time.perf_counter()
             text = self._encode_text(texts)
             timings["encode_text"] = time.perf_counter() - start
