@@ -5,7 +5,8 @@ Run under a display::
     xvfb-run -a -s "-screen 0 1400x900x24" python tools/screenshot_widget.py [MODEL] [OUT_DIR]
 
 MODEL defaults to the trained shapes-world checkpoint that ships in benchmarks/. The
-pictures: ``widget-box.png`` (a box drawn around the red circle of the shapes sample, the
+pictures: ``widget-shapes.png`` ("red circle" from words alone, default settings, for
+docs/shapes-world.md), ``widget-box.png`` (a box drawn around the red circle of the shapes sample, the
 expression "red circle" segmented inside it, default settings) and ``widget-record.png``
 (the same run with its record unfolded). Label 1 is drawn cyan so it shows on the red circle.
 """
@@ -35,8 +36,24 @@ def pump(seconds: float = 1.0) -> None:
         time.sleep(0.02)
 
 
+def segment_and_show(viewer, widget) -> None:
+    """Run the widget's Segment, wait for it, and show label 1 in cyan (it shows on the red circle)."""
+    widget.segment()
+    start = time.time()
+    while widget._worker is not None and time.time() - start < 600:
+        pump(0.05)
+    labels = viewer.layers["editseg shapes"]
+    labels.colormap = DirectLabelColormap(color_dict={1: "cyan", None: "transparent"})
+    labels.opacity = 0.6
+    viewer.layers.selection.active = labels
+    viewer.reset_view()
+    pump()
+
+
 def main(model: str = str(ROOT / "benchmarks" / "shapes_world" / "checkpoint"),
          out_dir: str = str(ROOT / "docs" / "images")) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 880)
     data, meta, _ = _sample_data.shapes()[0]
@@ -45,25 +62,20 @@ def main(model: str = str(ROOT / "benchmarks" / "shapes_world" / "checkpoint"),
     viewer.window.add_dock_widget(widget, name="Segment by words")
     widget.use_model(str(Path(model).resolve()))
     widget.device.value = "cpu"
+    widget.expression.value = "red circle"
+    segment_and_show(viewer, widget)  # words alone
+    viewer.screenshot(str(out / "widget-shapes.png"), canvas_only=False)
+    print(f"wrote {out / 'widget-shapes.png'}: {widget.status.value}")
+    del viewer.layers["editseg shapes"]
+
     circle = make_sample(SHAPES_SCENE).masks[0]  # the red circle: box it with a margin
     rows, cols = np.nonzero(circle)
     widget.draw_box()
     viewer.layers[BOX_LAYER].add_rectangles(np.array([[rows.min() - 4, cols.min() - 4],
                                                       [rows.max() + 4, cols.max() + 4]]))
-    widget.expression.value = "red circle"
-    widget.segment()
-    start = time.time()
-    while widget._worker is not None and time.time() - start < 600:
-        pump(0.05)
+    segment_and_show(viewer, widget)
     viewer.layers[BOX_LAYER].mode = "pan_zoom"
-    labels = viewer.layers["editseg shapes"]
-    labels.colormap = DirectLabelColormap(color_dict={1: "cyan", None: "transparent"})
-    labels.opacity = 0.6
-    viewer.layers.selection.active = labels
-    viewer.reset_view()
     pump()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out / "widget-box.png"), canvas_only=False)
     print(f"wrote {out / 'widget-box.png'}: {widget.status.value}")
     widget.record_fold.expand(animate=False)
