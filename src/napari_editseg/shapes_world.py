@@ -95,12 +95,14 @@ def _place(rng, shapes_colours, size, radii, tries=200) -> Optional[list]:
     return placed
 
 
-def _relation(rng, a: Shape, b: Shape) -> Optional[str]:
-    """A relation that tells ``a`` from its twin ``b`` without doubt, or None."""
+def spatial_relation(rng, a, b, margin: float = 8) -> Optional[str]:
+    """A relation that tells ``a`` from its twin ``b`` without doubt, or None: their centres lie
+    more than ``margin`` pixels apart across or down, or one is at least 1.35× the other's size.
+    ``a`` and ``b`` have ``row``, ``col`` and ``radius`` (both worlds' objects)."""
     options = []
-    if abs(a.col - b.col) > 8:
+    if abs(a.col - b.col) > margin:
         options.append("left" if a.col < b.col else "right")
-    if abs(a.row - b.row) > 8:
+    if abs(a.row - b.row) > margin:
         options.append("top" if a.row < b.row else "bottom")
     if max(a.radius, b.radius) >= 1.35 * min(a.radius, b.radius):
         options.append("bigger" if a.radius > b.radius else "smaller")
@@ -131,7 +133,7 @@ def make_sample(seed: int, size: int = 64, kind: Optional[str] = None) -> Sample
         if kind == "spatial":
             if any((o.shape, o.colour) == (shape, colour) for o in objects[2:]):
                 continue
-            relation = _relation(rng, objects[0], objects[1])
+            relation = spatial_relation(rng, objects[0], objects[1])
             if relation is None:
                 continue
             expression = f"{relation} {colour} {shape}"

@@ -139,18 +139,6 @@ def render(objects: list, colours: list, size: int, state: int) -> tuple[np.ndar
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8), visible
 
 
-def _relation(rng, a: Object, b: Object) -> Optional[str]:
-    """A relation that tells ``a`` from its twin ``b`` without doubt, or None."""
-    options = []
-    if abs(a.col - b.col) > 12:
-        options.append("left" if a.col < b.col else "right")
-    if abs(a.row - b.row) > 12:
-        options.append("top" if a.row < b.row else "bottom")
-    if max(a.radius, b.radius) >= 1.35 * min(a.radius, b.radius):
-        options.append("bigger" if a.radius > b.radius else "smaller")
-    return str(rng.choice(options)) if options else None
-
-
 def _count(objects: list, key, value) -> int:
     return sum(key(o) == value for o in objects)
 
@@ -173,7 +161,7 @@ def _expression(rng, kind: str, objects: list, target: Object) -> Optional[str]:
         twins = [o for o in objects if o is not target and (o.colour, o.shape, o.pattern) ==
                  (target.colour, target.shape, target.pattern)]
         if len(twins) == 1:
-            relation = _relation(rng, target, twins[0])
+            relation = shapes_world.spatial_relation(rng, target, twins[0], margin=12)
             if relation:
                 return f"{relation} {target.words()}"
     return None
