@@ -175,7 +175,7 @@ def run_one(name: str, file: str, old: str, new: str, tests: list[str], timeout:
         try:
             done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                                   env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-            killed, output = done.returncode != 0, done.stdout
+            killed, output = done.returncode != 0, done.stdout + "\n" + done.stderr
         except subprocess.TimeoutExpired:
             killed, output = True, "timed out"
         failed = [line.split(" ")[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
