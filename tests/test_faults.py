@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from skimage import io
 from test_eval import write_refer
 
@@ -25,6 +26,9 @@ DRIVER = r"""
 import json, os, signal, sys
 fault = json.loads(sys.argv[1])
 sig = getattr(signal, "SIG" + fault.get("signal", "KILL"))
+# as in a terminal: a test run started in the background inherits SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def fire():
     os.kill(os.getpid(), sig)
@@ -70,7 +74,9 @@ sys.exit(main(sys.argv[2:]))
 
 
 def run_with_fault(fault: dict, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # the same thread count as this process: another count may round a pixel of the random model's
+    # near-flat maps differently, and the resumed results are compared with an in-process run
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(fault), *args], capture_output=True, text=True,
                           timeout=300, env=env)
 
