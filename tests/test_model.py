@@ -62,18 +62,13 @@ def test_a_cached_hub_model_loads_offline(tiny_model_dir, tmp_path):
     assert "(20, 20)" in done.stdout
 
 
-def test_device_and_dtype_choices(monkeypatch):
-    from napari_editseg.core import model as model_module
-
+def test_device_and_dtype_choices():
     assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else
                                           "mps" if torch.backends.mps.is_available() else "cpu")
     cpu = torch.device("cpu")
     assert choose_dtype("auto", torch.device("cuda")) == (torch.float16, None)
     assert choose_dtype("auto", torch.device("mps")) == (torch.float32, None)
-    monkeypatch.setattr(model_module, "native_bf16", lambda: True)
-    assert choose_dtype("auto", cpu) == (torch.float32, torch.bfloat16)  # float32 weights, bf16 compute
-    monkeypatch.setattr(model_module, "native_bf16", lambda: False)
-    assert choose_dtype("auto", cpu) == (torch.float32, None)
+    assert choose_dtype("auto", cpu) == (torch.float32, None)  # the loader may still pick bfloat16 (below)
     assert choose_dtype("float32", cpu) == (torch.float32, None)
     assert choose_dtype("bf16-autocast", cpu) == (torch.float32, torch.bfloat16)
     assert choose_dtype("bf16", cpu) == (torch.bfloat16, None)
@@ -117,15 +112,20 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
         assert model_module.native_bf16() is expected
 
 
-def test_auto_keeps_small_models_in_float32_even_on_a_bf16_cpu(tiny_model_dir, monkeypatch):
+def test_auto_runs_real_size_models_in_bf16_on_a_bf16_cpu_and_small_ones_in_float32(tiny_model_dir, monkeypatch):
     from napari_editseg.core import model as model_module
 
     monkeypatch.setattr(model_module, "native_bf16", lambda: True)
     small = EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu")
-    assert (small.model.dtype, small.model.autocast) == (torch.float32, None)
-    monkeypatch.setattr(model_module, "AUTOCAST_MIN_PARAMETERS", 0)
+    assert (small.model.dtype, small.model.unet.dtype) == (torch.float32, torch.float32)
+    monkeypatch.setattr(model_module, "BF16_MIN_PARAMETERS", 0)  # the tiny model counts as real-size
     large = EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu")
-    assert (large.model.dtype, large.model.autocast) == (torch.float32, torch.bfloat16)
+    assert large.model.dtype == torch.bfloat16 and large.model.precision == "bfloat16"
+    assert {m.dtype for m in (large.model.unet, large.model.vae, large.model.text_encoder)} == {torch.bfloat16}
+    monkeypatch.setattr(model_module, "native_bf16", lambda: False)
+    assert EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu").model.dtype == torch.float32
+    assert EditSegmenter.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32").model.dtype == \
+        torch.float32
 
 
 def test_bf16_autocast_computes_the_networks_in_bf16_and_keeps_maps_float32(tiny_model_dir, picture):

@@ -64,9 +64,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"hub id or local diffusers folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda; on a CPU with native bfloat16, "
-                        "bf16-autocast for real-size models; float32 elsewhere), bf16-autocast (float32 weights "
-                        "computing in bfloat16), float32, float16, bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on cuda; bfloat16 for real-size models on a "
+                        "CPU with native bfloat16; float32 elsewhere), float32, float16, bfloat16, bf16-autocast "
+                        "(float32 weights computing in bfloat16)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                         help="change a setting (repeatable; see the list below)")
     parser.add_argument("--allow-pickle-weights", action="store_true",
