@@ -154,11 +154,13 @@ def main(argv=None) -> dict:
     from diffusers.utils import logging as diffusers_logging
 
     from napari_editseg import EditSegmenter
-    from napari_editseg.core.model import choose_device, choose_dtype
+    from napari_editseg.core.model import bf16_pays_off, choose_device, choose_dtype
 
     diffusers_logging.disable_progress_bar()
     device = choose_device(args.device)
     dtype, autocast = choose_dtype(args.dtype, device)
+    if args.dtype == "auto" and bf16_pays_off(device, real_size_model(torch.device("meta"), dtype).unet):
+        dtype = torch.bfloat16  # what the loader does with a real-size model on this CPU
     model = real_size_model(device, dtype)
     model.autocast = autocast
     segmenter = EditSegmenter(model)
