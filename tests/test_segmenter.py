@@ -293,3 +293,25 @@ def test_expression_token_positions_skip_template_and_special_tokens(segmenter):
     assert ins.token_positions == (1, 2, 3)  # right after the start token
     cut = build_instruction("dog " * 40, "make the {} red", tok, 77)
     assert cut.truncated and max(cut.token_positions) == 75  # position 76 is the end token
+
+
+def test_segment_images_batches_images_of_one_size_and_matches_one_at_a_time(segmenter, picture, count_calls):
+    same = np.ascontiguousarray(picture[::-1])  # the picture's size: one batch with it
+    other = np.ascontiguousarray(np.concatenate([picture, picture], axis=1))  # another input size: its own batch
+    images = [picture, same, other]
+    expressions = [["the red disc", "the blue square"], ["the red disc"], ["the blue square"]]
+    segmenter.set_image(other)
+    with count_calls(segmenter.model.vae.encoder) as encodes, count_calls(segmenter.model.unet) as forwards:
+        batched = segmenter.segment_images(images, expressions)
+    assert (encodes.calls, forwards.calls) == (2, 2)  # one of each per input size, not per image
+    assert segmenter.image_shape == other.shape[:2]  # the set image is untouched
+    for image, texts, results in zip(images, expressions, batched):
+        segmenter.set_image(image)
+        alone = segmenter.segment_batch(texts)
+        assert [r.expression for r in results] == texts
+        for a, b in zip(alone, results):
+            assert a.mask.shape == b.mask.shape == image.shape[:2]
+            np.testing.assert_allclose(b.features, a.features, atol=1e-4)
+            np.testing.assert_allclose(b.prior_work, a.prior_work, atol=2e-3)
+    with pytest.raises(ValueError, match="one list of expressions per image"):
+        segmenter.segment_images([picture], [["a"], ["b"]])

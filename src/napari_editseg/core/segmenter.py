@@ -300,6 +300,14 @@ class EditSegmenter:
         expressions = _expression_list(expressions)
         settings = self.resolve_settings(**overrides)
         plan = self.layout.plan(settings)
+        instructions, texts = self._instructions(expressions, settings)
+        self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))
+        image_latents = self._image_latents(settings)
+        return self._forward_blocks(settings, plan, [(instructions, texts, image_latents)], early_exit)[0]
+
+    def _instructions(self, expressions: Sequence[Any], settings: SegmentationSettings
+                      ) -> tuple[list[Instruction], list[str]]:
+        """The instructions and the texts of their rows (plus the baseline text for a relevance prior)."""
         instructions = [
             e if isinstance(e, Instruction) else
             build_instruction(e, settings.instruction_template, self.model.tokenizer, self._max_tokens())
@@ -307,35 +315,50 @@ class EditSegmenter:
         ]
         if settings.token_norm == "contrast" and not instructions[0].template_positions:
             raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
-        relevance_rows = settings.prior_source != "attention"
         baseline = baseline_text(settings.instruction_template, settings.relevance_baseline)
-        texts = [i.text for i in instructions] + ([baseline] if relevance_rows else [])
-        self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))
-        image_latents = self._image_latents(settings)
+        return instructions, [i.text for i in instructions] + ([baseline] if settings.prior_source != "attention"
+                                                                  else [])
+
+    def _forward_blocks(self, settings: SegmentationSettings, plan: CapturePlan,
+                        blocks: list[tuple[list[Instruction], list[str], torch.Tensor]], early_exit: bool
+                        ) -> list[ForwardResult]:
+        """ONE UNet forward over several images' rows (each block: an image's instructions, its row
+        texts and its latents, all of one size); the captured maps split back per image."""
+        relevance_rows = settings.prior_source != "attention"
+        whole_unet = relevance_rows and settings.relevance_from == "noise"
+        samples = settings.noise_samples
         timings = {}
         with torch.inference_mode(), self.model.compute():
             start = time.perf_counter()
-            text = self._encode_text(texts)
+            text = self._encode_text([t for _, texts, _ in blocks for t in texts])
             timings["encode_text"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            samples, n = settings.noise_samples, len(instructions)
-            latents, t = self._noisy_latents(settings, image_latents, len(texts))
-            sample = torch.cat([latents, image_latents.expand(len(latents), -1, -1, -1)], dim=1)
-            whole_unet = relevance_rows and settings.relevance_from == "noise"
+            parts, t = [], None
+            for _, texts, image_latents in blocks:
+                latents, t = self._noisy_latents(settings, image_latents, len(texts))
+                parts.append(torch.cat([latents, image_latents.expand(len(latents), -1, -1, -1)], dim=1))
             noise_pred, store = forward_and_capture(
-                self.model.unet, sample, t, text.repeat_interleave(samples, dim=0), plan,
+                self.model.unet, torch.cat(parts), t, text.repeat_interleave(samples, dim=0), plan,
                 early_exit and not whole_unet,
             )
-            latent_grid = tuple(image_latents.shape[-2:])
-            relevance = None
-            if relevance_rows:
-                outputs = [noise_pred] if whole_unet else [store.features[b] for b in plan.feature_modules]
-                relevance = torch.stack([relevance_of_rows(outputs, i, n, samples, latent_grid) for i in range(n)])
-                store = store.take_rows(slice(0, n * samples))  # the baseline rows have served
-                noise_pred = None if noise_pred is None else noise_pred[:n * samples]
+            results, offset = [], 0
+            for instructions, texts, image_latents in blocks:
+                rows = slice(offset, offset + len(texts) * samples)
+                offset = rows.stop
+                block_store = store.take_rows(rows) if len(blocks) > 1 else store
+                block_noise = None if noise_pred is None else noise_pred[rows]
+                n, latent_grid = len(instructions), tuple(image_latents.shape[-2:])
+                relevance = None
+                if relevance_rows:
+                    outputs = [block_noise] if whole_unet else [block_store.features[b] for b in plan.feature_modules]
+                    relevance = torch.stack([relevance_of_rows(outputs, i, n, samples, latent_grid) for i in range(n)])
+                    block_store = block_store.take_rows(slice(0, n * samples))  # the baseline rows have served
+                    block_noise = None if block_noise is None else block_noise[:n * samples]
+                results.append(ForwardResult(instructions, settings, plan, latent_grid, block_store, block_noise,
+                                             timings, relevance))
             timings["unet"] = time.perf_counter() - start
-        return ForwardResult(instructions, settings, plan, latent_grid, store, noise_pred, timings, relevance)
+        return results
 
     def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, rows: int, expressions: int) -> None:
         """Refuse a forward whose memory estimate exceeds what is free (before anything large exists)."""
@@ -363,7 +386,53 @@ class EditSegmenter:
         expressions = _expression_list(expressions)
         box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
         forward = self.forward(expressions, **overrides)
+        return self._segment_forward(forward, self.image_shape, self._guide, self._image_timings, box)
+
+    @_serialised
+    def segment_images(self, images: Sequence[np.ndarray], expressions: Sequence[Sequence[str]],
+                       **overrides: Any) -> list[list[Segmentation]]:
+        """Several images, each with its own expressions, through ONE batched VAE encode and ONE
+        batched UNet forward for all images the model sees at one size (one per size otherwise).
+
+        ``expressions[j]`` are image ``j``'s expressions; returns their segmentations per image.
+        The same, up to float rounding in the larger batch, as ``set_image`` + ``segment_batch``
+        on each image in turn (tested); the image set with :meth:`set_image` is left as it was.
+        """
+        images, expressions = list(images), list(expressions)
+        if not images or len(images) != len(expressions):
+            raise ValueError(f"give one list of expressions per image: {len(images)} image(s), "
+                             f"{len(expressions)} list(s) of expressions")
+        settings = self.resolve_settings(**overrides)
+        plan = self.layout.plan(settings)
+        prepared = [(to_rgb_float(image), *self._instructions(_expression_list(texts), settings))
+                    for image, texts in zip(images, expressions)]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for j, (rgb, _, _) in enumerate(prepared):
+            by_size.setdefault(self._model_size(settings, rgb.shape), []).append(j)
+        results: list[list[Segmentation]] = [[] for _ in prepared]
+        for size, members in by_size.items():
+            rows = sum(len(prepared[j][2]) for j in members) * settings.noise_samples
+            count = sum(len(prepared[j][1]) for j in members)
+            check_memory(forward_needs(self.model, settings, plan, size, rows, count)
+                         + [vae_needs(self.model, size, settings.resolution)] * len(members),
+                         self.device, [n for j in members for n in image_needs(*prepared[j][0].shape[:2],
+                                                                                len(prepared[j][1]))])
+            start = time.perf_counter()
+            x = torch.cat([to_model_input(prepared[j][0], size) for j in members]).to(self.device, self.model.dtype)
+            with torch.inference_mode(), self.model.compute():
+                latents = self.model.vae.encode(x).latent_dist.mode().to(self.model.dtype)
+            encode = {"encode_image": (time.perf_counter() - start) / len(members)}  # per image
+            blocks = [(prepared[j][1], prepared[j][2], latents[k:k + 1]) for k, j in enumerate(members)]
+            for j, forward in zip(members, self._forward_blocks(settings, plan, blocks, early_exit=True)):
+                rgb = prepared[j][0]
+                results[j] = self._segment_forward(forward, rgb.shape[:2], ImageGuide(rgb), encode, None)
+        return results
+
+    def _segment_forward(self, forward: ForwardResult, image_shape: tuple[int, int], guide: ImageGuide,
+                         image_timings: dict, box: Optional[Box]) -> list[Segmentation]:
+        """Steps 5-7 for each expression of one image's forward."""
         settings, plan, store = forward.settings, forward.plan, forward.store
+        expressions = forward.instructions
         samples = settings.noise_samples
         h, w = forward.latent_grid
         latent_side = max(h, w)
@@ -387,21 +456,21 @@ class EditSegmenter:
                 instruction.word_positions, settings.token_norm, settings.token_scale,
             )
             relevance = None if forward.relevance is None else resize(forward.relevance[i], work_grid)
-            p0 = confine_prior(combine_sources(attention, relevance, settings.prior_source), box, self.image_shape)
+            p0 = confine_prior(combine_sources(attention, relevance, settings.prior_source), box, image_shape)
             prior_work = confine_prior(propagate(p0, affinity[i], affinity_grid, settings.propagation_steps), box,
-                                       self.image_shape)
+                                       image_shape)
             prior_time = time.perf_counter() - start
             features = pixel_features([b[i] for b in blocks], work_grid)
-            timings = {**self._image_timings, **forward.timings, "prior": prior_time}
+            timings = {**image_timings, **forward.timings, "prior": prior_time}
             base = Segmentation(
                 expression=instruction.expression, instruction=instruction.encoded_text,
                 truncated=instruction.truncated,
-                mask=np.zeros(self.image_shape, bool), scores=np.zeros(self.image_shape, np.float32),
-                prior=to_image_size(prior_work, self.image_shape), settings=settings, timings=timings,
+                mask=np.zeros(image_shape, bool), scores=np.zeros(image_shape, np.float32),
+                prior=to_image_size(prior_work, image_shape), settings=settings, timings=timings,
                 features=features.cpu().numpy(), prior_work=prior_work.cpu().numpy(),
                 fg_prototypes=np.zeros((0, features.shape[0]), np.float32),
                 bg_prototypes=np.zeros((0, features.shape[0]), np.float32), confidence=peak_dominance(p0),
-                guide=self._guide, box=box,
+                guide=guide, box=box,
             )
             results.append(self._discriminate(base, settings, (), ()))
         return results
