@@ -129,3 +129,24 @@ def test_a_bad_csv_is_one_line_before_the_model_loads(tmp_path, content, message
     assert main(batch_args(["--csv", str(table)], tmp_path / "out", tmp_path / "no-model")) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_batched_labelling_writes_the_batched_masks_in_one_forward_per_size(tmp_path, picture, segmenter,
+                                                                            count_calls):
+    from napari_editseg.batch import jobs_from_folder, run_batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = [np.roll(picture, 7 * i, axis=1) for i in range(3)]  # one size: one batch
+    for i, image in enumerate(images):
+        io.imsave(folder / f"img{i}.png", image, check_contrast=False)
+    (folder / "broken.png").write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    jobs = jobs_from_folder(folder, "the red disc", out, "tif")
+    with count_calls(segmenter.model.unet) as forwards:
+        report = run_batch(jobs, lambda: segmenter, out, progress=False, batch_size=4)
+    assert forwards.calls == 1 and len(report["images"]) == 3 and len(report["unreadable"]) == 1
+    expected = segmenter.segment_images(images, [["the red disc"]] * 3)
+    for i, (result,) in enumerate(expected):
+        assert np.array_equal(io.imread(out / f"img{i}.tif"), result.mask.astype(np.uint8))
+    assert main(batch_args([str(folder), "the red disc"], tmp_path / "cli", "unused", "--batch-size", "0")) == 2

@@ -423,3 +423,28 @@ def test_a_corrupt_record_in_the_middle_is_named_a_torn_last_line_is_dropped(ref
     records.write_text(lines[0] + "\nnot json\n" + "\n".join(lines[1:]) + "\n")
     with pytest.raises(ValueError, match="r.json.samples.rank0.jsonl, line 2, is not a sample record"):
         evaluate(config(refer_root, out, method="centre"), progress=False)
+
+
+def test_a_batched_evaluation_scores_exactly_the_batched_masks(tmp_path, segmenter, count_calls, monkeypatch):
+    monkeypatch.setitem(IMAGES, 3, IMAGES[1])  # the two val images at one size: one batch
+    refer_root = write_refer(tmp_path / "refer")
+    samples = read_dataset(refer_root, "refcoco", "val")
+    groups = [[s for s in samples if s.image_key == key] for key in ("1", "3")]
+    with count_calls(segmenter.model.unet) as forwards:
+        report = evaluate(config(refer_root, tmp_path / "r.json", batch_size=2), segmenter=segmenter,
+                          progress=False)
+    sizes = {segmenter._model_size(segmenter.resolve_settings(), g[0].load_image().shape) for g in groups}
+    assert forwards.calls == len(sizes) == 1  # both images in one forward
+    batched = segmenter.segment_images([g[0].load_image() for g in groups], [[s.sentence for s in g] for g in groups])
+    expected = summarise([score_sample(s.key, r.mask, s.load_mask())
+                          for g, results in zip(groups, batched) for s, r in zip(g, results)])
+    for key in ("sum_intersection", "sum_union", "mIoU", "oIoU", "precision", "n_samples"):
+        assert report[key] == expected[key], key
+
+
+def test_a_broken_image_in_a_batch_fails_alone(tmp_path, segmenter):
+    root = write_refer(tmp_path / "broken", broken_image=3)
+    report = evaluate(config(root, tmp_path / "r.json", batch_size=2), segmenter=segmenter, progress=False)
+    assert report["n_samples"] == 3 and report["failures"] == 1  # image 3's one sample; image 1's two scored
+    with pytest.raises(ValueError, match="batch size"):
+        evaluate(config(root, tmp_path / "other.json", batch_size=0), segmenter=segmenter, progress=False)

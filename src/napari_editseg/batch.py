@@ -109,11 +109,16 @@ KEPT_BECAUSE = {
 
 
 def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Path, overwrite: bool = False,
-              progress: bool = True) -> dict:
-    """Label every job this process owns; returns the report of the whole job list."""
+              progress: bool = True, batch_size: int = 1) -> dict:
+    """Label every job this process owns; returns the report of the whole job list.
+
+    ``batch_size`` images go through one batched forward (``segment_images``; same labels), the
+    next ones read in the background meanwhile."""
     from ._distributed import process_state
+    from ._prefetch import chunked, prefetched
     from .files import read_image, remove_partials, write_json, write_labels
 
+    chunked([], batch_size)  # a bad batch size fails before any work
     check_jobs(jobs, out_dir)
     state = process_state()
     out_dir = Path(out_dir)
@@ -130,23 +135,38 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
                     for job in mine if states[id(job)] in KEPT_BECAUSE]
     segmenter = segmenter_factory() if todo else None
     resumed = len(done)
-    for job in tqdm(todo, unit="image", desc="labelling", disable=not progress or not state.is_main_process):
+    bar = tqdm(total=len(todo), unit="image", desc="labelling", disable=not progress or not state.is_main_process)
+    for chunk, images in prefetched(chunked(todo, batch_size), lambda job: read_image(str(job.image))):
+        readable = []
+        for job, image in zip(chunk, images):
+            if isinstance(image, ValueError):
+                part["unreadable"].append({"image": str(job.image), "error": str(image)})
+            elif isinstance(image, BaseException):
+                raise image
+            else:
+                readable.append((job, image))
         try:
-            image = read_image(str(job.image))
-        except ValueError as error:
-            part["unreadable"].append({"image": str(job.image), "error": str(error)})
-            continue
-        try:
-            segmenter.set_image(image)
-            results = segmenter.segment_batch(job.expressions)
-        except ValueError as error:  # e.g. a 2-channel image or an empty expression
-            part["failed"].append({"image": str(job.image), "error": str(error)})
-            continue
-        labels = np.zeros(image.shape[:2], np.uint8 if len(results) < 256 else np.uint16)
-        for value, result in enumerate(results, start=1):
-            labels[result.mask & (labels == 0)] = value
-        write_labels(job.output, labels, job.description())
-        done.append(job)
+            batched = segmenter.segment_images([image for _, image in readable],
+                                               [job.expressions for job, _ in readable]) if len(readable) > 1 else None
+        except ValueError:  # one image the model refuses: each image alone, so it fails alone
+            batched = None
+        for k, (job, image) in enumerate(readable):
+            try:
+                if batched is not None:
+                    results = batched[k]
+                else:
+                    segmenter.set_image(image)
+                    results = segmenter.segment_batch(job.expressions)
+            except ValueError as error:  # e.g. a 2-channel image or an empty expression
+                part["failed"].append({"image": str(job.image), "error": str(error)})
+                continue
+            labels = np.zeros(image.shape[:2], np.uint8 if len(results) < 256 else np.uint16)
+            for value, result in enumerate(results, start=1):
+                labels[result.mask & (labels == 0)] = value
+            write_labels(job.output, labels, job.description())
+            done.append(job)
+        bar.update(len(chunk))
+    bar.close()
     part["images"] = [{"image": str(job.image), "output": str(job.output), "labels": job.labels()} for job in done]
     part["this_run"] = {"labelled": len(done) - resumed, "already_done": resumed}
     write_json(part_file, part)

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, help="output folder")
     batch.add_argument("--format", choices=("tif", "png"), default="tif", help="label image format (default tif)")
     batch.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    batch.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and UNet forward "
+                       "(same labels; images are read in the background meanwhile). Default 1")
     add_model_arguments(batch)
     batch.set_defaults(run=run_batch)
 
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--binarise", choices=("eq1", "gt0"), default="eq1",
                           help="ground truth from summed polygons: == 1 (reference code) or > 0")
     evaluate.add_argument("--sentence", choices=("sent", "raw"), default="sent", help="refer field used as text")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and UNet forward "
+                          "(same results; images are read in the background meanwhile). Default 1")
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
     return parser
@@ -238,7 +242,7 @@ def run_batch(args: argparse.Namespace) -> int:
         return EditSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype,
                                              allow_pickle=args.allow_pickle_weights, **overrides)
 
-    report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite)
+    report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size)
     print(summary(report))
     return 0
 
@@ -290,7 +294,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data_root=args.data_root, dataset=args.dataset, split=args.split, split_by=args.split_by,
         layout=args.layout, limit=args.limit, method=args.method, model=args.model, device=args.device,
         dtype=args.dtype, settings=overrides, out=args.out, strict=args.strict, binarise=args.binarise,
-        sentence_field=args.sentence, allow_pickle=args.allow_pickle_weights,
+        sentence_field=args.sentence, allow_pickle=args.allow_pickle_weights, batch_size=args.batch_size,
     )
     report = evaluate(config)
     if process_state().is_main_process:

@@ -18,12 +18,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from .._distributed import process_state, segmenter_device
+from .._prefetch import chunked, prefetched
 from ..files import check_outputs, remove_partials, write_json
 from .metrics import THRESHOLDS, SampleScore, score_sample, summarise
 from .refer import EXPECTED_SAMPLES, SPLIT_BY, RefSample, read_dataset
@@ -51,13 +52,50 @@ def predictor(method: str, segmenter=None, settings: Optional[dict] = None) -> C
 
     def predict(image, sentences):
         segmenter.set_image(image)
-        results = segmenter.segment_batch(list(sentences), **settings)
-        if method == "editseg":
-            return [r.mask for r in results]
-        return [r.prior >= r.settings.mask_threshold for r in results]  # step 5 alone, thresholded
+        return result_masks(method, segmenter.segment_batch(list(sentences), **settings))
 
     return predict
 
+
+def result_masks(method: str, results: list) -> list[np.ndarray]:
+    """The masks a method scores: editseg's, or for ``prior-only`` step 5 alone, thresholded."""
+    if method == "editseg":
+        return [r.mask for r in results]
+    return [r.prior >= r.settings.mask_threshold for r in results]
+
+
+def batched_predictions(chunks: list[list[list[RefSample]]], segmenter, method: str, settings: dict
+                        ) -> Iterator[tuple[list[RefSample], Callable]]:
+    """``(group, predict)`` for every image group, the groups of a chunk segmented together in one
+    ``segment_images`` call (one batched VAE encode and UNet forward); the next chunk's images are
+    read and decoded in background threads meanwhile. When a batched call fails, its images are
+    segmented one at a time, so a bad image fails alone."""
+    one_at_a_time = predictor(method, segmenter, settings)
+
+    def recall(masks):
+        return lambda group: masks
+
+    def fail(error):
+        def raise_it(group):
+            raise error
+        return raise_it
+
+    for chunk, images in prefetched(chunks, lambda group: group[0].load_image()):
+        ready = [i for i, image in enumerate(images) if not isinstance(image, BaseException)]
+        sentences = [[s.sentence for s in group] for group in chunk]
+        try:
+            results = segmenter.segment_images([images[i] for i in ready], [sentences[i] for i in ready],
+                                               **settings) if ready else []
+            masks = dict(zip(ready, (result_masks(method, r) for r in results)))
+        except Exception:  # e.g. one image the model refuses: each image alone, failures their own
+            masks = {}
+        for i, group in enumerate(chunk):
+            if isinstance(images[i], BaseException):
+                yield group, fail(images[i])
+            elif i in masks:
+                yield group, recall(masks[i])
+            else:
+                yield group, lambda g, image=images[i]: one_at_a_time(image, [s.sentence for s in g])
 
 def group_by_image(samples: list[RefSample]) -> list[list[RefSample]]:
     groups: dict[str, list[RefSample]] = {}
@@ -84,6 +122,7 @@ class EvalConfig:
     binarise: str = "eq1"
     sentence_field: str = "sent"
     allow_pickle: bool = False  # pickle-based model weights (see load_editing_model); not part of the identity
+    batch_size: int = 1  # images per batched forward (same results, so not part of the identity either)
 
     def identity(self) -> dict:
         """What must match for a resumed run to continue an earlier one (as JSON reads it back)."""
@@ -177,7 +216,8 @@ def _check_config(config: EvalConfig, segmenter: Any) -> None:
 
 def _score_group(group: list[RefSample], predict: Callable) -> list[SampleScore]:
     """Scores of the samples of one image; a failure (of the prediction or of one sample's
-    ground truth) scores that sample 0 with the error recorded, never stops the run."""
+    ground truth) scores that sample 0 with the error recorded, never stops the run.
+    ``predict(group)`` gives the group's masks."""
     truths: list[Any] = []
     for sample in group:
         try:
@@ -185,7 +225,7 @@ def _score_group(group: list[RefSample], predict: Callable) -> list[SampleScore]
         except Exception as exc:  # a malformed annotation: this sample only
             truths.append(f"ground truth: {type(exc).__name__}: {exc}")
     try:
-        predictions, error = predict(group[0].load_image(), [s.sentence for s in group]), None
+        predictions, error = predict(group), None
     except Exception as exc:  # any failure scores 0 and is counted, never skipped
         predictions, error = [None] * len(group), f"{type(exc).__name__}: {exc}"
     scores = []
@@ -206,6 +246,7 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
     ``config`` is not changed. A ``segmenter`` given here is used with ``config.settings`` on top
     of its own settings.
     """
+    chunked([], config.batch_size)  # a bad batch size fails before any work
     _check_config(config, segmenter)
     config = replace(config, split_by=config.split_by or SPLIT_BY.get(config.dataset))
     state = process_state()
@@ -237,11 +278,19 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
     if segmenter is not None and config.method not in MODEL_FREE and state.is_main_process:
         recorded_settings = _resolved_settings(segmenter, config)
         write_json(_meta_path(out), {"identity": config.identity(), "settings": recorded_settings})
-    predict = predictor(config.method, segmenter, config.settings)
+    if config.batch_size > 1 and config.method not in MODEL_FREE:
+        work = batched_predictions(chunked(todo, config.batch_size), segmenter, config.method, config.settings)
+    else:
+        predict_image = predictor(config.method, segmenter, config.settings)
+
+        def predict(group):
+            return predict_image(group[0].load_image(), [s.sentence for s in group])
+
+        work = ((group, predict) for group in todo)
     bar = tqdm(total=sum(len(g) for g in todo), unit="sample", desc=f"{config.dataset} {config.split}",
                disable=not progress or not state.is_main_process, dynamic_ncols=True)
     with records_file.open("a", encoding="utf-8") as records:
-        for group in todo:
+        for group, predict in work:
             for score in _score_group(group, predict):
                 records.write(json.dumps(asdict(score)) + "\n")
             records.flush()
