@@ -116,7 +116,8 @@ def write_doc(doc: Path, f: dict) -> None:
 
     def cell(table: dict, batch: int) -> str:
         rate = table[batch]["images_per_s"]
-        return f"{rate:.2f} ({rate / table[base]['images_per_s']:.2f}×)"
+        shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.3f} ({1 / rate:.1f} s each)"
+        return f"{shown}, {rate / table[base]['images_per_s']:.2f}×"
 
     rows = "\n".join(
         f"| {b} | {cell(f['shapes'], b)} | {100 * f['shapes'][b]['masks_equal_to_batch_1']:.0f} % | "
