@@ -14,7 +14,6 @@ section of docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_latency import machine, real_size_model  # noqa: E402
-from docsection import replace_section  # noqa: E402
+from docsection import publish, replace_section  # noqa: E402
 
 from napari_editseg import EditSegmenter  # noqa: E402
 from napari_editseg.core.model import bf16_pays_off, choose_device  # noqa: E402
@@ -103,11 +102,7 @@ def main(argv=None) -> dict:
         figures["compile_s"] = time.perf_counter() - start
         seconds, _ = per_image(real, pictures[:largest], prompts[:largest], largest, device)
         figures["real_compiled"] = {largest: {"images_per_s": 1 / seconds}}
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    if args.doc:
-        write_doc(Path(args.doc), figures)
+    publish(figures, args.json, args.doc, write_doc)
     return figures
 
 

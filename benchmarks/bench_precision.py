@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_latency import machine, real_size_model  # noqa: E402
-from docsection import replace_section  # noqa: E402
+from docsection import publish, replace_section  # noqa: E402
 
 from napari_editseg import EditSegmenter  # noqa: E402
 from napari_editseg.core.model import native_bf16  # noqa: E402
@@ -90,11 +89,7 @@ def main(argv=None) -> dict:
         figures["relative_difference"][mode] = {
             **{f"features {name}": relative(features[name], reference_features[name]) for name in features},
             "noise prediction": relative(noise, reference_noise)}
-    print(json.dumps({k: v for k, v in figures.items() if k != "runs"}, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    if args.doc:
-        write_doc(Path(args.doc), figures)
+    publish(figures, args.json, args.doc, write_doc)
     return figures
 
 

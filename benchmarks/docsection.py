@@ -15,3 +15,15 @@ def replace_section(doc: Path, name: str, section: str) -> None:
     else:
         text += "\n" + section + "\n"
     doc.write_text(text)
+
+
+def publish(figures: dict, json_path, doc_path, write_doc) -> None:
+    """Print the figures, save them as JSON (when a path is given) and rewrite the doc's section."""
+    import json
+
+    print(json.dumps(figures, indent=1))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(figures, indent=1))
+    if doc_path:
+        write_doc(Path(doc_path), figures)
