@@ -198,7 +198,7 @@ def test_bf16_gives_the_masks_float32_gives_on_the_trained_model(trained_segment
     others = {name: EditSegmenter.from_pretrained(str(CHECKPOINT), device="cpu", dtype=name)
               for name in ("bfloat16", "bf16-autocast")}
     assert others["bfloat16"].model.unet.dtype == torch.bfloat16 and others["bf16-autocast"].model.autocast
-    assert trained_segmenter.model.dtype == torch.float32  # auto: a 10 M-parameter UNet stays float32
+    assert trained_segmenter.model.dtype == torch.float32  # auto: a 2.2 M-parameter UNet stays float32
     agreement, truth = {n: [] for n in others}, {n: [] for n in ("float32", *others)}
     for scene in held_out(40, TEST_SEEDS + 90_000):
         masks = {}

@@ -49,7 +49,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 AUTOCAST_BF16 = "bf16-autocast"  # float32 weights; the UNet, VAE and text encoder compute in bfloat16
 # ``auto`` runs UNets at least this large in bfloat16 on CPUs that compute it natively: on small
-# ones (the shapes-world proxy, 10 M parameters) bfloat16 costs more than it saves (1.1× slower)
+# ones (the shapes-world proxy, 2.2 M parameters) bfloat16 costs more than it saves (1.1× slower)
 BF16_MIN_PARAMETERS = 100_000_000
 
 
