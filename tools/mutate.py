@@ -72,7 +72,7 @@ MUTANTS = [
      "\n"),
     ("early exit never", "core/segmenter.py", "early_exit and not whole_unet,", "False,"),
     ("memory guard skipped", "core/segmenter.py",
-     "        self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))\n", ""),
+     "        check_memory(needs, self.device, host)\n", ""),
     ("no lock", "core/segmenter.py", "        with self.model.lock:\n            return method(self, *args, **kwargs)",
      "        return method(self, *args, **kwargs)"),
     ("image latents never cached", "core/segmenter.py", "        if size not in self._latents:\n            start",

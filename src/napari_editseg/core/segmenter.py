@@ -247,12 +247,16 @@ class EditSegmenter:
         size = self._model_size(settings, self._require_image().shape)
         if size not in self._latents:
             start = time.perf_counter()
-            x = to_model_input(self._rgb, size).to(self.device, self.model.dtype)
-            with torch.inference_mode(), self.model.compute():
-                # unscaled mode of the posterior: what InstructPix2Pix conditions on
-                self._latents[size] = self.model.vae.encode(x).latent_dist.mode().to(self.model.dtype)
+            self._latents[size] = self._encode([self._rgb], size)
             self._image_timings = {"encode_image": time.perf_counter() - start}
         return self._latents[size]
+
+    def _encode(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        """float RGB images → their VAE latents at the model input ``size``, in one batch: the
+        unscaled mode of the posterior, which is what InstructPix2Pix conditions on."""
+        x = torch.cat([to_model_input(rgb, size) for rgb in images]).to(self.device, self.model.dtype)
+        with torch.inference_mode(), self.model.compute():
+            return self.model.vae.encode(x).latent_dist.mode().to(self.model.dtype)
 
     # -- step 3: instruction ----------------------------------------------------------
     def _max_tokens(self) -> int:
@@ -301,7 +305,10 @@ class EditSegmenter:
         settings = self.resolve_settings(**overrides)
         plan = self.layout.plan(settings)
         instructions, texts = self._instructions(expressions, settings)
-        self._check_memory(settings, plan, len(texts) * settings.noise_samples, len(instructions))
+        shape = self._require_image().shape[:2]
+        size = self._model_size(settings, shape)
+        self._check_memory(settings, plan, size, len(texts) * settings.noise_samples, len(instructions),
+                           image_needs(*shape, len(instructions)), encodes=int(size not in self._latents))
         image_latents = self._image_latents(settings)
         return self._forward_blocks(settings, plan, [(instructions, texts, image_latents)], early_exit)[0]
 
@@ -360,14 +367,14 @@ class EditSegmenter:
             timings["unet"] = time.perf_counter() - start
         return results
 
-    def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, rows: int, expressions: int) -> None:
-        """Refuse a forward whose memory estimate exceeds what is free (before anything large exists)."""
-        shape = self._require_image().shape[:2]
-        size = self._model_size(settings, shape)
+    def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, size: tuple[int, int], rows: int,
+                      expressions: int, host: list, encodes: int) -> None:
+        """Refuse a forward of ``rows`` at model input ``size`` (after ``encodes`` VAE encodes) whose
+        memory estimate exceeds what is free, before anything large exists; ``host``: the
+        full-size maps of the images (:func:`image_needs`)."""
         needs = forward_needs(self.model, settings, plan, size, rows, expressions)
-        if size not in self._latents:
-            needs.append(vae_needs(self.model, size, settings.resolution))
-        check_memory(needs, self.device, image_needs(*shape, expressions))
+        needs += [vae_needs(self.model, size, settings.resolution)] * encodes
+        check_memory(needs, self.device, host)
 
     # -- steps 5-7 --------------------------------------------------------------------
     def segment(self, expression: str, box: Optional[Sequence[float]] = None, **overrides: Any) -> Segmentation:
@@ -413,14 +420,10 @@ class EditSegmenter:
         for size, members in by_size.items():
             rows = sum(len(prepared[j][2]) for j in members) * settings.noise_samples
             count = sum(len(prepared[j][1]) for j in members)
-            check_memory(forward_needs(self.model, settings, plan, size, rows, count)
-                         + [vae_needs(self.model, size, settings.resolution)] * len(members),
-                         self.device, [n for j in members for n in image_needs(*prepared[j][0].shape[:2],
-                                                                                len(prepared[j][1]))])
+            host = [n for j in members for n in image_needs(*prepared[j][0].shape[:2], len(prepared[j][1]))]
+            self._check_memory(settings, plan, size, rows, count, host, encodes=len(members))
             start = time.perf_counter()
-            x = torch.cat([to_model_input(prepared[j][0], size) for j in members]).to(self.device, self.model.dtype)
-            with torch.inference_mode(), self.model.compute():
-                latents = self.model.vae.encode(x).latent_dist.mode().to(self.model.dtype)
+            latents = self._encode([prepared[j][0] for j in members], size)
             encode = {"encode_image": (time.perf_counter() - start) / len(members)}  # per image
             blocks = [(prepared[j][1], prepared[j][2], latents[k:k + 1]) for k, j in enumerate(members)]
             for j, forward in zip(members, self._forward_blocks(settings, plan, blocks, early_exit=True)):
