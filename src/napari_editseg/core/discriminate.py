@@ -49,25 +49,23 @@ def prototypes(
     p = prior.reshape(-1).float()
     bg_limit = torch.quantile(p, bg_quantile)
     rivals = torch.zeros_like(p, dtype=torch.bool)
-    if fg_select in ("otsu", "peak"):
+    if fg_select == "quantile":
+        chosen = p >= torch.quantile(p, fg_quantile)
+    else:  # otsu, peak, both: Otsu's split of the prior
         threshold = otsu_threshold(p)
-        chosen = p > threshold
-        if not chosen.any():  # a flat prior: nothing lies above the split
+        above = p > threshold
+        if not above.any():  # a flat prior: nothing lies above the split
             chosen = p >= p.max()
+        elif fg_select == "both":
+            chosen = p >= max(threshold, float(torch.quantile(p, fg_quantile)))
+            if not (chosen & above).any():
+                chosen = above
+        else:
+            chosen = above
         if fg_select == "peak":
             peak = torch.from_numpy(peak_region(chosen.reshape(prior.shape).numpy(), prior.numpy())).reshape(-1)
             chosen, rivals = peak, chosen & ~peak
         bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
-    elif fg_select == "both":
-        threshold = otsu_threshold(p)
-        chosen = p >= max(threshold, float(torch.quantile(p, fg_quantile)))
-        if not (p > threshold).any():
-            chosen = p >= p.max()
-        elif not (chosen & (p > threshold)).any():
-            chosen = p > threshold
-        bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
-    else:
-        chosen = p >= torch.quantile(p, fg_quantile)
     fg = (flat @ chosen.to(flat.dtype) / chosen.sum())[None]
     in_background = (p <= bg_limit) | rivals
     if bg_prototypes == 1 or int(in_background.sum()) <= bg_prototypes:
