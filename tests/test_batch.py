@@ -150,3 +150,22 @@ def test_batched_labelling_writes_the_batched_masks_in_one_forward_per_size(tmp_
     for i, (result,) in enumerate(expected):
         assert np.array_equal(io.imread(out / f"img{i}.tif"), result.mask.astype(np.uint8))
     assert main(batch_args([str(folder), "the red disc"], tmp_path / "cli", "unused", "--batch-size", "0")) == 2
+
+
+def test_an_image_the_model_refuses_fails_alone_in_a_batch(tmp_path, picture, segmenter):
+    from napari_editseg.batch import jobs_from_folder, run_batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        io.imsave(folder / f"img{i}.png", np.roll(picture, 7 * i, axis=1), check_contrast=False)
+    io.imsave(folder / "grey-alpha.png", picture[..., :2], check_contrast=False)  # 2 channels: refused
+    out = tmp_path / "out"
+    report = run_batch(jobs_from_folder(folder, "the red disc", out, "tif"), lambda: segmenter, out,
+                       progress=False, batch_size=3)
+    assert [item["image"].split("/")[-1] for item in report["failed"]] == ["grey-alpha.png"]
+    assert len(report["images"]) == 2
+    for i in range(2):
+        segmenter.set_image(np.roll(picture, 7 * i, axis=1))
+        expected = segmenter.segment("the red disc").mask.astype(np.uint8)
+        assert np.array_equal(io.imread(out / f"img{i}.tif"), expected)

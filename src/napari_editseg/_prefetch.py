@@ -1,4 +1,5 @@
-"""Read the next chunk of inputs in background threads while the model works on this one."""
+"""Runs over many images in chunks: the next chunk is read in background threads while the
+model works on this one, and each chunk goes through one batched call where it can."""
 
 from __future__ import annotations
 
@@ -28,3 +29,25 @@ def prefetched(chunks: list[list[Item]], load: Callable[[Item], Any], workers: i
         for n, chunk in enumerate(chunks):
             loading, upcoming = upcoming, (start(chunks[n + 1]) if n + 1 < len(chunks) else [])
             yield chunk, [future.exception() or future.result() for future in loading]
+
+
+def segment_chunk(segmenter: Any, images: Sequence[Any], expressions: Sequence[Sequence[str]],
+                  errors: tuple = (ValueError,), **settings: Any) -> list:
+    """Each image's segmentations, or the error (one of ``errors``) it raised in their place.
+
+    Several images go through one ``segment_images`` call; when that fails (one image the model
+    refuses fails the whole batch), each image runs alone, so a bad image fails alone.
+    """
+    if len(images) > 1:
+        try:
+            return segmenter.segment_images(images, expressions, **settings)
+        except errors:
+            pass
+    results = []
+    for image, texts in zip(images, expressions):
+        try:
+            segmenter.set_image(image)
+            results.append(segmenter.segment_batch(texts, **settings))
+        except errors as error:
+            results.append(error)
+    return results

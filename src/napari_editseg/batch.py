@@ -115,7 +115,7 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
     ``batch_size`` images go through one batched forward (``segment_images``; same labels), the
     next ones read in the background meanwhile."""
     from ._distributed import process_state
-    from ._prefetch import chunked, prefetched
+    from ._prefetch import chunked, prefetched, segment_chunk
     from .files import read_image, remove_partials, write_json, write_labels
 
     chunked([], batch_size)  # a bad batch size fails before any work
@@ -145,20 +145,10 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
                 raise image
             else:
                 readable.append((job, image))
-        try:
-            batched = segmenter.segment_images([image for _, image in readable],
-                                               [job.expressions for job, _ in readable]) if len(readable) > 1 else None
-        except ValueError:  # one image the model refuses: each image alone, so it fails alone
-            batched = None
-        for k, (job, image) in enumerate(readable):
-            try:
-                if batched is not None:
-                    results = batched[k]
-                else:
-                    segmenter.set_image(image)
-                    results = segmenter.segment_batch(job.expressions)
-            except ValueError as error:  # e.g. a 2-channel image or an empty expression
-                part["failed"].append({"image": str(job.image), "error": str(error)})
+        outcomes = segment_chunk(segmenter, [image for _, image in readable], [job.expressions for job, _ in readable])
+        for (job, image), results in zip(readable, outcomes):
+            if isinstance(results, ValueError):  # e.g. a 2-channel image or an empty expression
+                part["failed"].append({"image": str(job.image), "error": str(results)})
                 continue
             labels = np.zeros(image.shape[:2], np.uint8 if len(results) < 256 else np.uint16)
             for value, result in enumerate(results, start=1):

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .._distributed import process_state, segmenter_device
-from .._prefetch import chunked, prefetched
+from .._prefetch import chunked, prefetched, segment_chunk
 from ..files import check_outputs, remove_partials, write_json
 from .metrics import THRESHOLDS, SampleScore, score_sample, summarise
 from .refer import EXPECTED_SAMPLES, SPLIT_BY, RefSample, read_dataset
@@ -68,34 +68,23 @@ def batched_predictions(chunks: list[list[list[RefSample]]], segmenter, method: 
                         ) -> Iterator[tuple[list[RefSample], Callable]]:
     """``(group, predict)`` for every image group, the groups of a chunk segmented together in one
     ``segment_images`` call (one batched VAE encode and UNet forward); the next chunk's images are
-    read and decoded in background threads meanwhile. When a batched call fails, its images are
-    segmented one at a time, so a bad image fails alone."""
-    one_at_a_time = predictor(method, segmenter, settings)
-
-    def recall(masks):
-        return lambda group: masks
-
-    def fail(error):
-        def raise_it(group):
-            raise error
-        return raise_it
+    read and decoded in background threads meanwhile. A bad image fails alone (:func:`segment_chunk`)."""
+    def recall(outcome):
+        def predict(group):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        return predict
 
     for chunk, images in prefetched(chunks, lambda group: group[0].load_image()):
         ready = [i for i, image in enumerate(images) if not isinstance(image, BaseException)]
-        sentences = [[s.sentence for s in group] for group in chunk]
-        try:
-            results = segmenter.segment_images([images[i] for i in ready], [sentences[i] for i in ready],
-                                               **settings) if ready else []
-            masks = dict(zip(ready, (result_masks(method, r) for r in results)))
-        except Exception:  # e.g. one image the model refuses: each image alone, failures their own
-            masks = {}
+        results = segment_chunk(segmenter, [images[i] for i in ready],
+                                [[s.sentence for s in chunk[i]] for i in ready], errors=(Exception,), **settings)
+        outcomes = dict(zip(ready, results))
         for i, group in enumerate(chunk):
-            if isinstance(images[i], BaseException):
-                yield group, fail(images[i])
-            elif i in masks:
-                yield group, recall(masks[i])
-            else:
-                yield group, lambda g, image=images[i]: one_at_a_time(image, [s.sentence for s in g])
+            outcome = outcomes.get(i, images[i])  # an image that could not be read: its error
+            yield group, recall(outcome if isinstance(outcome, BaseException) else result_masks(method, outcome))
+
 
 def group_by_image(samples: list[RefSample]) -> list[list[RefSample]]:
     groups: dict[str, list[RefSample]] = {}
