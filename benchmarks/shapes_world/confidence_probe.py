@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.docsection import replace_section  # noqa: E402
 from benchmarks.shapes_world.evaluate import auroc  # noqa: E402
 from napari_editseg import EditSegmenter  # noqa: E402
+from napari_editseg.core.instruction import baseline_text  # noqa: E402
 from napari_editseg.shapes_world import COLOURS, SHAPES, TUNE_SEEDS, held_out  # noqa: E402
 
 CONTROL_WORD = "thing"  # names no particular object: the model's reaction to a word as such
@@ -34,9 +35,7 @@ def block_effects(segmenter: EditSegmenter, texts: list[str]) -> list[torch.Tens
     feature block and text (n×h×w each): the raw relevance before clipping and scaling.
     The baseline runs as the word-free instruction "make the red" (template "make the {}" with
     the expression "red") on the same seeded noise."""
-    template = segmenter.settings.instruction_template
-    baseline = " ".join(template.replace("{}", " ").split())
-    head, _, word = baseline.rpartition(" ")
+    head, _, word = baseline_text(segmenter.settings.instruction_template, "template").rpartition(" ")
     rows = segmenter.forward(texts, prior_source="attention").store.features
     base = segmenter.forward([word], prior_source="attention", instruction_template=head + " {}").store.features
     return [(rows[name] - base[name]).abs().sum(dim=1) for name in rows]
