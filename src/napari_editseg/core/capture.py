@@ -10,7 +10,7 @@ UNet is left exactly as it was.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -143,7 +143,7 @@ class CapturingAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by the hook on the last needed block to end the UNet forward early."""
 
 
@@ -165,7 +165,7 @@ def capturing(unet: nn.Module, plan: CapturePlan, early_exit: bool = True) -> It
         return hook
 
     def stop(_module, _inputs, _output):
-        raise _StopForward
+        raise StopForward
 
     try:
         unet.set_attn_processor(replaced)
@@ -184,14 +184,15 @@ def forward_and_capture(
     unet: nn.Module,
     sample: torch.Tensor,
     timestep: torch.Tensor,
-    text_embeddings: torch.Tensor,
     plan: CapturePlan,
     early_exit: bool = True,
+    **conditioning: Any,
 ) -> tuple[Optional[torch.Tensor], AttentionStore]:
-    """Run the UNet once; return its noise prediction (None after an early exit) and the store."""
+    """Run the UNet once on ``sample`` with ``conditioning`` (its text keywords); return its noise
+    prediction (None after an early exit) and the store."""
     with capturing(unet, plan, early_exit) as store:
         try:
-            noise = unet(sample, timestep, encoder_hidden_states=text_embeddings, return_dict=False)[0]
-        except _StopForward:
+            noise = unet(sample, timestep, return_dict=False, **conditioning)[0]
+        except StopForward:
             noise = None
     return noise, store

@@ -103,6 +103,14 @@ class UNetLayout:
 
     def resolve(self, settings: SegmentationSettings) -> SegmentationSettings:
         """Replace every "auto" size/block setting by its value for this UNet and check the rest."""
+        if settings.attention_blocks != AUTO:
+            raise ValueError(
+                "setting 'attention_blocks' is for diffusion transformers; a UNet's attention layers are chosen "
+                "by prior_resolutions, prior_layers and affinity_resolution"
+            )
+        if settings.image_tokens == "reference":
+            raise ValueError("setting 'image_tokens'='reference': this UNet sees the image as channels of the "
+                             "target positions, not as tokens of its own; use auto or target")
         resolution = self.default_resolution if settings.resolution == AUTO else settings.resolution
         multiple = self.min_multiple if settings.size_multiple == AUTO else settings.size_multiple
         if multiple % self.min_multiple:
@@ -122,7 +130,7 @@ class UNetLayout:
         work = side if settings.work_resolution == AUTO else settings.work_resolution
         resolved = settings.replace(
             resolution=resolution, size_multiple=multiple, prior_resolutions=prior,
-            affinity_resolution=affinity, feature_blocks=blocks, work_resolution=work,
+            affinity_resolution=affinity, feature_blocks=blocks, work_resolution=work, image_tokens="target",
         )
         self.plan(resolved)  # raises if a side or block does not exist in this UNet
         return resolved

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import platform
 import re
 import subprocess
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
+import diffusers
 import torch
 from huggingface_hub import constants as hub_constants
+
+from .backbones import UnknownPipelineError, backbone_for
+from .backbones.base import AUTOCAST_BF16, EditingModel
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 
@@ -47,7 +49,6 @@ def choose_device(device: Union[str, torch.device] = "auto") -> torch.device:
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-AUTOCAST_BF16 = "bf16-autocast"  # float32 weights; the UNet, VAE and text encoder compute in bfloat16
 # ``auto`` runs UNets at least this large in bfloat16 on CPUs that compute it natively: on small
 # ones (the shapes-world proxy, 2.2 M parameters) bfloat16 costs more than it saves (1.1× slower)
 BF16_MIN_PARAMETERS = 100_000_000
@@ -94,74 +95,40 @@ def choose_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> tuple[
     return _DTYPES[dtype], None
 
 
-def bf16_pays_off(device: torch.device, unet: Any) -> bool:
+def bf16_pays_off(device: torch.device, denoiser: Any) -> bool:
     """``auto`` on the CPU: bfloat16 weights when the CPU computes bfloat16 natively and the UNet
     is real-size. Measured (docs/performance.md): 1.9–2.1× faster on InstructPix2Pix's
     architecture, masks of a trained model as float32's (mean IoU 0.98)."""
-    return device.type == "cpu" and native_bf16() and sum(p.numel() for p in unet.parameters()) >= BF16_MIN_PARAMETERS
+    parameters = sum(p.numel() for p in denoiser.parameters())
+    return device.type == "cpu" and native_bf16() and parameters >= BF16_MIN_PARAMETERS
 
 
-@dataclass
-class EditingModel:
-    """The parts of an InstructPix2Pix-style pipeline that one-step segmentation needs."""
+def pipeline_class_of(model: str, local_files_only: bool) -> str:
+    """The pipeline class a model folder or hub repository names in its ``model_index.json``."""
+    folder = Path(model)
+    if folder.is_dir():
+        index = folder / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
 
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
-    source: str
-    device: torch.device
-    dtype: torch.dtype
-    autocast: Optional[torch.dtype] = None  # what the networks compute in, when not their weights' dtype
-    # one forward at a time: capture swaps the UNet's attention processors for the call's own
-    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
-
-    @property
-    def precision(self) -> str:
-        """How the networks run, as the ``dtype`` argument that loads them so again."""
-        if self.autocast == torch.bfloat16 and self.dtype == torch.float32:
-            return AUTOCAST_BF16
-        return str(self.dtype).replace("torch.", "")
-
-    def compute(self) -> contextlib.AbstractContextManager:
-        """The context the networks run in: autocast to ``autocast`` when set, else nothing."""
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
-    @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def check(self) -> None:
-        """Refuse models that cannot be an image editor of the InstructPix2Pix kind."""
-        expected = 2 * self.vae.config.latent_channels
-        if self.unet.config.in_channels != expected:
-            raise ValueError(
-                f"{self.source!r} is not an InstructPix2Pix-style editing model: its UNet takes "
-                f"{self.unet.config.in_channels} input channels, an editing model takes {expected} "
-                "(noise latents + image latents)"
-            )
-        if self.text_encoder.config.hidden_size != self.unet.config.cross_attention_dim:
-            raise ValueError(
-                f"{self.source!r}: text encoder width {self.text_encoder.config.hidden_size} does not match "
-                f"the UNet's cross_attention_dim {self.unet.config.cross_attention_dim}"
-            )
+        index = Path(hf_hub_download(model, "model_index.json", local_files_only=local_files_only))
+    try:
+        return str(json.loads(index.read_text()).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{model!r}: its model_index.json cannot be read ({error})") from None
 
 
-def _pipeline_class():
-    # Importing the pipeline makes transformers warn about optional image processors
-    # we never use; keep the user's terminal quiet.
+def _quietly(load: Callable[[], Any]) -> Any:
+    """Run ``load`` with transformers' warnings about optional image processors we never use
+    silenced, to keep the user's terminal quiet."""
     from transformers.utils import logging as transformers_logging
 
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        from diffusers import StableDiffusionInstructPix2PixPipeline
+        return load()
     finally:
         transformers_logging.set_verbosity(verbosity)
-    return StableDiffusionInstructPix2PixPipeline
 
 
 def _dtype_keyword() -> str:
@@ -216,11 +183,13 @@ def load_editing_model(
         model = str(folder)
     offline = bool(local_files_only) or hub_constants.HF_HUB_OFFLINE
     try:
-        pipe = _pipeline_class().from_pretrained(
+        family = backbone_for(pipeline_class_of(model, offline))
+        pipe = _quietly(lambda: getattr(diffusers, family.pipeline_class).from_pretrained(
             model, **{_DTYPE_KEYWORD: torch_dtype}, local_files_only=offline,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            use_safetensors=None if allow_pickle else True,
-        )
+            use_safetensors=None if allow_pickle else True, **family.pipeline_options,
+        ))
+    except UnknownPipelineError:
+        raise
     except Exception as error:  # every loader and weight format fails its own way; the user needs one line
         why = " ".join(str(error).split())[:300]
         if not allow_pickle and re.search(r"no file named \S+\.safetensors|necessary `safetensors` weights", why):
@@ -240,16 +209,9 @@ def load_editing_model(
             f"`hf download {model}` (or run this command once there) and copy the cache, "
             "or pass a local diffusers folder with --model PATH."
         ) from None
-    if dtype == "auto" and bf16_pays_off(torch_device, pipe.unet):
-        torch_dtype = torch.bfloat16
-        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-            part.to(torch_dtype)
-    loaded = EditingModel(
-        unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-        scheduler=pipe.scheduler, source=model, device=torch_device, dtype=torch_dtype,
-        autocast=autocast,
-    )
-    loaded.check()
-    for part in (loaded.unet, loaded.vae, loaded.text_encoder):
-        part.to(torch_device).eval().requires_grad_(False)
-    return loaded
+    loaded = family(pipe=pipe, source=model, device=torch_device, dtype=torch_dtype, autocast=autocast)
+    if dtype == "auto" and bf16_pays_off(torch_device, loaded.denoiser):
+        loaded.dtype = torch.bfloat16
+        for part in loaded.networks():
+            part.to(torch.bfloat16)
+    return loaded.prepare()

@@ -16,21 +16,20 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
-from .budget import check_memory, forward_needs, image_needs, vae_needs
-from .capture import AttentionStore, forward_and_capture
+from .budget import check_memory, image_needs, vae_needs
+from .capture import AttentionStore
 from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .image import model_size, resize, to_model_input, to_rgb_float
 from .instruction import Instruction, baseline_text, build_instruction
-from .layout import CapturePlan, UNetLayout
+from .layout import CapturePlan
 from .mask import make_mask, to_image_size
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prior import combine_sources, expression_attention, peak_dominance, propagate
 from .prompts import NEUTRAL_INSTRUCTION, Box, box_mask, box_prototypes, check_box, confine_prior, points_prior
 from .relevance import relevance_map
-from .settings import AUTO, DISCRIMINATE_SETTINGS, SegmentationSettings, check_names
+from .settings import DISCRIMINATE_SETTINGS, SegmentationSettings, check_names
 
 
 @dataclass
@@ -154,7 +153,7 @@ class EditSegmenter:
 
     def __init__(self, model: EditingModel, settings: Optional[SegmentationSettings] = None, **overrides: Any):
         self.model = model
-        self.layout = UNetLayout(model.unet, model.vae_factor)
+        self.layout = model.layout()
         self.settings = (settings or SegmentationSettings()).replace(**overrides)
         self.resolve_settings()  # fail now, not at the first click, on settings this model cannot take
         self._rgb: Optional[np.ndarray] = None
@@ -189,24 +188,7 @@ class EditSegmenter:
     # -- settings ---------------------------------------------------------------------
     def resolve_settings(self, **overrides: Any) -> SegmentationSettings:
         """The settings a call would use: defaults, then overrides, with every "auto" resolved."""
-        resolved = self.layout.resolve(self.settings.replace(**overrides))
-        if resolved.timestep == AUTO:
-            return resolved.replace(timestep=int(self._schedule().timesteps[0]))
-        if not 0 <= resolved.timestep < self.model.scheduler.config.num_train_timesteps:
-            raise ValueError(
-                f"setting 'timestep'={resolved.timestep}: must lie in "
-                f"[0, {self.model.scheduler.config.num_train_timesteps - 1}]"
-            )
-        return resolved
-
-    def _schedule(self):
-        """A fresh copy of the model's scheduler over its whole training schedule.
-
-        Fresh each time because diffusers schedulers keep a step index between calls.
-        """
-        scheduler = type(self.model.scheduler).from_config(self.model.scheduler.config)
-        scheduler.set_timesteps(scheduler.config.num_train_timesteps, device=self.device)
-        return scheduler
+        return self.model.resolve_timestep(self.layout.resolve(self.settings.replace(**overrides)))
 
     # -- step 1-2: image --------------------------------------------------------------
     @_serialised
@@ -252,46 +234,12 @@ class EditSegmenter:
         return self._latents[size]
 
     def _encode(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-        """float RGB images → their VAE latents at the model input ``size``, in one batch: the
-        unscaled mode of the posterior, which is what InstructPix2Pix conditions on."""
+        """float RGB images → the latents the model conditions on at the model input ``size``, in one batch."""
         x = torch.cat([to_model_input(rgb, size) for rgb in images]).to(self.device, self.model.dtype)
         with torch.inference_mode(), self.model.compute():
-            return self.model.vae.encode(x).latent_dist.mode().to(self.model.dtype)
+            return self.model.encode_images(x)
 
-    # -- step 3: instruction ----------------------------------------------------------
-    def _max_tokens(self) -> int:
-        return min(self.model.tokenizer.model_max_length, self.model.text_encoder.config.max_position_embeddings)
-
-    def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        """As the diffusers pipeline encodes a prompt: padded to max length, truncated."""
-        tokens = self.model.tokenizer(
-            texts, padding="max_length", max_length=self._max_tokens(), truncation=True, return_tensors="pt"
-        )
-        mask = tokens.attention_mask.to(self.device) if getattr(
-            self.model.text_encoder.config, "use_attention_mask", False) else None
-        return self.model.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
-
-    # -- step 4: the one UNet forward -------------------------------------------------
-    def _noisy_latents(self, settings: SegmentationSettings, image_latents: torch.Tensor, batch: int):
-        """Noise (``noise_samples`` draws) prepared as the pipeline does at its first step.
-
-        At a later timestep (a study setting), the noise is added to the image's own
-        scaled latents, which stand in for the edit trajectory at that time.
-        """
-        scheduler = self._schedule()
-        first = scheduler.timesteps[0]
-        t = first if settings.timestep == int(first) else torch.tensor(settings.timestep, device=self.device)
-        generator = torch.Generator("cpu").manual_seed(settings.seed)
-        shape = (settings.noise_samples, self.model.vae.config.latent_channels, *image_latents.shape[-2:])
-        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=image_latents.dtype)
-        if t is first:
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            clean = image_latents.expand(settings.noise_samples, -1, -1, -1) * self.model.vae.config.scaling_factor
-            latents = scheduler.add_noise(clean, noise, t.reshape(1))
-        latents = scheduler.scale_model_input(latents, t)
-        return latents.repeat(batch, 1, 1, 1), t
-
+    # -- steps 3-4: instruction and the one denoiser forward ---------------------------
     @_serialised
     def forward(self, expressions: Sequence[str], early_exit: bool = True, **overrides: Any) -> ForwardResult:
         """One batched UNet forward for ``expressions`` on the set image, capturing its maps.
@@ -317,7 +265,7 @@ class EditSegmenter:
         """The instructions and the texts of their rows (plus the baseline text for a relevance prior)."""
         instructions = [
             e if isinstance(e, Instruction) else
-            build_instruction(e, settings.instruction_template, self.model.tokenizer, self._max_tokens())
+            build_instruction(e, settings.instruction_template, self.model.tokenizer, self.model.max_tokens)
             for e in expressions
         ]
         if settings.token_norm == "contrast" and not instructions[0].template_positions:
@@ -337,16 +285,18 @@ class EditSegmenter:
         timings = {}
         with torch.inference_mode(), self.model.compute():
             start = time.perf_counter()
-            text = self._encode_text([t for _, texts, _ in blocks for t in texts])
+            text = self.model.encode_text([t for _, texts, _ in blocks for t in texts])
             timings["encode_text"] = time.perf_counter() - start
 
             start = time.perf_counter()
-            parts, t = [], None
+            noisy, images, t = [], [], None
             for _, texts, image_latents in blocks:
-                latents, t = self._noisy_latents(settings, image_latents, len(texts))
-                parts.append(torch.cat([latents, image_latents.expand(len(latents), -1, -1, -1)], dim=1))
-            noise_pred, store = forward_and_capture(
-                self.model.unet, torch.cat(parts), t, text.repeat_interleave(samples, dim=0), plan,
+                latents, t = self.model.noisy_latents(settings, image_latents, len(texts))
+                noisy.append(latents)
+                images.append(image_latents.expand(len(latents), *image_latents.shape[1:]))
+            noise_pred, store = self.model.forward(
+                torch.cat(noisy), torch.cat(images), t,
+                {name: v.repeat_interleave(samples, dim=0) for name, v in text.items()}, plan,
                 early_exit and not whole_unet,
             )
             results, offset = [], 0
@@ -372,7 +322,7 @@ class EditSegmenter:
         """Refuse a forward of ``rows`` at model input ``size`` (after ``encodes`` VAE encodes) whose
         memory estimate exceeds what is free, before anything large exists; ``host``: the
         full-size maps of the images (:func:`image_needs`)."""
-        needs = forward_needs(self.model, settings, plan, size, rows, expressions)
+        needs = self.model.memory_needs(settings, plan, size, rows, expressions)
         needs += [vae_needs(self.model, size, settings.resolution)] * encodes
         check_memory(needs, self.device, host)
 

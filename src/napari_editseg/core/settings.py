@@ -111,7 +111,18 @@ class SegmentationSettings:
     )
     propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", FORWARD, minimum=0, maximum=64)
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
-        AUTO, "UNet blocks whose outputs are the features; auto = the two up-blocks before the last", FORWARD
+        AUTO, "blocks whose outputs are the features; auto = the model's choice (UNets: the two up-blocks before the "
+        "last)", FORWARD
+    )
+    attention_blocks: Union[tuple[str, ...], Auto] = _setting(
+        AUTO, "diffusion transformers: the blocks whose joint attention gives the prior and the affinity; auto = "
+        "resolved from the model's config (UNets choose layers by prior_resolutions, prior_layers and "
+        "affinity_resolution, and take only auto)", FORWARD,
+    )
+    image_tokens: Literal["auto", "target", "reference"] = _setting(
+        AUTO, "editors that see the input image as tokens of its own (FLUX.1 Kontext): whose queries the prior, "
+        "affinity and features are read from: target (the latents being edited) or reference (the input "
+        "image's); auto = the family's choice (UNets have target positions only)", FORWARD,
     )
     work_resolution: Union[int, Auto] = _setting(
         AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD,
@@ -205,7 +216,7 @@ class SettingSpec:
         elif self.kind == "text":
             text = "text"
         elif self.kind == "blocks":
-            text = "UNet block names, comma-separated"
+            text = "block names, comma-separated"
         else:
             noun = {"int": "integer", "float": "number", "sides": "integers, comma-separated,"}[self.kind]
             text = f"{noun} {self._range()}"

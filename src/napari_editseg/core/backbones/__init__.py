@@ -1,0 +1,35 @@
+"""Registry of editing-model families, keyed on the diffusers pipeline class a model folder
+names in its ``model_index.json`` (``"_class_name"``), as segment-anything keys its builders.
+
+Each entry points at an :class:`~napari_editseg.core.backbones.base.EditingModel` subclass as
+``"module:Class"``, imported only when a model of that class is loaded. Adding a family is one
+module beside this one and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import EditingModel, Layout
+
+BACKBONES: dict[str, str] = {
+    "StableDiffusionInstructPix2PixPipeline": "instruct_pix2pix:InstructPix2Pix",
+}
+
+
+class UnknownPipelineError(ValueError):
+    """The model is a diffusers pipeline of a class no registered family reads."""
+
+
+def backbone_for(pipeline_class: str) -> type[EditingModel]:
+    """The family that reads models of ``pipeline_class``; a ValueError naming the known ones otherwise."""
+    if pipeline_class not in BACKBONES:
+        raise UnknownPipelineError(
+            f"a {pipeline_class or 'nameless'} pipeline is not an editing model napari-editseg can read; "
+            f"it reads {', '.join(sorted(BACKBONES))}"
+        )
+    module, name = BACKBONES[pipeline_class].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+__all__ = ["BACKBONES", "EditingModel", "Layout", "UnknownPipelineError", "backbone_for"]
