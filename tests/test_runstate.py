@@ -145,6 +145,22 @@ def test_needed_files_pick_one_weights_file_per_component():
         "tokenizer/vocab.json", "scheduler/scheduler_config.json"]
 
 
+def test_needed_files_of_a_transformer_editor_take_every_shard_and_both_text_encoders():
+    files = ["model_index.json", "flux1-kontext-dev.safetensors", "scheduler/scheduler_config.json",
+             "text_encoder/config.json", "text_encoder/model.safetensors",
+             "text_encoder_2/config.json", "text_encoder_2/model.safetensors.index.json",
+             "text_encoder_2/model-00001-of-00002.safetensors", "text_encoder_2/model-00002-of-00002.safetensors",
+             "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer_2/spiece.model",
+             "tokenizer_2/tokenizer.json", "transformer/config.json",
+             "transformer/diffusion_pytorch_model.safetensors.index.json",
+             "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+             "transformer/diffusion_pytorch_model-00002-of-00003.safetensors",
+             "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    wanted = hub.needed_files(files)
+    assert set(wanted) == set(files) - {"flux1-kontext-dev.safetensors"}
+
+
 def test_download_progress_reports_bytes_and_a_cancel_stops_it():
     reports, cancelled = [], threading.Event()
     bar = hub.progress_bridge(reports.append, cancelled)(total=100, desc="unet/weights", unit="B")

@@ -49,8 +49,21 @@ EFFECTS = {
 }
 
 
+# Settings for diffusion transformers: their effects are tested on the tiny FLUX.1 Kontext model
+# (tests/test_backbone_flux.py); a UNet refuses any value but the one it has (tested below).
+TRANSFORMER_ONLY = {"attention_blocks": ("up_blocks.1",), "image_tokens": "reference"}
+
+
 def test_the_table_names_every_setting():
-    assert set(EFFECTS) == set(SETTING_NAMES)
+    assert set(EFFECTS) | set(TRANSFORMER_ONLY) == set(SETTING_NAMES)
+    assert not set(EFFECTS) & set(TRANSFORMER_ONLY)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMER_ONLY))
+def test_transformer_settings_are_refused_by_a_unet_in_one_line(segmenter, name):
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        segmenter.resolve_settings(**{name: TRANSFORMER_ONLY[name]})
+    assert segmenter.resolve_settings(image_tokens="target").image_tokens == "target"
 
 
 # Batches of other sizes round differently (about 1e-3 after min-max scaling): a setting that

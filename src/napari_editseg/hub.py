@@ -16,12 +16,16 @@ from typing import Callable, Optional
 
 from .core.model import DEFAULT_MODEL, EditingModel, ModelNotAvailableError, _looks_like_path
 
-# InstructPix2Pix-family editing models in diffusers layout, by hub id.
+# Editing models in diffusers layout, by hub id, for the widget's list (any other id or folder of a
+# registered pipeline class loads too: see core/backbones). Sizes are of the weights in float16.
 KNOWN_MODELS = {
     DEFAULT_MODEL: "InstructPix2Pix",
     "vinesmsuic/magicbrush-jul7": "MagicBrush (InstructPix2Pix fine-tuned on MagicBrush)",
+    "diffusers/sdxl-instructpix2pix-768": "SDXL InstructPix2Pix (768 px; about 7 GB)",
+    "black-forest-labs/FLUX.1-Kontext-dev": "FLUX.1 Kontext [dev] (non-commercial licence; about 24 GB, large GPU)",
 }
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# the parts any registered family loads; a repository holds the ones its pipeline names
+COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 def is_folder(model: str) -> bool:
@@ -39,7 +43,8 @@ def cached_revision(repo_id: str) -> Optional[str]:
 
 def needed_files(files: list[str]) -> list[str]:
     """Of a repository's files, those loading the editing model reads: configs and tokenizer files of
-    the five components, and one weights file each (safetensors over .bin, no fp16/ema variants)."""
+    the components, and one weights file each (safetensors over .bin, no fp16/ema variants; every
+    shard of a sharded one)."""
     wanted = ["model_index.json"]
     for component in COMPONENTS:
         inside = [f for f in files if f.startswith(component + "/") and f.count("/") == 1]
