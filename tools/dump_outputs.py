@@ -24,7 +24,8 @@ from napari_editseg.shapes_world import held_out  # noqa: E402
 out = {}
 checkpoint = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_world" / "checkpoint"
 seg = EditSegmenter.from_pretrained(str(checkpoint), device="cpu")
-for preset_name, preset in (("defaults", {}), ("paper", PAPER), ("fused", {"prior_source": "fused", "relevance_from": "noise"})):
+PRESETS = {"defaults": {}, "paper": PAPER, "fused": {"prior_source": "fused", "relevance_from": "noise"}}
+for preset_name, preset in PRESETS.items():
     for k, s in enumerate(held_out(25)):
         seg.set_image(s.image)
         r = seg.segment(s.expression, **preset)
