@@ -1,4 +1,4 @@
-"""napari-editseg: segment what a sentence names, from one UNet forward of an image-editing model."""
+"""napari-editseg: segment what a sentence names, from one denoiser forward of an image-editing model."""
 
 from .core import DEFAULT_MODEL, PAPER, EditSegmenter, ModelNotAvailableError, Segmentation, SegmentationSettings
 

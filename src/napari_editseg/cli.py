@@ -77,7 +77,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-editseg",
-        description="Segment the object a sentence names, from one UNet forward of an image-editing model.",
+        description="Segment the object a sentence names, from one forward of an image-editing model's denoiser.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -1,8 +1,9 @@
 """EditSegmenter: set an image once, then segment what each expression names.
 
 Reads top to bottom like a diffusers pipeline, one method per stage of
-``docs/method.md``: encode image (cached) → encode instruction → one UNet forward
-with capture → prior → prototypes and scores → mask at the image's own size.
+``docs/method.md``: encode image (cached) → encode instruction → one denoiser forward
+with capture → prior → prototypes and scores → mask at the image's own size. Steps 1-4 are
+asked of the loaded model's backbone (``core/backbones``); steps 5-7 read only what it captured.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Segmentation:
     """One expression's result. Arrays are numpy; maps are at the image's own size.
 
     ``features`` (D×h×w, unit vectors) and ``prior_work`` (h×w) are the work-grid
-    inputs of the last stages, kept so :meth:`EditSegmenter.refine` needs no UNet pass.
+    inputs of the last stages, kept so :meth:`EditSegmenter.refine` needs no denoiser pass.
     """
 
     expression: str
@@ -74,7 +75,7 @@ class Segmentation:
 
 @dataclass
 class ForwardResult:
-    """The captured maps of one batched UNet forward, one row per instruction."""
+    """The captured maps of one batched denoiser forward, one row per instruction."""
 
     instructions: list[Instruction]
     settings: SegmentationSettings
@@ -137,7 +138,7 @@ def _points(name: str, points: Iterable[Point]) -> tuple[Point, ...]:
 
 
 class EditSegmenter:
-    """Referring segmentation from one UNet forward of an instruction-editing model.
+    """Referring segmentation from one denoiser forward of an instruction-editing model.
 
     >>> segmenter = EditSegmenter.from_pretrained()          # timbrooks/instruct-pix2pix
     >>> segmenter.set_image(image)                           # H×W(×3|4) numpy array
@@ -147,7 +148,7 @@ class EditSegmenter:
     Threads: calls serialise. ``set_image``, ``forward``, ``segment``, ``segment_batch`` and
     ``refine`` each hold the loaded model's lock for their whole run, so a call from a second
     thread waits until the running one has finished: a result always belongs to the image
-    that was set when its call started, and the UNet's attention processors are never
+    that was set when its call started, and the denoiser's attention processors are never
     swapped by two calls at once. Segmenters that share one loaded model share its lock.
     """
 
@@ -242,12 +243,12 @@ class EditSegmenter:
     # -- steps 3-4: instruction and the one denoiser forward ---------------------------
     @_serialised
     def forward(self, expressions: Sequence[str], early_exit: bool = True, **overrides: Any) -> ForwardResult:
-        """One batched UNet forward for ``expressions`` on the set image, capturing its maps.
+        """One batched denoiser forward for ``expressions`` on the set image, capturing its maps.
 
-        ``early_exit=False`` runs the whole UNet and returns its noise prediction, which
-        equals the first UNet call of diffusers' InstructPix2Pix pipeline (guidance off).
+        ``early_exit=False`` runs the whole denoiser and returns its noise prediction, which
+        equals the first denoiser call of the model's diffusers pipeline (guidance off).
         A relevance prior (``prior_source`` relevance or fused) adds one baseline-text row per
-        noise draw to the same batch; with ``relevance_from="noise"`` the whole UNet runs.
+        noise draw to the same batch; with ``relevance_from="noise"`` the whole denoiser runs.
         """
         expressions = _expression_list(expressions)
         settings = self.resolve_settings(**overrides)
@@ -277,7 +278,7 @@ class EditSegmenter:
     def _forward_blocks(self, settings: SegmentationSettings, plan: CapturePlan,
                         blocks: list[tuple[list[Instruction], list[str], torch.Tensor]], early_exit: bool
                         ) -> list[ForwardResult]:
-        """ONE UNet forward over several images' rows (each block: an image's instructions, its row
+        """ONE denoiser forward over several images' rows (each block: an image's instructions, its row
         texts and its latents, all of one size); the captured maps split back per image."""
         relevance_rows = settings.prior_source != "attention"
         whole_unet = relevance_rows and settings.relevance_from == "noise"
@@ -339,7 +340,7 @@ class EditSegmenter:
     def segment_batch(
         self, expressions: Sequence[str], box: Optional[Sequence[float]] = None, **overrides: Any
     ) -> list[Segmentation]:
-        """Several expressions on the set image in ONE batched UNet forward (one ``box`` for all)."""
+        """Several expressions on the set image in ONE batched denoiser forward (one ``box`` for all)."""
         expressions = _expression_list(expressions)
         box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
         forward = self.forward(expressions, **overrides)
@@ -349,7 +350,7 @@ class EditSegmenter:
     def segment_images(self, images: Sequence[np.ndarray], expressions: Sequence[Sequence[str]],
                        **overrides: Any) -> list[list[Segmentation]]:
         """Several images, each with its own expressions, through ONE batched VAE encode and ONE
-        batched UNet forward for all images the model sees at one size (one per size otherwise).
+        batched denoiser forward for all images the model sees at one size (one per size otherwise).
 
         ``expressions[j]`` are image ``j``'s expressions; returns their segmentations per image.
         The same, up to float rounding in the larger batch, as ``set_image`` + ``segment_batch``
@@ -436,7 +437,7 @@ class EditSegmenter:
         box: Optional[Sequence[float]] = None,
         **overrides: Any,
     ) -> Segmentation:
-        """Segment what clicks (and/or a box) mark, with no words: one UNet forward.
+        """Segment what clicks (and/or a box) mark, with no words: one denoiser forward.
 
         The forward runs the empty instruction (``prompts.NEUTRAL_INSTRUCTION``: the
         model's text-free condition), so the features describe the image alone. The prior
@@ -462,7 +463,7 @@ class EditSegmenter:
         negative: Sequence[Point] = (),
         **overrides: Any,
     ) -> Segmentation:
-        """Re-score from cached features: no UNet forward.
+        """Re-score from cached features: no denoiser forward.
 
         ``positive`` / ``negative`` are (row, col) pixels of the image; their features
         join the foreground / background prototypes, on top of earlier clicks.
@@ -473,7 +474,7 @@ class EditSegmenter:
         for name in overrides:
             if name not in DISCRIMINATE_SETTINGS:
                 raise ValueError(
-                    f"setting {name!r} changes the UNet forward or the prior: call segment() with it; "
+                    f"setting {name!r} changes the denoiser forward or the prior: call segment() with it; "
                     f"refine() takes {', '.join(sorted(DISCRIMINATE_SETTINGS))}"
                 )
         settings = segmentation.settings.replace(**overrides)
