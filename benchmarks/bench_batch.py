@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
         figures["real"][batch] = {"images_per_s": 1 / seconds}
     if args.compile:
         start = time.perf_counter()
-        real.model.unet = torch.compile(real.model.unet)
+        real.model.pipe.unet = torch.compile(real.model.unet)
         per_image(real, pictures[:largest], prompts[:largest], largest, device)
         figures["compile_s"] = time.perf_counter() - start
         seconds, _ = per_image(real, pictures[:largest], prompts[:largest], largest, device)

@@ -44,10 +44,15 @@ from docsection import replace_section  # noqa: E402
 def real_size_model(device: torch.device, dtype: torch.dtype):
     """InstructPix2Pix's published component configs, randomly initialised."""
     from conftest import byte_tokenizer  # a no-download tokenizer; token ids do not change the cost
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from napari_editseg.core.model import EditingModel
+    from napari_editseg.core.backbones.instruct_pix2pix import InstructPix2Pix
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -69,8 +74,11 @@ def real_size_model(device: torch.device, dtype: torch.dtype):
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     for part in (unet, vae, text_encoder):
         part.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return EditingModel(unet, vae, text_encoder, tokenizer, scheduler, "random real-size InstructPix2Pix",
-                        device, dtype)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    return InstructPix2Pix(pipe=pipe, source="random real-size InstructPix2Pix", device=device, dtype=dtype)
 
 
 class PeakMemory:

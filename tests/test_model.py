@@ -67,6 +67,8 @@ def test_device_and_dtype_choices():
                                           "mps" if torch.backends.mps.is_available() else "cpu")
     cpu = torch.device("cpu")
     assert choose_dtype("auto", torch.device("cuda")) == (torch.float16, None)
+    assert choose_dtype("auto", torch.device("cuda"), torch.bfloat16) == (torch.bfloat16, None)  # a family's own
+    assert choose_dtype("float16", torch.device("cuda"), torch.bfloat16) == (torch.float16, None)
     assert choose_dtype("auto", torch.device("mps")) == (torch.float32, None)
     assert choose_dtype("auto", cpu) == (torch.float32, None)  # the loader may still pick bfloat16 (below)
     assert choose_dtype("float32", cpu) == (torch.float32, None)

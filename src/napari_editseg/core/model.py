@@ -74,10 +74,12 @@ def native_bf16() -> bool:
     return False
 
 
-def choose_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> tuple[torch.dtype, Optional[torch.dtype]]:
+def choose_dtype(dtype: Union[str, torch.dtype], device: torch.device, cuda_default: torch.dtype = torch.float16
+                 ) -> tuple[torch.dtype, Optional[torch.dtype]]:
     """(weights' dtype, autocast dtype or None) asked for by ``dtype``.
 
-    ``auto``: float16 on CUDA, float32 elsewhere — and the loader turns real-size models into
+    ``auto``: ``cuda_default`` on CUDA (the family's: float16, or bfloat16 for models that
+    overflow float16), float32 elsewhere — and the loader turns real-size models into
     bfloat16 on a CPU that computes it natively (see :func:`load_editing_model`).
     ``float32``/``float16``/``bfloat16`` cast the weights; ``bf16-autocast`` keeps float32
     weights and runs the networks under bfloat16 autocast (CPU only).
@@ -85,7 +87,7 @@ def choose_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> tuple[
     if isinstance(dtype, torch.dtype):
         return dtype, None
     if dtype == "auto":
-        return (torch.float16 if device.type == "cuda" else torch.float32), None
+        return (cuda_default if device.type == "cuda" else torch.float32), None
     if dtype == AUTOCAST_BF16:
         if device.type != "cpu":
             raise ValueError(f"dtype {AUTOCAST_BF16!r} is for the CPU; on {device.type} use float16 or bfloat16")
@@ -184,6 +186,7 @@ def load_editing_model(
     offline = bool(local_files_only) or hub_constants.HF_HUB_OFFLINE
     try:
         family = backbone_for(pipeline_class_of(model, offline))
+        torch_dtype, autocast = choose_dtype(dtype, torch_device, family.cuda_dtype)
         pipe = _quietly(lambda: getattr(diffusers, family.pipeline_class).from_pretrained(
             model, **{_DTYPE_KEYWORD: torch_dtype}, local_files_only=offline,
             use_safetensors=None if allow_pickle else True, **family.pipeline_options,

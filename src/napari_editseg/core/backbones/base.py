@@ -68,6 +68,7 @@ class EditingModel:
     denoiser_name: ClassVar[str] = "unet"  # the pipeline component that is run once
     tokenizer_name: ClassVar[str] = "tokenizer"  # the tokenizer of the text the prior attends to
     pipeline_options: ClassVar[dict] = {}  # extra keywords for the pipeline's from_pretrained
+    cuda_dtype: ClassVar[torch.dtype] = torch.float16  # what dtype="auto" loads on a CUDA GPU
 
     # -- shared ---------------------------------------------------------------------
     @property
