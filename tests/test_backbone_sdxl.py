@@ -193,3 +193,23 @@ def test_a_resolution_that_cannot_fit_is_refused_before_anything_large_exists(ti
             handle.remove()
     assert "\n" not in str(info.value)
     assert segmenter.segment("the disc").mask.shape == picture.shape[:2]
+
+
+@pytest.mark.parametrize("folder", MODELS)
+def test_float16_image_latents_equal_the_pipelines(folder, picture, request):
+    """In float16 a VAE with ``force_upcast`` encodes in float32 as the pipeline does (float16
+    overflows on real images), then CosXL scales the float16 latents: our latents equal the
+    pipeline's own ``prepare_image_latents`` bit for bit."""
+    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+
+    folder = request.getfixturevalue(folder)
+    model = EditSegmenter.from_pretrained(str(folder), device="cpu", dtype="float16").model
+    assert model.vae.config.force_upcast and model.vae.dtype == torch.float32 and model.unet.dtype == torch.float16
+    pipe = StableDiffusionXLInstructPix2PixPipeline.from_pretrained(folder, add_watermarker=False,
+                                                                    torch_dtype=torch.float16)
+    pixels = to_model_input(to_rgb_float(picture), (32, 48)).to(torch.float16)
+    with torch.inference_mode():
+        ours = model.encode_images(pixels)
+        theirs = pipe.prepare_image_latents(pixels, 1, 1, torch.float16, torch.device("cpu"), False)
+    assert ours.dtype == theirs.dtype == torch.float16
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
