@@ -132,3 +132,6 @@ class CallCounter:
 @pytest.fixture()
 def count_calls():
     return CallCounter
+
+
+from tiny_sdxl import tiny_cosxl_dir, tiny_sdxl_dir  # noqa: E402,F401  (SDXL / CosXL Edit fixtures)

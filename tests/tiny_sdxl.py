@@ -1,0 +1,90 @@
+"""Tiny random-weight SDXL InstructPix2Pix / CosXL Edit models, built like diffusers' own
+SDXL instruct-pix2pix tests build theirs (two CLIP text encoders, a ``text_time`` UNet), with
+three UNet levels so that the "auto" settings resolve as on the real SDXL (cross-attention at
+levels 1 and 2, deeper transformers at the deepest level).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+TIME_EMBED = 8  # addition_time_embed_dim: six micro-conditioning numbers of 8 each
+TEXT_WIDTH = 16  # each text encoder's width; the UNet's cross_attention_dim is their sum
+PROJECTION = 16  # the second encoder's pooled projection
+
+
+def build_tiny_sdxl(cosxl: bool = False, in_channels: int = 8, seed: int = 0):
+    """An SDXL InstructPix2Pix pipeline; ``cosxl``: CosXL Edit's EDM v-prediction schedule and
+    latent scaling (``is_cosxl_edit=True``)."""
+    from conftest import byte_tokenizer
+    from diffusers import (
+        AutoencoderKL,
+        EDMEulerScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionXLInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        in_channels=in_channels, out_channels=4, sample_size=16, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(16, 16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 8), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + PROJECTION, cross_attention_dim=2 * TEXT_WIDTH,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, norm_num_groups=8, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        scaling_factor=0.13025,
+    )
+    tokenizer = byte_tokenizer()
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=77, layer_norm_eps=1e-5, projection_dim=PROJECTION,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(config)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(config)
+    if cosxl:
+        scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=120.0, sigma_data=1.0,
+                                      prediction_type="v_prediction", sigma_schedule="exponential")
+    else:
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return StableDiffusionXLInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=byte_tokenizer(), unet=unet, scheduler=scheduler, add_watermarker=False, is_cosxl_edit=cosxl,
+    )
+
+
+def save_tiny_sdxl(folder: Path, cosxl: bool = False, **options) -> Path:
+    """Save a tiny SDXL editor; for CosXL, ``is_cosxl_edit`` is written into model_index.json
+    (diffusers does not save that flag, and from_pretrained passes it back to the pipeline)."""
+    build_tiny_sdxl(cosxl, **options).save_pretrained(folder)
+    if cosxl:
+        index = folder / "model_index.json"
+        index.write_text(json.dumps({**json.loads(index.read_text()), "is_cosxl_edit": True}, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """A saved tiny SDXL InstructPix2Pix folder (diffusers layout, Euler schedule)."""
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl-ip2p"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cosxl_dir(tmp_path_factory) -> Path:
+    """A saved tiny CosXL Edit folder (EDM v-prediction schedule, is_cosxl_edit)."""
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny-cosxl-edit"), cosxl=True, seed=1)
