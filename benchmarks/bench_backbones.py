@@ -146,6 +146,8 @@ def edit_rows_and_steps(model) -> tuple[int, int]:
 
 
 def measure(name: str, model) -> dict:
+    for part in model.networks():
+        part.to(model.dtype)
     layout = model.layout()
     settings = layout.resolve(SegmentationSettings())
     plan = layout.plan(settings)
