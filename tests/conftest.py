@@ -132,3 +132,6 @@ class CallCounter:
 @pytest.fixture()
 def count_calls():
     return CallCounter
+
+
+from tiny_flux import tiny_flux_dir  # noqa: E402,F401  (a session fixture: the tiny FLUX.1 Kontext folder)

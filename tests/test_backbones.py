@@ -19,6 +19,7 @@ from napari_editseg.core.backbones import BACKBONES, UnknownPipelineError, backb
 # family fixture name → settings that keep its tiny model small
 FAMILIES = {
     "tiny_model_dir": {},
+    "tiny_flux_dir": {"resolution": 64},
 }
 
 

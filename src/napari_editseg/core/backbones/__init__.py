@@ -14,6 +14,7 @@ from .base import EditingModel, Layout
 
 BACKBONES: dict[str, str] = {
     "StableDiffusionInstructPix2PixPipeline": "instruct_pix2pix:InstructPix2Pix",
+    "FluxKontextPipeline": "flux_kontext:FluxKontext",
 }
 
 
