@@ -180,10 +180,10 @@ class JointLayout:
     def auto_attention_blocks(self) -> tuple[str, ...]:
         """The double-stream blocks from 40% to 80% of their depth (8-14 of FLUX.1's 19).
 
-        Grounding in MMDiTs is reported best in the middle-to-late blocks (RefAM, arXiv 2509.22650,
-        on FLUX); the first blocks still see mostly position and noise, the last double-stream
-        blocks and the single-stream ones turn towards the output (and collect attention sinks).
-        Only double-stream blocks: their text keys come from the text stream's own weights.
+        RefAM (arXiv 2509.22650) found middle-to-late FLUX blocks to ground best, with global
+        attention sinks in the deeper ones; this band is our reading of that, not a measured
+        optimum. Only double-stream blocks: their text keys come from the text stream's own
+        weights, and the forward can stop long before the 38 single-stream blocks.
         """
         count = len(self.double) or len(self.single)
         names = self.double or self.single
@@ -196,9 +196,6 @@ class JointLayout:
             if name not in self.blocks:
                 raise ValueError(f"setting {setting!r}: {name!r} is not a block of this transformer; "
                                  f"blocks: {_summary(self.blocks)}")
-
-    def token_side(self, settings: SegmentationSettings) -> int:
-        return snap(settings.resolution, settings.size_multiple) // self.vae_factor // self.patch
 
     def _only_token_side(self, setting: str, sides: tuple[int, ...], side: int) -> None:
         if set(sides) != {side}:
