@@ -21,6 +21,7 @@ FAMILIES = {
     "tiny_model_dir": {},
     "tiny_sdxl_dir": {},
     "tiny_cosxl_dir": {},
+    "tiny_flux_dir": {"resolution": 64},
 }
 
 

@@ -15,6 +15,7 @@ from .base import EditingModel, Layout
 BACKBONES: dict[str, str] = {
     "StableDiffusionInstructPix2PixPipeline": "instruct_pix2pix:InstructPix2Pix",
     "StableDiffusionXLInstructPix2PixPipeline": "sdxl_instruct_pix2pix:SDXLInstructPix2Pix",
+    "FluxKontextPipeline": "flux_kontext:FluxKontext",
 }
 
 
