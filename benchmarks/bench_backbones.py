@@ -38,7 +38,6 @@ def sdxl_instruct_pix2pix():
     """diffusers/sdxl-instructpix2pix-768: the SDXL UNet on 8 channels at 96 latents (768 px)."""
     from conftest import byte_tokenizer
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLInstructPix2PixPipeline,
         UNet2DConditionModel,

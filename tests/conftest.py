@@ -134,5 +134,5 @@ def count_calls():
     return CallCounter
 
 
-from tiny_sdxl import tiny_cosxl_dir, tiny_sdxl_dir  # noqa: E402,F401  (SDXL / CosXL Edit fixtures)
 from tiny_flux import tiny_flux_dir  # noqa: E402,F401  (a session fixture: the tiny FLUX.1 Kontext folder)
+from tiny_sdxl import tiny_cosxl_dir, tiny_sdxl_dir  # noqa: E402,F401  (SDXL / CosXL Edit fixtures)

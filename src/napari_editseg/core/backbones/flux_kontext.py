@@ -93,6 +93,7 @@ class FluxKontext(EditingModel):
     denoiser_name = "transformer"
     tokenizer_name = "tokenizer_2"  # T5: its tokens are the text keys of the joint attention
     pipeline_options = dict(image_encoder=None, feature_extractor=None)
+    cuda_dtype = torch.bfloat16  # FLUX's activations overflow float16; its weights are published in bfloat16
 
     @property
     def transformer(self) -> torch.nn.Module:
