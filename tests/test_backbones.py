@@ -126,7 +126,11 @@ def test_batched_images_equal_one_at_a_time(family, picture):
     for image, texts, got in zip([picture, other], [["the red disc"], ["the blue square"]], batched):
         family.set_image(image)
         alone = family.segment_batch(texts)
-        assert [np.mean(a.mask == b.mask) for a, b in zip(alone, got)] == pytest.approx([1.0], abs=0.01)
+        # what the forward gives (stages 5-7 are functions of it); masks of a random-weight model
+        # sit on knife edges that float rounding in a larger batch may tip
+        for a, b in zip(alone, got):
+            np.testing.assert_allclose(b.features, a.features, atol=1e-4)
+            np.testing.assert_allclose(b.prior_work, a.prior_work, atol=1e-3)
 
 
 def test_expression_changes_the_forward(family, picture):
