@@ -214,3 +214,25 @@ def test_a_huge_resolution_is_refused_before_anything_large_exists(flux, picture
         return sum(n.bytes for n in flux.model.memory_needs(settings, flux.layout.plan(settings), size, 2, 1))
 
     assert total(128, (96, 128)) > 4 * total(64, (48, 64))  # twice the side: 4x the tokens, 16x the N×N maps
+
+
+def test_an_attention_processor_of_another_kind_is_refused_and_left_in_place(flux, picture):
+    """A processor the capture does not mirror (an IP-adapter's, a user's own) would make the
+    captured maps differ from what the block computes: refused in one line, nothing replaced."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    class OwnProcessor(FluxAttnProcessor):
+        pass
+
+    flux.set_image(picture)
+    block = flux.resolve_settings().attention_blocks[0]
+    attn = dict(flux.model.transformer.named_modules())[f"{block}.attn"]
+    original, own = attn.processor, OwnProcessor()
+    attn.set_processor(own)
+    try:
+        with pytest.raises(ValueError, match="not FluxAttnProcessor") as refused:
+            flux.forward(["the red disc"])
+        assert "\n" not in str(refused.value) and attn.processor is own
+    finally:
+        attn.set_processor(original)
+    assert flux.segment("the red disc").mask.shape == picture.shape[:2]

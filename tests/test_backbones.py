@@ -121,16 +121,18 @@ def test_store_shapes_follow_the_plan(family, picture):
 
 
 def test_batched_images_equal_one_at_a_time(family, picture):
+    """What the forward gives (stages 5-7 are functions of it). A random model's maps are nearly
+    flat, so min-max scaling turns float rounding in the larger batch (1e-6 in the features) into
+    up to 1e-3 in the prior; another row's prior would differ by tenths."""
     other = np.ascontiguousarray(picture[:, ::-1])
-    batched = family.segment_images([picture, other], [["the red disc"], ["the blue square"]])
-    for image, texts, got in zip([picture, other], [["the red disc"], ["the blue square"]], batched):
+    texts = [["the red disc"], ["the blue square"]]
+    batched = family.segment_images([picture, other], texts)
+    for image, words, got in zip([picture, other], texts, batched):
         family.set_image(image)
-        alone = family.segment_batch(texts)
-        # what the forward gives (stages 5-7 are functions of it); masks of a random-weight model
-        # sit on knife edges that float rounding in a larger batch may tip
+        alone = family.segment_batch(words)
         for a, b in zip(alone, got):
             np.testing.assert_allclose(b.features, a.features, atol=1e-4)
-            np.testing.assert_allclose(b.prior_work, a.prior_work, atol=1e-3)
+            np.testing.assert_allclose(b.prior_work, a.prior_work, atol=5e-3)
 
 
 def test_expression_changes_the_forward(family, picture):

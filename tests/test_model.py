@@ -149,3 +149,16 @@ def test_bf16_autocast_computes_the_networks_in_bf16_and_keeps_maps_float32(tiny
         assert forward.store.affinity.dtype == torch.float32
         segmenter.segment("the red disc")  # stages 5-7 run on what the bf16 forward captured
     assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]  # VAE then UNet, each mode
+
+
+def test_a_pipeline_class_no_family_reads_is_refused_in_one_line(tmp_path):
+    """A plain Stable Diffusion folder (text-to-image): the registry names what it reads."""
+    from diffusers import StableDiffusionPipeline
+
+    parts = build_tiny_pipeline(in_channels=4).components
+    StableDiffusionPipeline(**{**parts, "safety_checker": None, "feature_extractor": None, "image_encoder": None},
+                            requires_safety_checker=False).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="StableDiffusionPipeline pipeline is not an editing model.*reads "
+                                         ".*FluxKontextPipeline.*StableDiffusionInstructPix2PixPipeline") as refused:
+        EditSegmenter.from_pretrained(str(tmp_path), device="cpu")
+    assert "\n" not in str(refused.value)

@@ -37,7 +37,8 @@ PACKAGE = ROOT / "src" / "napari_editseg"
 DEFAULT_TESTS = ["tests/test_settings.py", "tests/test_stages.py", "tests/test_grounding.py",
                  "tests/test_delineation.py", "tests/test_setting_effects.py", "tests/test_segmenter.py",
                  "tests/test_reliability.py", "tests/test_model.py", "tests/test_cli.py", "tests/test_eval.py",
-                 "tests/test_batch.py", "tests/test_shapes_world.py"]
+                 "tests/test_batch.py", "tests/test_shapes_world.py", "tests/test_backbones.py",
+                 "tests/test_backbone_sdxl.py", "tests/test_backbone_flux.py"]
 
 # (name, file under the package, original text, mutated text)
 MUTANTS = [
@@ -151,6 +152,26 @@ MUTANTS = [
      'chosen.type not in ("cpu", "cuda", "mps", "meta")'),
     ("affinity estimate linear", "core/budget.py", "Need(2 * rows * affinity_n**2 * 4",
      "Need(2 * rows * affinity_n * 4"),
+    # -- backbones ------------------------------------------------------------------------------
+    ("SDXL pooled embedding dropped", "core/backbones/sdxl_instruct_pix2pix.py",
+     '{"text_embeds": text["text_embeds"],', '{"text_embeds": torch.zeros_like(text["text_embeds"]),'),
+    ("SDXL time ids transposed", "core/backbones/sdxl_instruct_pix2pix.py",
+     "tuple(size), (0, 0), tuple(size),", "tuple(size)[::-1], (0, 0), tuple(size)[::-1],"),
+    ("CosXL latents unscaled", "core/backbones/sdxl_instruct_pix2pix.py",
+     "return latents * self.vae.config.scaling_factor if self.cosxl else latents", "return latents"),
+    ("joint image_tokens ignored", "core/backbones/joint_attention.py",
+     'start = 0 if self.read == "target" else self.target', "start = self.target"),
+    ("joint affinity not renormalised", "core/backbones/joint_attention.py",
+     "part = (same / same.sum(dim=-1, keepdim=True)).sum(dim=1)", "part = same.sum(dim=1)"),
+    ("joint attention_blocks ignored", "core/backbones/joint_attention.py",
+     "attention = self.auto_attention_blocks() if settings.attention_blocks == AUTO else settings.attention_blocks",
+     "attention = self.auto_attention_blocks()"),
+    ("Kontext reference ids on the target's plane", "core/backbones/flux_kontext.py",
+     "reference_ids[..., 0] = 1", "reference_ids[..., 0] = 0"),
+    ("Kontext guidance not embedded", "core/backbones/flux_kontext.py",
+     "torch.full([batch], GUIDANCE_SCALE,", "torch.full([batch], 1.0,"),
+    ("registry ignores the class", "core/model.py", "family = backbone_for(pipeline_class_of(model, offline))",
+     'family = backbone_for("StableDiffusionInstructPix2PixPipeline")'),
 ]
 # outside core/, from the issue: the batch command that writes nothing
 EXTRA = [("batch writes no labels", "batch.py", "        write_labels(job.output, labels, job.description())\n",

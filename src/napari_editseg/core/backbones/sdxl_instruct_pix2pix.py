@@ -10,6 +10,8 @@ as it does on a DDPM schedule: ``num_train_timesteps - 1`` (auto) is the first, 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -49,6 +51,13 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         if one != two or self.pipe.tokenizer.model_max_length != self.pipe.tokenizer_2.model_max_length:
             raise ValueError(f"{self.source!r}: its two tokenizers split text differently, so token positions "
                              "of the expression are not the same in both encoders' halves of the text embedding")
+        if self.continuous and not self.cosxl:
+            warnings.warn(
+                f"{self.source!r} runs an EDM schedule like CosXL Edit, but its model_index.json does not set "
+                "is_cosxl_edit, so its image latents are read unscaled; if it is CosXL Edit, register the flag "
+                "when converting it (pipe.register_to_config(is_cosxl_edit=True), docs/method.md)",
+                UserWarning, stacklevel=2,
+            )
 
     def prepare(self) -> "SDXLInstructPix2Pix":
         """As the pipeline does, a float16 VAE with ``force_upcast`` encodes in float32 (it overflows
