@@ -10,7 +10,7 @@ UNet is left exactly as it was.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -148,6 +148,37 @@ class StopForward(Exception):
 
 
 @contextmanager
+def block_hooks(modules: dict[str, nn.Module], plan: CapturePlan, store: AttentionStore,
+                features: Callable[[Any], torch.Tensor], early_exit: bool) -> Iterator[None]:
+    """Forward hooks that keep the feature blocks' outputs in ``store`` (``features`` turns a block's
+    output into B×C×h×w) and, with ``early_exit``, end the forward after ``plan.stop_after``;
+    removed on exit, whatever happens. Shared by every backbone's capture."""
+    def keep_output(name: str):
+        def hook(_module, _inputs, output):
+            store.features[name] = features(output)
+        return hook
+
+    def stop(_module, _inputs, _output):
+        raise StopForward
+
+    handles = []
+    try:
+        for name in plan.feature_modules:
+            handles.append(modules[name].register_forward_hook(keep_output(name)))
+        if early_exit:
+            handles.append(modules[plan.stop_after].register_forward_hook(stop))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    """A UNet block's output (a tensor, or a tuple whose first element is the hidden states), in float32."""
+    return (output[0] if isinstance(output, (tuple, list)) else output).float()
+
+
+@contextmanager
 def capturing(unet: nn.Module, plan: CapturePlan, early_exit: bool = True) -> Iterator[AttentionStore]:
     """Install processors and hooks for one forward; remove them on exit, whatever happens."""
     store = AttentionStore()
@@ -155,28 +186,11 @@ def capturing(unet: nn.Module, plan: CapturePlan, early_exit: bool = True) -> It
     replaced = dict(original)
     for name in plan.cross_layers + plan.self_layers:
         replaced[f"{name}.processor"] = CapturingAttnProcessor(store, name)
-    modules = dict(unet.named_modules())
-    handles = []
-
-    def keep_output(name: str):
-        def hook(_module, _inputs, output):
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
-            store.features[name] = tensor.float()
-        return hook
-
-    def stop(_module, _inputs, _output):
-        raise StopForward
-
     try:
         unet.set_attn_processor(replaced)
-        for name in plan.feature_modules:
-            handles.append(modules[name].register_forward_hook(keep_output(name)))
-        if early_exit:
-            handles.append(modules[plan.stop_after].register_forward_hook(stop))
-        yield store
+        with block_hooks(dict(unet.named_modules()), plan, store, _first_tensor, early_exit):
+            yield store
     finally:
-        for handle in handles:
-            handle.remove()
         unet.set_attn_processor(dict(original))
 
 

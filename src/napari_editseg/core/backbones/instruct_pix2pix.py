@@ -28,14 +28,18 @@ class InstructPix2Pix(EditingModel):
     def text_encoder(self):
         return self.pipe.text_encoder
 
-    def check(self) -> None:
+    def check_channels(self, kind: str = "InstructPix2Pix") -> None:
+        """An editor of this kind takes noise latents and image latents as channels of one input."""
         expected = 2 * self.vae.config.latent_channels
         if self.unet.config.in_channels != expected:
             raise ValueError(
-                f"{self.source!r} is not an InstructPix2Pix-style editing model: its UNet takes "
+                f"{self.source!r} is not an {kind}-style editing model: its UNet takes "
                 f"{self.unet.config.in_channels} input channels, an editing model takes {expected} "
                 "(noise latents + image latents)"
             )
+
+    def check(self) -> None:
+        self.check_channels()
         if self.text_encoder.config.hidden_size != self.unet.config.cross_attention_dim:
             raise ValueError(
                 f"{self.source!r}: text encoder width {self.text_encoder.config.hidden_size} does not match "

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..capture import SELF_ATTENTION_BUDGET, AttentionStore, StopForward
+from ..capture import SELF_ATTENTION_BUDGET, AttentionStore, block_hooks
 from ..layout import CapturePlan, snap
 from ..settings import AUTO, SegmentationSettings
 
@@ -115,30 +115,20 @@ def joint_capturing(denoiser: nn.Module, plan: JointCapturePlan, tokens: JointTo
     modules = dict(denoiser.named_modules())
     names = tuple(dict.fromkeys(plan.cross_layers + plan.self_layers))
     originals = {name: modules[name].processor for name in names}
-    handles = []
 
-    def keep_output(name: str):
-        def hook(_module, _inputs, output):
-            image = output[image_output] if isinstance(output, (tuple, list)) else output
-            rows = image[:, tokens.image_rows].float()  # B×N×C
-            store.features[name] = rows.transpose(1, 2).reshape(rows.shape[0], rows.shape[2], *tokens.grid)
-        return hook
-
-    def stop(_module, _inputs, _output):
-        raise StopForward
+    def read_image(output: Any) -> torch.Tensor:
+        """The read image's rows of a block's image-stream output, as a B×C×h×w grid."""
+        image = output[image_output] if isinstance(output, (tuple, list)) else output
+        rows = image[:, tokens.image_rows].float()  # B×N×C
+        return rows.transpose(1, 2).reshape(rows.shape[0], rows.shape[2], *tokens.grid)
 
     try:
         for name in names:
             modules[name].set_processor(make_processor(originals[name], store, name, tokens,
                                                        name in plan.cross_layers, name in plan.self_layers))
-        for name in plan.feature_modules:
-            handles.append(modules[name].register_forward_hook(keep_output(name)))
-        if early_exit:
-            handles.append(modules[plan.stop_after].register_forward_hook(stop))
-        yield store
+        with block_hooks(modules, plan, store, read_image, early_exit):
+            yield store
     finally:
-        for handle in handles:
-            handle.remove()
         for name, original in originals.items():
             modules[name].set_processor(original)
 

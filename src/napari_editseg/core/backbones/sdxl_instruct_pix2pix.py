@@ -37,13 +37,7 @@ class SDXLInstructPix2Pix(InstructPix2Pix):
         return hasattr(self.scheduler, "precondition_noise")
 
     def check(self) -> None:
-        expected = 2 * self.vae.config.latent_channels
-        if self.unet.config.in_channels != expected:
-            raise ValueError(
-                f"{self.source!r} is not an SDXL InstructPix2Pix-style editing model: its UNet takes "
-                f"{self.unet.config.in_channels} input channels, an editing model takes {expected} "
-                "(noise latents + image latents)"
-            )
+        self.check_channels("SDXL InstructPix2Pix")
         if self.pipe.text_encoder is None or self.pipe.text_encoder_2 is None:
             raise ValueError(f"{self.source!r}: SDXL needs both its text encoders (one is missing)")
         one, two = (t.convert_ids_to_tokens(t(PROBE, add_special_tokens=False).input_ids)
