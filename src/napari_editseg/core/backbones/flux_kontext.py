@@ -93,6 +93,8 @@ class FluxKontext(EditingModel):
     denoiser_name = "transformer"
     tokenizer_name = "tokenizer_2"  # T5: its tokens are the text keys of the joint attention
     pipeline_options = dict(image_encoder=None, feature_extractor=None)
+    # dtype="auto" on CUDA (read by the loader on main since 42e64b5): FLUX's activations overflow float16
+    cuda_dtype = torch.bfloat16
 
     @property
     def transformer(self) -> torch.nn.Module:
