@@ -40,6 +40,24 @@ def test_missing_weights_give_one_clear_error_offline():
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback wall
 
 
+def test_a_gated_hub_model_says_how_to_get_access(monkeypatch):
+    """FLUX.1 Kontext [dev] and CosXL are gated: the hub's 401 becomes one line saying what to do.
+    (The hub is unreachable here, so its answer is played by raising the error it gives.)"""
+    from huggingface_hub.errors import GatedRepoError
+
+    import napari_editseg.core.model as model_module
+
+    def gated(*_args, **_kwargs):
+        error = GatedRepoError.__new__(GatedRepoError)  # without the HTTP response its __init__ wants
+        Exception.__init__(error, "401 Client Error: access to model is restricted")
+        raise error
+
+    monkeypatch.setattr(model_module, "pipeline_class_of", gated)
+    with pytest.raises(ModelNotAvailableError, match="gated.*accept its licence.*hf auth login") as info:
+        EditSegmenter.from_pretrained("black-forest-labs/FLUX.1-Kontext-dev")
+    assert "\n" not in str(info.value)
+
+
 def test_an_unknown_setting_fails_before_loading(tmp_path):
     with pytest.raises(ValueError, match="unknown setting"):
         EditSegmenter.from_pretrained(str(tmp_path / "nowhere"), treshold=0.3)

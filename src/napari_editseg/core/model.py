@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Union
 import diffusers
 import torch
 from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import GatedRepoError
 
 from .backbones import UnknownPipelineError, backbone_for
 from .backbones.base import AUTOCAST_BF16, EditingModel
@@ -203,6 +204,11 @@ def load_editing_model(
             ) from None
         if folder.is_dir():
             raise ValueError(f"could not load the model folder {model!r}: {type(error).__name__}: {why}") from None
+        if isinstance(error, GatedRepoError):  # FLUX.1 Kontext [dev], CosXL: the licence must be accepted first
+            raise ModelNotAvailableError(
+                f"model {model!r} is gated on the Hugging Face hub: accept its licence at "
+                f"https://huggingface.co/{model}, log in on this machine (`hf auth login`), then run this again"
+            ) from None
         if not isinstance(error, (OSError, ValueError)):
             raise ValueError(f"could not load model {model!r}: {type(error).__name__}: {why}") from None
         tried = "the Hugging Face cache only (offline mode)" if offline else "the Hugging Face cache and the hub"
