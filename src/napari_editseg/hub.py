@@ -22,7 +22,7 @@ KNOWN_MODELS = {
     DEFAULT_MODEL: "InstructPix2Pix",
     "vinesmsuic/magicbrush-jul7": "MagicBrush (InstructPix2Pix fine-tuned on MagicBrush)",
     "diffusers/sdxl-instructpix2pix-768": "SDXL InstructPix2Pix (768 px; about 7 GB)",
-    "black-forest-labs/FLUX.1-Kontext-dev": "FLUX.1 Kontext [dev] (non-commercial licence; about 24 GB, large GPU)",
+    "black-forest-labs/FLUX.1-Kontext-dev": "FLUX.1 Kontext [dev] (non-commercial licence; about 32 GB, large GPU)",
 }
 # the parts any registered family loads; a repository holds the ones its pipeline names
 COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
