@@ -7,6 +7,7 @@ Nothing here is mocked: every test that runs a segmentation runs a real UNet for
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -49,29 +50,45 @@ TWO_LEVELS = dict(
 )
 
 
+def tiny_vae(**config):
+    """The two-level AutoencoderKL (VAE factor 2, 4 latent channels) of every tiny model here;
+    ``config``: a family's own fields (shift and scale, no quant convs, …)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+        **config,
+    )
+
+
+def clip_config(tokenizer, **config):
+    """A tiny CLIP text config whose vocabulary and special ids are ``tokenizer``'s; ``config``: width,
+    depth and a family's own fields."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, intermediate_size=37, num_attention_heads=4,
+        max_position_embeddings=77, layer_norm_eps=1e-5, **config,
+    )
+
+
 def build_tiny_pipeline(unet_layout: dict = FOUR_LEVELS, in_channels: int = 8, seed: int = 0):
     from diffusers import (
-        AutoencoderKL,
         EulerAncestralDiscreteScheduler,
         StableDiffusionInstructPix2PixPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(in_channels=in_channels, out_channels=4, cross_attention_dim=32, **unet_layout)
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32), in_channels=3, out_channels=3, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-    )
+    vae = tiny_vae()
     tokenizer = byte_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, num_hidden_layers=5,
-        num_attention_heads=4, max_position_embeddings=77, layer_norm_eps=1e-5,
-    ))
+    text_encoder = CLIPTextModel(clip_config(tokenizer, hidden_size=32, num_hidden_layers=5))
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     return StableDiffusionInstructPix2PixPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
@@ -132,6 +149,20 @@ class CallCounter:
 @pytest.fixture()
 def count_calls():
     return CallCounter
+
+
+@contextmanager
+def never_runs(*modules):
+    """Fail the test if any of ``modules`` runs inside the block: a request must be refused first."""
+    def must_not_run(module, _inputs):
+        raise AssertionError(f"{type(module).__name__} ran: the request was not refused first")
+
+    handles = [module.register_forward_pre_hook(must_not_run) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 from tiny_flux import tiny_flux_dir  # noqa: E402,F401  (a session fixture: the tiny FLUX.1 Kontext folder)

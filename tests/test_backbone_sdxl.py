@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import never_runs
 from tiny_sdxl import build_tiny_sdxl, save_tiny_sdxl
 
 from napari_editseg import PAPER, EditSegmenter
@@ -198,17 +199,9 @@ def test_a_resolution_that_cannot_fit_is_refused_before_anything_large_exists(ti
     segmenter.set_image(picture)
     model = segmenter.model
 
-    def must_not_run(module, _inputs):
-        raise AssertionError(f"{type(module).__name__} ran: the request was not refused first")
-
-    handles = [m.register_forward_pre_hook(must_not_run) for m in (model.unet, model.vae.encoder)]
-    try:
-        with pytest.raises(MemoryBudgetError, match="lower affinity_resolution .now 1024. or resolution .now 4096.") \
-                as info:
-            segmenter.segment("the disc", resolution=4096)
-    finally:
-        for handle in handles:
-            handle.remove()
+    refused = pytest.raises(MemoryBudgetError, match="lower affinity_resolution .now 1024. or resolution .now 4096.")
+    with never_runs(model.unet, model.vae.encoder), refused as info:
+        segmenter.segment("the disc", resolution=4096)
     assert "\n" not in str(info.value)
     assert segmenter.segment("the disc").mask.shape == picture.shape[:2]
 

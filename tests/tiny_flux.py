@@ -11,7 +11,7 @@ import string
 
 import pytest
 import torch
-from conftest import byte_tokenizer
+from conftest import byte_tokenizer, clip_config, tiny_vae
 
 T5_WORDS = ("make", "the", "red", "a", "blue", "disc", "square", "green", "dog", "on", "left", "right")
 
@@ -36,8 +36,8 @@ def t5_tokenizer(model_max_length: int = 64):
 
 def build_tiny_flux_kontext(seed: int = 0, in_channels: int = 16):
     """``in_channels`` other than 4 × the VAE's latent channels makes a model that is not Kontext-style."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -46,19 +46,10 @@ def build_tiny_flux_kontext(seed: int = 0, in_channels: int = 16):
         guidance_embeds=True, axes_dims_rope=(4, 6, 6),
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32), in_channels=3, out_channels=3, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-        shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
-    )
+    vae = tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
     clip_tokenizer = byte_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tokenizer), bos_token_id=clip_tokenizer.bos_token_id,
-        eos_token_id=clip_tokenizer.eos_token_id, pad_token_id=clip_tokenizer.pad_token_id, hidden_size=32,
-        intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-        layer_norm_eps=1e-5,
-    ))
+    text_encoder = CLIPTextModel(clip_config(clip_tokenizer, hidden_size=32, num_hidden_layers=2))
     tokenizer_2 = t5_tokenizer()
     torch.manual_seed(seed)
     text_encoder_2 = T5EncoderModel(T5Config(

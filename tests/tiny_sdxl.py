@@ -19,15 +19,14 @@ PROJECTION = 16  # the second encoder's pooled projection
 def build_tiny_sdxl(cosxl: bool = False, in_channels: int = 8, seed: int = 0):
     """An SDXL InstructPix2Pix pipeline; ``cosxl``: CosXL Edit's EDM v-prediction schedule and
     latent scaling (``is_cosxl_edit=True``)."""
-    from conftest import byte_tokenizer
+    from conftest import byte_tokenizer, clip_config, tiny_vae
     from diffusers import (
-        AutoencoderKL,
         EDMEulerScheduler,
         EulerDiscreteScheduler,
         StableDiffusionXLInstructPix2PixPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -40,18 +39,10 @@ def build_tiny_sdxl(cosxl: bool = False, in_channels: int = 8, seed: int = 0):
         projection_class_embeddings_input_dim=6 * TIME_EMBED + PROJECTION, cross_attention_dim=2 * TEXT_WIDTH,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32), in_channels=3, out_channels=3, norm_num_groups=8, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(scaling_factor=0.13025)
     tokenizer = byte_tokenizer()
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=3,
-        num_attention_heads=4, max_position_embeddings=77, layer_norm_eps=1e-5, projection_dim=PROJECTION,
-        hidden_act="gelu",
-    )
+    config = clip_config(tokenizer, hidden_size=TEXT_WIDTH, num_hidden_layers=3, projection_dim=PROJECTION,
+                         hidden_act="gelu")
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(config)
     torch.manual_seed(seed + 1)
