@@ -22,7 +22,7 @@ from ..capture import SELF_ATTENTION_BUDGET, AttentionStore, StopForward
 from ..layout import CapturePlan
 from ..settings import AUTO, SegmentationSettings
 from .base import EditingModel
-from .joint_attention import JointLayout, JointTokens, joint_capturing, record_attention
+from .joint_attention import JointCapturePlan, JointLayout, JointTokens, joint_capturing, record_attention
 
 GUIDANCE_SCALE = 3.5  # FluxKontextPipeline's default embedded guidance
 
@@ -169,7 +169,7 @@ class FluxKontext(EditingModel):
         return latents.repeat(rows, 1, 1, 1), torch.tensor(float(settings.timestep), device=self.device)
 
     def forward(self, noisy: torch.Tensor, image_latents: torch.Tensor, timestep: torch.Tensor,
-                text: dict[str, torch.Tensor], plan: CapturePlan, early_exit: bool
+                text: dict[str, torch.Tensor], plan: JointCapturePlan, early_exit: bool
                 ) -> tuple[Optional[torch.Tensor], AttentionStore]:
         batch, channels, h, w = noisy.shape
         pipe = self.pipe
@@ -183,7 +183,7 @@ class FluxKontext(EditingModel):
                     if self.transformer.config.guidance_embeds else None)
         n = target.shape[1]
         tokens = JointTokens(text=prompt_embeds.shape[1], target=n, reference=reference.shape[1],
-                             grid=(h // 2, w // 2), read=getattr(plan, "image_tokens", "reference"))
+                             grid=(h // 2, w // 2), read=plan.image_tokens)
         with joint_capturing(self.transformer, plan, tokens, FluxCapturingProcessor, early_exit) as store:
             try:
                 out = self.transformer(
