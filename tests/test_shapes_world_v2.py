@@ -1,14 +1,13 @@
 """Shapes world v2 and its training recipe: scenes whose expressions name exactly one object at
 RefCOCO's proportions, and a training loop that resumes where a chunk stopped."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from napari_editseg.shapes_world_v2 import (
+from benchmarks.shapes_world.world_v2 import (
     COLOURS,
     KINDS,
     PATTERNS,
@@ -21,8 +20,7 @@ from napari_editseg.shapes_world_v2 import (
 )
 
 RECIPE = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_world"
-sys.path.insert(0, str(RECIPE))
-needs_recipe = pytest.mark.skipif(not (RECIPE / "train_v2.py").is_file(),
+needs_recipe = pytest.mark.skipif(not (RECIPE / "train_staged.py").is_file(),
                                   reason="the training recipe and probes live in the repository's benchmarks/, "
                                          "not in the sdist")
 
@@ -91,7 +89,7 @@ def test_objects_are_at_refcoco_proportions_and_captions_name_every_object():
 def test_the_widened_unet_starts_as_the_text_to_image_model():
     """InstructPix2Pix's trick: the new input channels start at zero, so before any editing
     step the model ignores the source image and predicts what the text-to-image model did."""
-    from train_v2 import build_unet, widen_input
+    from benchmarks.shapes_world.train_staged import build_unet, widen_input
 
     torch.manual_seed(0)
     t2i = build_unet(4).eval()
@@ -108,7 +106,7 @@ def test_the_widened_unet_starts_as_the_text_to_image_model():
 def test_a_stage_run_in_two_chunks_equals_one_run(tmp_path):
     """Resuming restores weights, EMA, optimiser, schedule and the random generator: two chunks
     end exactly where one uninterrupted run does."""
-    from train_v2 import Chunk
+    from benchmarks.shapes_world.train_staged import Chunk
 
     class Args:
         seed, ema, save_every, max_minutes = 0, 0.9, 1000, 1e9
@@ -151,7 +149,7 @@ class Painter:
     def __call__(self, caption, generator, **_):
         from types import SimpleNamespace
 
-        from napari_editseg.shapes_world_v2 import Object, render
+        from benchmarks.shapes_world.world_v2 import Object, render
 
         _, colour, shape = caption.split()
         if self.lie:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_editseg import EditSegmenter, shapes_world, shapes_world_v2
+from napari_editseg import EditSegmenter, shapes_world
 from napari_editseg.core.settings import PAPER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,7 +253,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--world", choices=("v1", "v2"), default="v1", help="the world the model was trained on")
     parser.add_argument("--text-to-image", help="v2: the run's text-to-image pipeline folder, for the drawing check")
     args = parser.parse_args(argv)
-    world = shapes_world if args.world == "v1" else shapes_world_v2
+    from benchmarks.shapes_world import world_v2
+
+    world = shapes_world if args.world == "v1" else world_v2
     held_out, with_other_expressions = world.held_out, world.with_other_expressions
     start = time.perf_counter()
     segmenter = EditSegmenter.from_pretrained(args.model, device="cpu")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the whole v2 proxy on one GPU in one go (every stage of train_v2.py), inside 10 minutes.
+# Train the whole v2 proxy on one GPU in one go (every stage of train_staged.py), inside 10 minutes.
 #
 # Prepared for the device machine (torch is there, diffusers is not): from the repo root here,
 #   echo /.whl/ >> .git/info/exclude
@@ -11,16 +11,16 @@ set -euo pipefail
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
+  export PYTHONPATH=/tmp/site:$PWD/src:$PWD
 else
-  export PYTHONPATH=$PWD/src
+  export PYTHONPATH=$PWD/src:$PWD
 fi
 OUT=${OUT:-/tmp/out}
 WORK=/tmp/v2
 mkdir -p "$OUT" "$WORK"
 # steps sized for about 8 minutes on one H100 at these batches; the CPU recipe's step counts are
-# the defaults of train_v2.py (same schedule shapes, smaller batches)
-timeout 560 python3 benchmarks/shapes_world/train_v2.py --work "$WORK" --stage all --device cuda \
+# the defaults of train_staged.py (same schedule shapes, smaller batches)
+timeout 560 python3 -m benchmarks.shapes_world.train_staged --work "$WORK" --world v2 --stage all --device cuda \
   --out "$WORK/checkpoint_v2" --scenes 40000 --workers 14 \
   --vae-steps 3000 --vae-batch 64 --clip-steps 3000 --clip-batch 512 \
   --t2i-steps 8000 --edit-steps 8000 --batch 256 --lr 1e-3 --save-every 1000 --max-minutes 9 \

@@ -219,7 +219,7 @@ def drawing_accuracy(pipe, n: int = 48, steps: int = 20, seed: int = 0) -> dict:
     share (%) of pictures whose colour, shape, and both are right, against chance."""
     import torch
 
-    from napari_editseg.shapes_world_v2 import COLOURS, SHAPES, SIZE, Object, shape_mask
+    from benchmarks.shapes_world.world_v2 import COLOURS, SHAPES, SIZE, Object, shape_mask
 
     rng = np.random.default_rng(seed)
     names, palette = list(COLOURS), np.array(list(COLOURS.values()))

@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import shapes_world
-from .shapes_world import with_other_expressions  # noqa: F401  (the control, the same in either world)
+from napari_editseg import shapes_world
+from napari_editseg.shapes_world import with_other_expressions  # noqa: F401  (the control, the same in either world)
 
 SIZE = 128
 COLOURS = {

@@ -1,0 +1,155 @@
+"""The proxy population: several editing models trained here, varied where real editors vary.
+
+    python -m benchmarks.shapes_world.population --train all --max-minutes 100   # one chunk; repeat until done
+    python -m benchmarks.shapes_world.population --status
+
+A default tuned on one model is a fit to that model. Every decision about defaults is made on the
+TUNING members and confirmed on the HELD-OUT one, which no tuning decision looks at; reports give
+each member, the mean and the worst. Members differ in seed, world (v1: 64×64 scenes with small
+objects; v2: 128×128 at RefCOCO's proportions), how the text encoder was trained (along with the
+editor, or apart and frozen with a text-to-image stage first, as InstructPix2Pix was), UNet depth
+and which levels have cross-attention, and the loss weighting. A member joins only if it edits:
+the object its full edits change most is the named one in at least 60 % of held-out scenes
+(``edit_check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "benchmarks" / "shapes_world"
+RUNS = ROOT / "runs" / "population"  # training states (not committed); the exported checkpoints are
+EDIT_THRESHOLD = 60.0  # % of held-out scenes whose most changed object is the named one
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    world: str
+    text: str  # "joint" | "frozen"
+    layout: str
+    loss_weighting: str
+    seed: int
+    held_out: bool = False
+    what: str = ""
+    options: tuple = ()  # further train_staged.py arguments (steps, batch, autocast)
+    trained_by: str = "train_staged"  # "train.py" for the shipped v1 checkpoint
+
+    @property
+    def checkpoint(self) -> Path:
+        return HERE / "checkpoint" if self.name == "m0" else HERE / "population" / self.name
+
+    def arguments(self) -> list:
+        return ["--work", str(RUNS / self.name), "--data", str(RUNS / f"data-{self.world}"), "--out",
+                str(self.checkpoint), "--world", self.world, "--text", self.text, "--layout", self.layout,
+                "--loss-weighting", self.loss_weighting, "--seed", str(self.seed), *self.options]
+
+
+V1_STEPS = ("--scenes", "30000", "--vae-steps", "1200", "--vae-batch", "32", "--clip-steps", "2000")
+MEMBERS = {m.name: m for m in (
+    Member("m0", "v1", "joint", "v1", "none→snr+1", 0, trained_by="train.py",
+           what="the shipped checkpoint: text encoder along, SD-1.5-like attention levels"),
+    Member("m1", "v1", "frozen", "v1", "snr+1", 101,
+           what="text encoder trained apart and frozen, text-to-image first (InstructPix2Pix's recipe)",
+           options=V1_STEPS + ("--t2i-steps", "4000", "--edit-steps", "8000")),
+    Member("m2", "v1", "joint", "sdxl", "min-snr", 102, held_out=True,
+           what="three levels, no attention at the latent side, two transformer layers at the deepest "
+                "(SDXL-like), min-SNR loss weighting",
+           options=V1_STEPS + ("--edit-steps", "10000")),
+    Member("m3", "v2", "frozen", "v2", "snr+1", 103,
+           what="world v2 (RefCOCO proportions), frozen text encoder and text-to-image first, bf16 autocast",
+           options=("--scenes", "30000", "--vae-steps", "1500", "--clip-steps", "3000", "--t2i-steps", "5000",
+                    "--edit-steps", "8000", "--autocast", "bf16")),
+    Member("m4", "v1", "joint", "v1", "none", 104,
+           what="the shipped recipe's layout with the plain noise loss (Stable Diffusion's objective)",
+           options=V1_STEPS + ("--edit-steps", "10000")),
+)}
+TRAINING_ORDER = ("m1", "m2", "m3", "m4")  # cheapest first, so finished members land early
+
+
+def world_module(name: str):
+    """The world a member was trained on (its scenes, held-out sets and controls)."""
+    from benchmarks.shapes_world import world_v2
+    from napari_editseg import shapes_world
+
+    return shapes_world if name == "v1" else world_v2
+
+
+def tuning() -> list:
+    return [m for m in MEMBERS.values() if not m.held_out and joined(m)]
+
+
+def held_out() -> list:
+    return [m for m in MEMBERS.values() if m.held_out and joined(m)]
+
+
+def joined(member: Member) -> bool:
+    """Trained, exported, and passed the edit check."""
+    report = member.checkpoint / "edit_check.json"
+    return report.exists() and json.loads(report.read_text())["named_most_changed"] >= EDIT_THRESHOLD
+
+
+def edit_check(member: Member, scenes: int = 100) -> dict:
+    """Full 20-step edits on held-out scenes: is the named object the one changed most?"""
+    from benchmarks.shapes_world.probes import edit_errors, load_pipeline
+
+    world = world_module(member.world)
+    test = world.held_out(scenes, world.TEST_SEEDS)
+    pipe = load_pipeline(str(member.checkpoint))
+    own = edit_errors(pipe, test)
+    other = edit_errors(pipe, world.with_other_expressions(test))
+    report = {"member": member.name, "scenes": scenes, "named_most_changed": own["edited_object_accuracy"],
+              "named_most_changed_other_words": other["edited_object_accuracy"], "chance": own["chance"],
+              "error_inside_edit": own["error_inside_edit"],
+              "error_inside_doing_nothing": own["error_inside_doing_nothing"],
+              "error_outside_edit": own["error_outside_edit"], "measured": time.strftime("%Y-%m-%d")}
+    (member.checkpoint / "edit_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def train(member: Member, max_minutes: float, threads: int) -> bool:
+    from benchmarks.shapes_world import train_staged
+
+    done = train_staged.main(member.arguments() + ["--max-minutes", str(max_minutes), "--threads", str(threads)])
+    if done:
+        log = RUNS / member.name / "train_log.jsonl"
+        (member.checkpoint / "train_log.jsonl").write_text(log.read_text())
+    return done
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", help="a member's name, or 'all' (each unfinished one in turn)")
+    parser.add_argument("--check", help="run the edit check of a member (or 'all' trained ones)")
+    parser.add_argument("--status", action="store_true")
+    parser.add_argument("--max-minutes", type=float, default=100.0, help="of this chunk, for each member")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.train:
+        start = time.time()
+        for name in TRAINING_ORDER if args.train == "all" else (args.train,):
+            member = MEMBERS[name]
+            if (member.checkpoint / "model_index.json").exists():
+                continue
+            left = args.max_minutes - (time.time() - start) / 60
+            if left < 5 or not train(member, left, args.threads):
+                return
+            edit_check(member)
+    if args.check:
+        for name in [n for n in TRAINING_ORDER if (MEMBERS[n].checkpoint / "model_index.json").exists()] \
+                if args.check == "all" else (args.check,):
+            print(json.dumps(edit_check(MEMBERS[name])))
+    if args.status or not (args.train or args.check):
+        for m in MEMBERS.values():
+            state = ("joined" if joined(m) else "failed the edit check" if (m.checkpoint / "edit_check.json").exists()
+                     else "trained" if (m.checkpoint / "model_index.json").exists() else "not trained")
+            print(f"{m.name}{' (held out)' if m.held_out else ''}: {state} — {m.what}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The proxy population's recipe: every option it varies reaches the model it trains."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.shapes_world import population, train_staged
+from napari_editseg import EditSegmenter, shapes_world
+
+
+def test_loss_weightings_are_what_they_say():
+    sched = train_staged.scheduler()
+    alpha_bar = sched.alphas_cumprod[torch.tensor([0, 500, 999])]
+    assert torch.equal(train_staged.loss_weight("none", alpha_bar, 50.0), torch.ones(3))
+    snr_1 = train_staged.loss_weight("snr+1", alpha_bar, 50.0)
+    torch.testing.assert_close(snr_1[:2], 1 / alpha_bar[:2])
+    assert snr_1[2] == 50.0  # clipped at the noisiest step
+    min_snr = train_staged.loss_weight("min-snr", alpha_bar, 50.0)
+    snr = alpha_bar / (1 - alpha_bar)
+    assert min_snr[0] == pytest.approx(5 / snr[0].item()) and min_snr[2] == 1.0  # low noise down-weighted
+    with pytest.raises(ValueError):
+        train_staged.loss_weight("snr", alpha_bar, 50.0)
+
+
+def test_the_weighting_option_reaches_the_loss():
+    from types import SimpleNamespace
+
+    world = train_staged.WORLDS["v1"]
+    torch.manual_seed(0)
+    unet = train_staged.build_unet(8, world, "v1")
+    clean, source, text = torch.randn(4, 4, 16, 16), torch.randn(4, 4, 16, 16), torch.randn(4, 5, 64)
+
+    def loss(weighting):
+        args = SimpleNamespace(loss_weighting=weighting, max_weight=50.0, autocast="none", device="cpu")
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            return train_staged.noise_loss(unet, train_staged.scheduler(), clean, source, text, g, "cpu", args)
+
+    values = {w: loss(w).item() for w in ("none", "snr+1", "min-snr")}
+    assert len(set(values.values())) == 3 and values["snr+1"] > values["none"] > values["min-snr"]
+
+
+def test_a_v1_caption_names_every_object_left_to_right():
+    s = shapes_world.make_sample(3)
+    caption = train_staged.caption_v1(s)
+    by_col = sorted(s.objects, key=lambda o: o.col)
+    assert caption.replace(",", "").replace(" and ", " ").split()[1::3] == [o.colour for o in by_col]
+    assert set(caption.replace(",", " ").split()) <= set(train_staged.WORLDS["v1"].words)
+    tokens = train_staged.word_tokenizer_for(train_staged.WORLDS["v1"])(caption).input_ids
+    assert len(tokens) <= train_staged.WORLDS["v1"].max_tokens
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny runs of the whole recipe on the v1 world: text trained along (SDXL-like layout,
+    min-SNR) and text frozen (text-to-image first)."""
+    root = tmp_path_factory.mktemp("population")
+    made = {}
+    for text, layout, weighting in (("joint", "sdxl", "min-snr"), ("frozen", "v1", "snr+1")):
+        work, out = root / text, root / f"{text}-model"
+        done = train_staged.main([
+            "--work", str(work), "--data", str(root / "data"), "--out", str(out), "--world", "v1", "--text", text,
+            "--layout", layout, "--loss-weighting", weighting, "--scenes", "48", "--workers", "1",
+            "--vae-steps", "2", "--vae-batch", "4", "--clip-steps", "2", "--clip-batch", "8", "--t2i-steps", "2",
+            "--edit-steps", "2", "--batch", "4", "--save-every", "1", "--threads", "1"])
+        made[text] = (done, work, out)
+    return made
+
+
+def test_each_run_exports_a_checkpoint_the_segmenter_loads(runs):
+    sample = shapes_world.make_sample(shapes_world.TEST_SEEDS)
+    for done, _, out in runs.values():
+        assert done and (out / "model_index.json").exists()
+        segmenter = EditSegmenter.from_pretrained(str(out), device="cpu")
+        segmenter.set_image(sample.image)
+        assert segmenter.segment(sample.expression).mask.shape == sample.image.shape[:2]
+
+
+def test_the_layout_option_reaches_the_unet(runs):
+    joint = json.loads((runs["joint"][2] / "unet" / "config.json").read_text())
+    frozen = json.loads((runs["frozen"][2] / "unet" / "config.json").read_text())
+    assert joint["down_block_types"] == list(train_staged.LAYOUTS["sdxl"]["down_block_types"])
+    assert joint["transformer_layers_per_block"] == [1, 1, 2]
+    assert frozen["down_block_types"] == list(train_staged.LAYOUTS["v1"]["down_block_types"])
+
+
+def test_frozen_text_is_the_clip_stage_s_and_joint_text_is_trained_along(runs):
+    from transformers import CLIPTextModel
+
+    _, work, out = runs["frozen"]
+    clip = CLIPTextModel.from_pretrained(work / "clip" / "text_encoder").state_dict()
+    exported = CLIPTextModel.from_pretrained(out / "text_encoder").state_dict()
+    for key, value in clip.items():  # fp16 export of the frozen encoder, nothing trained on top
+        torch.testing.assert_close(exported[key].float(), value.half().float())
+    assert not (runs["joint"][1] / "clip").exists() and not (runs["joint"][1] / "t2i").exists()
+    log = [json.loads(line) for line in (runs["joint"][1] / "train_log.jsonl").read_text().splitlines()]
+    assert {"stage": "edit", "done": True}.items() <= next(r for r in log if r.get("done") and
+                                                         r.get("stage") == "edit").items()
+    assert (runs["joint"][1] / "edit" / "text_encoder").exists()
+
+
+def test_the_population_holds_one_member_out_and_joins_only_editors(tmp_path, monkeypatch):
+    held = [m for m in population.MEMBERS.values() if m.held_out]
+    assert len(held) == 1
+    member = population.Member("mx", "v1", "joint", "v1", "none", 7)
+    monkeypatch.setattr(population.Member, "checkpoint", property(lambda self: tmp_path))
+    assert not population.joined(member)
+    for accuracy, joins in ((59.0, False), (60.0, True)):
+        (tmp_path / "edit_check.json").write_text(json.dumps({"named_most_changed": accuracy}))
+        assert population.joined(member) is joins
+    arguments = member.arguments()
+    for option, value in (("--world", "v1"), ("--text", "joint"), ("--layout", "v1"), ("--loss-weighting", "none"),
+                          ("--seed", "7")):
+        assert arguments[arguments.index(option) + 1] == value
+    assert np.all([m.name in population.MEMBERS for m in population.tuning() + population.held_out()])
