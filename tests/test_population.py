@@ -115,3 +115,14 @@ def test_the_population_holds_one_member_out_and_joins_only_editors(tmp_path, mo
                           ("--seed", "7")):
         assert arguments[arguments.index(option) + 1] == value
     assert np.all([m.name in population.MEMBERS for m in population.tuning() + population.held_out()])
+
+
+def test_a_member_can_take_another_s_autoencoder(runs, tmp_path):
+    from diffusers import AutoencoderKL
+
+    source = runs["joint"][2]
+    assert not train_staged.main(["--work", str(tmp_path), "--stage", "vae", "--vae-from", str(source)])
+    copied, original = (AutoencoderKL.from_pretrained(f).state_dict() for f in (tmp_path / "vae" / "model",
+                                                                              source / "vae"))
+    assert copied.keys() == original.keys() and all(torch.equal(copied[k], original[k].float()) for k in copied)
+    assert not (tmp_path / "vae" / "state.pt").exists()  # nothing trained

@@ -8,7 +8,8 @@ TUNING members and confirmed on the HELD-OUT one, which no tuning decision looks
 each member, the mean and the worst. Members differ in seed, world (v1: 64×64 scenes with small
 objects; v2: 128×128 at RefCOCO's proportions), how the text encoder was trained (along with the
 editor, or apart and frozen with a text-to-image stage first, as InstructPix2Pix was), UNet depth
-and which levels have cross-attention, and the loss weighting. A member joins only if it edits:
+and which levels have cross-attention, and the loss weighting. m2 and m4 share the shipped
+checkpoint's autoencoder (as InstructPix2Pix and MagicBrush share Stable Diffusion's). A member joins only if it edits:
 the object its full edits change most is the named one in at least 60 % of held-out scenes
 (``edit_check``).
 """
@@ -60,14 +61,14 @@ MEMBERS = {m.name: m for m in (
     Member("m2", "v1", "joint", "sdxl", "min-snr", 102, held_out=True,
            what="three levels, no attention at the latent side, two transformer layers at the deepest "
                 "(SDXL-like), min-SNR loss weighting",
-           options=V1_STEPS + ("--edit-steps", "10000")),
+           options=V1_STEPS + ("--edit-steps", "10000", "--vae-from", str(HERE / "checkpoint"))),
     Member("m3", "v2", "frozen", "v2", "snr+1", 103,
            what="world v2 (RefCOCO proportions), frozen text encoder and text-to-image first, bf16 autocast",
            options=("--scenes", "30000", "--vae-steps", "1500", "--clip-steps", "3000", "--t2i-steps", "5000",
                     "--edit-steps", "8000", "--autocast", "bf16")),
     Member("m4", "v1", "joint", "v1", "none", 104,
            what="the shipped recipe's layout with the plain noise loss (Stable Diffusion's objective)",
-           options=V1_STEPS + ("--edit-steps", "10000")),
+           options=V1_STEPS + ("--edit-steps", "10000", "--vae-from", str(HERE / "checkpoint"))),
 )}
 TRAINING_ORDER = ("m1", "m2", "m3", "m4")  # cheapest first, so finished members land early
 
@@ -124,7 +125,8 @@ def train(member: Member, max_minutes: float, threads: int) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", help="a member's name, or 'all' (each unfinished one in turn)")
+    parser.add_argument("--train", help="members' names (comma-separated), or 'all' (each unfinished one in turn); "
+                                        "two processes may train different members side by side")
     parser.add_argument("--check", help="run the edit check of a member (or 'all' trained ones)")
     parser.add_argument("--status", action="store_true")
     parser.add_argument("--max-minutes", type=float, default=100.0, help="of this chunk, for each member")
@@ -132,7 +134,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.train:
         start = time.time()
-        for name in TRAINING_ORDER if args.train == "all" else (args.train,):
+        for name in TRAINING_ORDER if args.train == "all" else args.train.split(","):
             member = MEMBERS[name]
             if (member.checkpoint / "model_index.json").exists():
                 continue

@@ -278,6 +278,15 @@ def train_vae(work: Path, world: World, args, device, log) -> bool:
     return done
 
 
+def copy_vae(pipeline: Path, work: Path, log) -> bool:
+    """Another member's autoencoder (float32), scaling factor and all."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL.from_pretrained(pipeline / "vae").float().save_pretrained(work / "vae" / "model")
+    log({"stage": "vae", "done": True, "copied_from": str(pipeline)})
+    return True
+
+
 def load_vae(work: Path, device):
     from diffusers import AutoencoderKL
 
@@ -572,6 +581,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--autocast", choices=("none", "bf16"), default="none")
     p.add_argument("--scenes", type=int, default=40_000)
     p.add_argument("--workers", type=int, default=2, help="processes generating scenes")
+    p.add_argument("--vae-from", help="take the autoencoder of this pipeline folder instead of training one (members "
+                                      "of one family share it, as InstructPix2Pix and MagicBrush share SD's)")
     p.add_argument("--vae-steps", type=int, default=2000)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-lr", type=float, default=1e-3)
@@ -610,7 +621,9 @@ def main(argv=None) -> bool:
     stages = {
         "data": (lambda: len(shards(args.data)) * SHARD >= args.scenes,
                  lambda: make_data(args.data, world, args.scenes, args.workers, log) or True),
-        "vae": (lambda: (work / "vae" / "model").exists(), lambda: train_vae(work, world, args, device, log)),
+        "vae": (lambda: (work / "vae" / "model").exists(),
+                lambda: copy_vae(Path(args.vae_from), work, log) if args.vae_from else
+                train_vae(work, world, args, device, log)),
         "encode": (lambda: (work / "latents.pt").exists(),
                    lambda: encode(work, world, args, device, log) or True),
         "clip": (lambda: not frozen or (work / "clip" / "text_encoder").exists(),
