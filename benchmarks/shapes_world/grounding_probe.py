@@ -227,7 +227,17 @@ def confidence_signals(c: Capture, row: int) -> dict:
     """Raw signals for "the expression names something here" for one expression row."""
     values = {}
     n_rows = len(ROWS)
+    mask = torch.from_numpy((c.base if row == 0 else c.absent_base).mask.astype(np.float32))
     for j, effect in enumerate(c.effects):
+        inside = resize(mask, tuple(effect.shape[-2:])) > 0.5
+        if inside.any():
+            own_in = float(effect[row][inside].mean())
+            decoys_in = effect[n_rows:][:, inside].mean(dim=1)
+            values[f"b{j} effect in the mask / decoys'"] = own_in / max(float(decoys_in.mean()), 1e-9)
+            values[f"b{j} rank in the mask among decoys"] = float((decoys_in < own_in).float().mean())
+        else:
+            values[f"b{j} effect in the mask / decoys'"] = 0.0
+            values[f"b{j} rank in the mask among decoys"] = 0.0
         e, decoys = effect[row].flatten(), effect[n_rows:].flatten(1)
         mean, top = float(e.mean()), float(torch.topk(e, max(1, e.numel() // 10)).values.mean())
         decoy_means = decoys.mean(dim=1)

@@ -57,18 +57,18 @@ MEMBERS = {m.name: m for m in (
            what="the shipped checkpoint: text encoder along, SD-1.5-like attention levels"),
     Member("m1", "v1", "frozen", "v1", "snr+1", 101,
            what="text encoder trained apart and frozen, text-to-image first (InstructPix2Pix's recipe)",
-           options=V1_STEPS + ("--t2i-steps", "4000", "--edit-steps", "8000")),
+           options=V1_STEPS + ("--t2i-steps", "2500", "--edit-steps", "4000")),
     Member("m2", "v1", "joint", "sdxl", "min-snr", 102, held_out=True,
            what="three levels, no attention at the latent side, two transformer layers at the deepest "
                 "(SDXL-like), min-SNR loss weighting",
-           options=V1_STEPS + ("--edit-steps", "10000", "--vae-from", str(HERE / "checkpoint"))),
+           options=V1_STEPS + ("--edit-steps", "5000", "--vae-from", str(HERE / "checkpoint"))),
     Member("m3", "v2", "frozen", "v2", "snr+1", 103,
            what="world v2 (RefCOCO proportions), frozen text encoder and text-to-image first, bf16 autocast",
            options=("--scenes", "30000", "--vae-steps", "1500", "--clip-steps", "3000", "--t2i-steps", "5000",
                     "--edit-steps", "8000", "--autocast", "bf16")),
     Member("m4", "v1", "joint", "v1", "none", 104,
            what="the shipped recipe's layout with the plain noise loss (Stable Diffusion's objective)",
-           options=V1_STEPS + ("--edit-steps", "10000", "--vae-from", str(HERE / "checkpoint"))),
+           options=V1_STEPS + ("--edit-steps", "5000", "--vae-from", str(HERE / "checkpoint"))),
 )}
 TRAINING_ORDER = ("m1", "m2", "m3", "m4")  # cheapest first, so finished members land early
 
