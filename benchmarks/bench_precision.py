@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             segmenter.segment("the largest nucleus")
             times[mode]["C"].append(time.perf_counter() - start)
-            times[mode]["UNet to the early exit"].append(result.timings["unet"])
+            times[mode]["UNet to the early exit"].append(result.timings["denoiser"])
     for mode, segmenter in segmenters.items():
         segmenter.set_image(images[0])
         forward = segmenter.forward(["the red car"], prior_source="attention")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_pipeline
 
 from napari_editseg import EditSegmenter, ModelNotAvailableError
 from napari_editseg.core.model import choose_device, choose_dtype
+from napari_editseg.testing import build_tiny_pipeline
 
 
 def test_a_missing_folder_is_named(tmp_path):

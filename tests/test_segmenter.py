@@ -21,7 +21,7 @@ def test_segment_returns_full_size_maps_and_what_was_encoded(segmenter, picture)
     assert result.expression == "the red disc" and result.truncated is False
     assert isinstance(result.settings, SegmentationSettings)
     assert result.settings.prior_resolutions == (4, 8) and result.settings.timestep == 999  # "auto" resolved
-    assert {"encode_image", "encode_text", "unet", "prior", "discriminate", "mask"} <= set(result.timings)
+    assert {"encode_image", "encode_text", "denoiser", "prior", "discriminate", "mask"} <= set(result.timings)
     assert not (result.mask & (result.scores < 0.5)).any()  # keep="peak" may drop parts, never adds
     assert 0.0 <= result.confidence <= 1.0
 

@@ -28,14 +28,14 @@ from napari_editseg import PAPER, EditSegmenter  # noqa: E402
 from napari_editseg.shapes_world import held_out  # noqa: E402
 
 try:
-    from napari_editseg.testing import build_tiny_flux_kontext, build_tiny_pipeline, save_tiny_sdxl, test_picture
+    from napari_editseg.testing import build_tiny_flux_kontext, build_tiny_pipeline, save_tiny_sdxl, tiny_picture
 except ImportError:  # a revision from before napari_editseg.testing: the builders sat in tests/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import build_tiny_pipeline  # noqa: E402
     from tiny_flux import build_tiny_flux_kontext  # noqa: E402
     from tiny_sdxl import save_tiny_sdxl  # noqa: E402
 
-    def test_picture() -> np.ndarray:
+    def tiny_picture() -> np.ndarray:
         rng = np.random.default_rng(0)
         image = rng.integers(60, 120, size=(45, 60, 3)).astype(np.uint8)
         rows, cols = np.mgrid[:45, :60]
@@ -68,7 +68,7 @@ for preset_name, preset in PRESETS.items():
 def tiny(family: str, folder: str, words: tuple[str, str]) -> None:
     """Every public call on one tiny model and the picture the tests use."""
     seg = EditSegmenter.from_pretrained(folder, device="cpu")
-    picture = test_picture()
+    picture = tiny_picture()
     seg.set_image(picture)
     for preset_name, preset in PRESETS.items():
         keep(f"tiny/{family}/{preset_name}", seg.segment(words[0], **preset))
@@ -82,6 +82,7 @@ def tiny(family: str, folder: str, words: tuple[str, str]) -> None:
     for j, results in enumerate(images):
         for k, r in enumerate(results):
             keep(f"tiny/{family}/images{j}/{k}", r)
+    seg.set_image(picture)  # the forward runs the relevance baseline row again (no cached copy): same batch as before
     whole = seg.forward([words[0]], early_exit=False)
     out[f"tiny/{family}/noise_pred"] = whole.noise_pred.float().numpy()
 

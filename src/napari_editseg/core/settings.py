@@ -47,9 +47,11 @@ def _one_placeholder(value: str) -> Optional[str]:
 
 
 # Stages a setting belongs to. refine() may only change "discriminate" settings
-# (method steps 6-7), which re-run on cached features and prior; the others
-# shape the UNet forward or the prior and need segment().
+# (method steps 6-7), which re-run on cached features and prior; the others need segment():
+# "forward" settings shape the denoiser forward itself (its rows, its capture, what it keeps),
+# "prior" settings only how step 5 reads what the forward captured.
 FORWARD = "forward"
+PRIOR = "prior"
 DISCRIMINATE = "discriminate"
 
 
@@ -86,7 +88,7 @@ class SegmentationSettings:
     prior_source: Literal["attention", "relevance", "fused"] = _setting(
         "relevance", "where the prior comes from: attention (cross-attention to the expression, the paper's), "
         "relevance (the instruction's effect on the UNet's output against an empty text, as Watch-Your-Steps) "
-        "or fused (both, where they agree)", FORWARD,
+        "or fused (both, where they agree)", PRIOR,
     )
     relevance_from: Literal["noise", "features"] = _setting(
         "features", "relevance read from the noise prediction (whole UNet) or from the feature blocks' outputs "
@@ -98,18 +100,18 @@ class SegmentationSettings:
     )
     token_norm: Literal["none", "softmax", "contrast"] = _setting(
         "none", "attention columns as captured (none), re-softmaxed over the instruction's word tokens with "
-        "start/end/padding dropped (softmax), or minus the template words' mean (contrast)", FORWARD,
+        "start/end/padding dropped (softmax), or minus the template words' mean (contrast)", PRIOR,
     )
     token_scale: float = _setting(100.0, "token_norm=softmax: probabilities times this before the re-softmax",
-                                  FORWARD, minimum=0, above=True)
+                                  PRIOR, minimum=0, above=True)
     token_reduce: Literal["mean", "max"] = _setting(
-        "mean", "how the expression tokens' attention maps are combined: mean or max", FORWARD
+        "mean", "how the expression tokens' attention maps are combined: mean or max", PRIOR
     )
     affinity_resolution: Union[int, Auto] = _setting(
         AUTO, "latent side of the self-attention used for propagation; auto = latent/2 (32)", FORWARD,
         minimum=1, maximum=4096,
     )
-    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", FORWARD, minimum=0, maximum=64)
+    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", PRIOR, minimum=0, maximum=64)
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "blocks whose outputs are the features; auto = the model's choice (UNets: the two up-blocks before the "
         "last)", FORWARD
@@ -125,7 +127,7 @@ class SegmentationSettings:
         "image's); auto = the family's choice (UNets have target positions only)", FORWARD,
     )
     work_resolution: Union[int, Auto] = _setting(
-        AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD,
+        AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", PRIOR,
         minimum=1, maximum=4096,
     )
     fg_select: Literal["quantile", "otsu", "peak", "both"] = _setting(
@@ -362,6 +364,7 @@ PAPER = {
 }
 SETTING_NAMES = tuple(SETTING_SPECS)
 DISCRIMINATE_SETTINGS = frozenset(name for name, spec in SETTING_SPECS.items() if spec.stage == DISCRIMINATE)
+FORWARD_SETTINGS = tuple(name for name, spec in SETTING_SPECS.items() if spec.stage == FORWARD)
 
 
 def setting_spec(name: str) -> SettingSpec:
