@@ -155,7 +155,7 @@ def test_the_edm_timestep_setting_counts_down_the_noise_levels(tiny_cosxl_dir, p
     try:
         segmenter.set_image(picture)
         for timestep in (last, 600):
-            segmenter.forward(["the red disc"], timestep=timestep, early_exit=False)
+            segmenter.forward(["the red disc"], timestep=timestep, early_exit=False, prior_source="attention")
     finally:
         handle.remove()
     reference = type(scheduler).from_config(scheduler.config)

@@ -158,7 +158,7 @@ def test_bf16_autocast_computes_the_networks_in_bf16_and_keeps_maps_float32(tiny
                  segmenter.model.vae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))]
         try:
             segmenter.set_image(picture)
-            forward = segmenter.forward(["the red disc"])
+            forward = segmenter.forward(["the red disc"], prior_source="attention")  # one denoiser call
         finally:
             for hook in hooks:
                 hook.remove()

@@ -2,8 +2,8 @@
 expression's share of it.
 
 :func:`run_forward` puts the instruction rows of one or several images through ONE forward of the
-loaded model's family, with the relevance prior's baseline-text rows, and splits what it captured
-back per image
+loaded model's family (and the relevance prior's baseline-text rows through one of their own, unless
+a cached copy of their outputs is given) and splits what it captured back per image
 (:class:`ForwardResult`). :meth:`ForwardResult.maps` gives one expression's maps with the noise
 draws averaged (:class:`CapturedMaps`): what steps 5-7 (:mod:`napari_editseg.core.stages`) read,
 whether they came from a whole image, a tile or a slice.
@@ -56,6 +56,9 @@ class CapturedMaps:
 class ForwardResult:
     """The captured maps of one batched denoiser forward on one picture, one row per instruction and
     noise draw (expression-major). Read an expression's maps with :meth:`maps`, not by indexing the store.
+
+    ``baseline``: the relevance baseline's outputs (noise draws × the outputs the relevance reads),
+    which a later forward on the same latents may reuse instead of running the row again.
     """
 
     instructions: list[Instruction]
@@ -66,6 +69,7 @@ class ForwardResult:
     noise_pred: Optional[torch.Tensor]
     timings: dict[str, float] = field(default_factory=dict)
     relevance: Optional[torch.Tensor] = None  # n×h×w on the latent grid, when the prior source needs it
+    baseline: Optional[tuple[torch.Tensor, ...]] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -96,10 +100,12 @@ class ForwardResult:
 
 @dataclass
 class Rows:
-    """One picture's part of a batched forward: its instructions and latents (1×C×h×w)."""
+    """One picture's part of a batched forward: its instructions and latents (1×C×h×w), and the
+    relevance baseline's outputs when a copy is cached (then its row does not run again)."""
 
     instructions: list[Instruction]
     latents: torch.Tensor
+    baseline: Optional[tuple[torch.Tensor, ...]] = None
 
 
 def relevance_of(outputs: Sequence[torch.Tensor], baseline: Sequence[torch.Tensor], i: int, samples: int,
@@ -112,44 +118,65 @@ def relevance_of(outputs: Sequence[torch.Tensor], baseline: Sequence[torch.Tenso
 
 def run_forward(model: EditingModel, settings: SegmentationSettings, plan: CapturePlan, pictures: list[Rows],
                 early_exit: bool, baseline_text: Optional[str]) -> list[ForwardResult]:
-    """ONE denoiser forward over several pictures' rows (all of one model input size): each picture's
-    instructions, then its relevance baseline row (``baseline_text``; None when the prior source reads
-    no relevance); the captured maps split back per picture. Relevance read from the noise prediction
-    runs the whole denoiser."""
-    whole = baseline_text is not None and settings.relevance_from == "noise"
-    samples = settings.noise_samples
-    texts = [[i.text for i in p.instructions] + ([baseline_text] if baseline_text is not None else [])
-             for p in pictures]
-    timings: dict[str, float] = {}
-    with torch.inference_mode(), model.compute():
-        start = time.perf_counter()
-        text = model.encode_text([t for picture in texts for t in picture])
-        timings["encode_text"] = time.perf_counter() - start
+    """ONE denoiser forward over several pictures' instruction rows (all of one model input size); the
+    captured maps split back per picture.
 
-        start = time.perf_counter()
-        noisy, images, t = [], [], None
-        for p, picture in zip(pictures, texts):
-            latents, t = model.noisy_latents(settings, p.latents, len(picture))
-            noisy.append(latents)
-            images.append(p.latents.expand(len(latents), *p.latents.shape[1:]))
-        noise_pred, store = model.forward(
-            torch.cat(noisy), torch.cat(images), t,
-            {name: v.repeat_interleave(samples, dim=0) for name, v in text.items()}, plan, early_exit and not whole,
-        )
+    ``baseline_text``: the relevance prior's baseline, None when the prior source reads no relevance.
+    Its rows run in a forward of their own (only for pictures without a cached copy), so that neither
+    batch depends on the other: an expression gives the same result bit for bit whether the baseline
+    ran beside it or was cached. Relevance read from the noise prediction runs the whole denoiser.
+    """
+    whole = baseline_text is not None and settings.relevance_from == "noise"
+    samples, timings = settings.noise_samples, {"encode_text": 0.0, "denoiser": 0.0}
+    with torch.inference_mode(), model.compute():
+        texts = [([i.text for i in p.instructions], p.latents) for p in pictures]
+        noise, store = _denoise(model, settings, plan, texts, early_exit and not whole, timings)
+        missing = [p for p in pictures if baseline_text is not None and p.baseline is None]
+        if missing:
+            base_noise, base_store = _denoise(model, settings, plan, [([baseline_text], p.latents) for p in missing],
+                                              early_exit and not whole, timings)
+            for k, p in enumerate(missing):
+                taken = slice(k * samples, (k + 1) * samples)
+                p.baseline = tuple(_outputs(base_noise, base_store, plan, whole, taken))
         results, offset = [], 0
-        for p, picture in zip(pictures, texts):
-            taken = slice(offset, offset + len(picture) * samples)
+        for p in pictures:
+            taken = slice(offset, offset + len(p.instructions) * samples)
             offset = taken.stop
             part = store.take_rows(taken) if len(pictures) > 1 else store
-            noise = None if noise_pred is None else noise_pred[taken]
-            n, grid = len(p.instructions), tuple(p.latents.shape[-2:])
+            part_noise = None if noise is None else noise[taken]
             relevance = None
             if baseline_text is not None:
-                outputs = [noise] if whole else [part.features[b] for b in plan.feature_modules]
-                baseline = [o[n * samples:] for o in outputs]
-                relevance = torch.stack([relevance_of(outputs, baseline, i, samples, grid) for i in range(n)])
-                part = part.take_rows(slice(0, n * samples))  # the baseline rows have served
-                noise = None if noise is None else noise[:n * samples]
-            results.append(ForwardResult(p.instructions, settings, plan, grid, part, noise, timings, relevance))
-        timings["denoiser"] = time.perf_counter() - start
+                outputs = _outputs(part_noise, part, plan, whole, slice(None))
+                grid = tuple(p.latents.shape[-2:])
+                relevance = torch.stack([relevance_of(outputs, p.baseline, i, samples, grid)
+                                         for i in range(len(p.instructions))])
+            results.append(ForwardResult(p.instructions, settings, plan, tuple(p.latents.shape[-2:]), part,
+                                         part_noise, timings, relevance, p.baseline))
     return results
+
+
+def _outputs(noise: Optional[torch.Tensor], store: AttentionStore, plan: CapturePlan, whole: bool, rows: slice
+             ) -> list[torch.Tensor]:
+    """The outputs the relevance compares, at ``rows``: the noise prediction, or the feature blocks'."""
+    return [noise[rows]] if whole else [store.features[b][rows] for b in plan.feature_modules]
+
+
+def _denoise(model: EditingModel, settings: SegmentationSettings, plan: CapturePlan,
+             pictures: list[tuple[list[str], torch.Tensor]], early_exit: bool, timings: dict
+             ) -> tuple[Optional[torch.Tensor], AttentionStore]:
+    """Encode the texts and run ONE capturing denoiser forward over every picture's rows (its texts ×
+    ``noise_samples``, on its latents); the seconds are added to ``timings``."""
+    start = time.perf_counter()
+    text = model.encode_text([t for texts, _ in pictures for t in texts])
+    middle = time.perf_counter()
+    noisy, images, t = [], [], None
+    for texts, latents in pictures:
+        rows, t = model.noisy_latents(settings, latents, len(texts))
+        noisy.append(rows)
+        images.append(latents.expand(len(rows), *latents.shape[1:]))
+    result = model.forward(torch.cat(noisy), torch.cat(images), t,
+                           {name: v.repeat_interleave(settings.noise_samples, dim=0) for name, v in text.items()},
+                           plan, early_exit)
+    timings["encode_text"] += middle - start
+    timings["denoiser"] += time.perf_counter() - middle
+    return result

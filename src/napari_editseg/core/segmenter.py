@@ -29,7 +29,7 @@ from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prior import PRIOR_SOURCES
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
-from .settings import DISCRIMINATE_SETTINGS, SegmentationSettings, check_names
+from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names
 from .stages import Segmentation, delineate, fit_prior, segment_maps, work_grid_of
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -98,6 +98,8 @@ class EditSegmenter:
         self._guide: Optional[ImageGuide] = None
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
         self._image_timings: dict[str, float] = {}
+        # the relevance baseline's outputs: (what they depend on, the image latents they were run on, outputs)
+        self._baseline: Optional[tuple[tuple, torch.Tensor, tuple[torch.Tensor, ...]]] = None
 
     @classmethod
     def from_pretrained(
@@ -135,7 +137,8 @@ class EditSegmenter:
         Integer images are scaled by their data (docs/method.md, step 1). An image too large
         for the free memory is refused before its float copy is made. ``latents``: what
         :meth:`image_latents` gave for this same image before (a caller's cache keyed on the
-        image's content, as the napari widget keeps); no VAE pass then.
+        image's content, as the napari widget keeps); no VAE pass then, and the relevance
+        baseline a forward ran on those latents is reused.
         """
         self._rgb, self._guide, self._latents = None, None, {}  # a refused image leaves no stale one behind
         image = np.asarray(image)
@@ -183,8 +186,11 @@ class EditSegmenter:
 
         ``early_exit=False`` runs the whole denoiser and returns its noise prediction, which
         equals the first denoiser call of the model's diffusers pipeline (guidance off).
-        A relevance prior (``prior_source`` relevance or fused) adds one baseline-text row per
-        noise draw to the same batch; with ``relevance_from="noise"`` the whole denoiser runs.
+        A relevance prior (``prior_source`` relevance or fused) compares with the baseline text's
+        rows (one per noise draw), run in a forward of their own once per image and forward settings
+        and kept for the next expression: a second expression runs its own rows only, and gets the
+        same result bit for bit as if the baseline had run beside it. With ``relevance_from="noise"``
+        the whole denoiser runs.
         """
         settings = self.resolve_settings(**overrides)
         return self._forward(_expression_list(expressions), settings, early_exit, relevance=True)
@@ -197,11 +203,18 @@ class EditSegmenter:
         baseline = self._baseline_text(settings) if relevance else None
         shape = self._require_image().shape[:2]
         size = self._model_size(settings, shape)
-        rows = len(instructions) + (baseline is not None)
+        key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS))
+        cached = self._baseline[2] if (baseline is not None and self._baseline is not None
+                                       and self._baseline[0] == key and self._baseline[1] is self._latents.get(size)) \
+            else None
+        rows = len(instructions) + (baseline is not None and cached is None)
         self._check_memory(settings, plan, size, rows * settings.noise_samples, len(instructions),
                            image_needs(*shape, len(instructions)), encodes=int(size not in self._latents))
         latents = self._image_latents(settings)
-        return run_forward(self.model, settings, plan, [Rows(instructions, latents)], early_exit, baseline)[0]
+        result = run_forward(self.model, settings, plan, [Rows(instructions, latents, cached)], early_exit, baseline)[0]
+        if baseline is not None and cached is None:  # kept for the next expression on these latents
+            self._baseline = (key, latents, tuple(t.clone() for t in result.baseline))
+        return result
 
     def _instructions(self, expressions: Sequence[Any], settings: SegmentationSettings) -> list[Instruction]:
         instructions = [
