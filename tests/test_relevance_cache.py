@@ -76,11 +76,33 @@ def test_a_new_image_runs_the_baseline_and_its_cached_latents_bring_it_back(segm
     latents = segmenter.image_latents()
     segmenter.set_image(picture[::-1].copy())
     assert rows_of(segmenter, count_rows) == 2
-    segmenter.set_image(picture[::-1].copy())  # the same content, encoded again: new latents
+    segmenter.set_image(picture[::-1].copy())  # the same content, encoded again: other latents
     assert rows_of(segmenter, count_rows) == 2
     segmenter.set_image(picture, latents=latents)  # a caller's cache (the widget's) brings the latents back
-    assert rows_of(segmenter, count_rows) == 2  # only the latest baseline is kept: this image's ran before
     assert rows_of(segmenter, count_rows) == 1
+
+
+def test_a_stack_keeps_a_baseline_per_plane_within_the_budget(segmenter, picture, count_rows):
+    planes = [np.roll(picture, 9 * k, axis=1) for k in range(3)]
+    latents = []
+    for plane in planes:  # the first expression on each plane: its baseline runs
+        segmenter.set_image(plane)
+        latents.append(segmenter.image_latents())
+        assert rows_of(segmenter, count_rows, "the red disc") == 2
+    for plane, cached in zip(planes, latents):  # the next expression, plane by plane, as the widget runs a stack
+        segmenter.set_image(plane, latents=cached)
+        assert rows_of(segmenter, count_rows) == 1
+    one = segmenter.baselines.nbytes // len(segmenter.baselines)
+    budget, segmenter.baselines.budget = segmenter.baselines.budget, 2 * one
+    try:
+        for plane, cached in zip(planes, latents):
+            segmenter.set_image(plane, latents=cached)
+            segmenter.segment("the red disc", seed=3)  # three new baselines: only two fit
+        assert len(segmenter.baselines) == 2 and segmenter.baselines.nbytes <= 2 * one
+        segmenter.set_image(planes[0], latents=latents[0])
+        assert rows_of(segmenter, count_rows, seed=3) == 2  # the least recently used went first
+    finally:
+        segmenter.baselines.budget = budget
 
 
 def test_a_supplied_prior_runs_no_baseline(segmenter, picture, count_rows):

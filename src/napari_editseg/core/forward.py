@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -27,6 +28,7 @@ from .relevance import relevance_map
 from .settings import SegmentationSettings
 
 Grid = tuple[int, int]
+BASELINE_CACHE_BYTES = 256 * 2**20  # relevance baselines kept (about 16 images at 512 px, float32 features)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,37 @@ class Rows:
     instructions: list[Instruction]
     latents: torch.Tensor
     baseline: Optional[tuple[torch.Tensor, ...]] = None
+
+
+class BaselineCache:
+    """The relevance baseline's outputs by the image latents they ran on (the tensor itself: the same
+    image at the same size) and by what else they depend on (``key``); the least recently used are
+    dropped beyond ``budget`` bytes, the newest always kept. Entries hold their latents, so no other
+    tensor can take their identity."""
+
+    def __init__(self, budget: int = BASELINE_CACHE_BYTES):
+        self.budget = budget
+        self._kept: OrderedDict = OrderedDict()
+
+    def get(self, latents: torch.Tensor, key: tuple) -> Optional[tuple[torch.Tensor, ...]]:
+        entry = self._kept.get((id(latents), key))
+        if entry is None or entry[0] is not latents:
+            return None
+        self._kept.move_to_end((id(latents), key))
+        return entry[1]
+
+    def put(self, latents: torch.Tensor, key: tuple, outputs: Sequence[torch.Tensor]) -> None:
+        self._kept[(id(latents), key)] = (latents, tuple(t.clone() for t in outputs))  # not views of a batch
+        self._kept.move_to_end((id(latents), key))
+        while len(self._kept) > 1 and self.nbytes > self.budget:
+            self._kept.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for _, outputs in self._kept.values() for t in outputs)
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 def relevance_of(outputs: Sequence[torch.Tensor], baseline: Sequence[torch.Tensor], i: int, samples: int,

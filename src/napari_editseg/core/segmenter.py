@@ -22,7 +22,7 @@ import torch
 from .budget import check_memory, image_needs, vae_needs
 from .discriminate import Point, pixel_features
 from .edges import ImageGuide
-from .forward import CapturedMaps, ForwardResult, Rows, run_forward
+from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, run_forward
 from .image import model_size, to_model_input, to_rgb_float
 from .instruction import Instruction, baseline_text, build_instruction
 from .layout import CapturePlan
@@ -98,8 +98,7 @@ class EditSegmenter:
         self._guide: Optional[ImageGuide] = None
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
         self._image_timings: dict[str, float] = {}
-        # the relevance baseline's outputs: (what they depend on, the image latents they were run on, outputs)
-        self._baseline: Optional[tuple[tuple, torch.Tensor, tuple[torch.Tensor, ...]]] = None
+        self.baselines = BaselineCache()  # the relevance baseline's outputs, by image latents and settings
 
     @classmethod
     def from_pretrained(
@@ -204,16 +203,14 @@ class EditSegmenter:
         shape = self._require_image().shape[:2]
         size = self._model_size(settings, shape)
         key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS))
-        cached = self._baseline[2] if (baseline is not None and self._baseline is not None
-                                       and self._baseline[0] == key and self._baseline[1] is self._latents.get(size)) \
-            else None
+        cached = None if baseline is None or size not in self._latents else self.baselines.get(self._latents[size], key)
         rows = len(instructions) + (baseline is not None and cached is None)
         self._check_memory(settings, plan, size, rows * settings.noise_samples, len(instructions),
                            image_needs(*shape, len(instructions)), encodes=int(size not in self._latents))
         latents = self._image_latents(settings)
         result = run_forward(self.model, settings, plan, [Rows(instructions, latents, cached)], early_exit, baseline)[0]
         if baseline is not None and cached is None:  # kept for the next expression on these latents
-            self._baseline = (key, latents, tuple(t.clone() for t in result.baseline))
+            self.baselines.put(latents, key, result.baseline)
         return result
 
     def _instructions(self, expressions: Sequence[Any], settings: SegmentationSettings) -> list[Instruction]:
