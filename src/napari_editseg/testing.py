@@ -231,14 +231,6 @@ def build_tiny_flux_kontext(seed: int = 0, in_channels: int = 16):
     )
 
 
-# the tiny model of each registered family, by its pipeline class: what the contract test runs
-TINY_FAMILIES = {
-    "StableDiffusionInstructPix2PixPipeline": lambda folder: build_tiny_pipeline().save_pretrained(folder),
-    "StableDiffusionXLInstructPix2PixPipeline": lambda folder: save_tiny_sdxl(folder),
-    "FluxKontextPipeline": lambda folder: build_tiny_flux_kontext().save_pretrained(folder),
-}
-
-
 # -- observing a forward ---------------------------------------------------------------------
 class CallCounter:
     """Counts forward calls of a module (a hook, removed on exit); the forward still runs."""
