@@ -29,9 +29,10 @@ class TextToImageSD(InstructPix2Pix):
     known_models = {"example/tiny-sd-text-to-image": "Stable Diffusion, read SDEdit-style (a test family)"}
 
     def check(self) -> None:
-        if self.unet.config.in_channels != self.vae.config.latent_channels:
-            raise ValueError(f"{self.source!r} is not a text-to-image model: its UNet takes {self.unet.config.in_channels}"
-                             f" channels, not the VAE's {self.vae.config.latent_channels}")
+        channels, latent = self.unet.config.in_channels, self.vae.config.latent_channels
+        if channels != latent:
+            raise ValueError(f"{self.source!r} is not a text-to-image model: its UNet takes {channels} channels, "
+                             f"not the VAE's {latent}")
 
     def resolve_timestep(self, settings: SegmentationSettings) -> SegmentationSettings:
         """auto = :data:`SDEDIT_TIMESTEP`: at the first step the input would be noise alone."""
