@@ -193,7 +193,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     scores = to_image_size(scores_work, shape)
     if settings.edge_refine != "none":
         if base.guide is None:
-            raise ValueError("edge_refine needs the image: refine a Segmentation that segment() returned")
+            raise ValueError("edge_refine needs the picture: give segment_maps its guide (segment() does), or set "
+                             "edge_refine='none'")
         cell = max(shape[0] / grid[0], shape[1] / grid[1])  # picture pixels per work-grid cell
         scores = base.guide.refine(scores, settings.edge_refine, cell, settings.edge_radius, settings.edge_eps)
     edges = time.perf_counter()
