@@ -2,9 +2,8 @@
 
 The family-agnostic half of the capture: the :class:`AttentionStore` a forward fills, and the
 block hooks that keep the feature blocks' outputs and end the forward after the last block the
-plan needs. Each family installs its own capturing attention processors
-(``core/backbones/unet.py``, ``core/backbones/joint_attention.py``) and removes them afterwards,
-so the denoiser is left exactly as it was.
+plan needs. Each family installs its own capturing attention processors (its module in
+``core/backbones``) and removes them afterwards, so the denoiser is left exactly as it was.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ import torch
 from .backbones.base import EditingModel
 from .capture import AttentionStore
 from .image import resize
-from .instruction import Instruction
+from .instruction import Instruction, baseline_text
 from .layout import CapturePlan
+from .prior import PRIOR_SOURCES
 from .relevance import relevance_map
 from .settings import SegmentationSettings
 
@@ -139,6 +140,13 @@ class BaselineCache:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def relevance_baseline(settings: SegmentationSettings) -> Optional[str]:
+    """The text the relevance prior compares the instruction with; None when the prior source reads no relevance."""
+    if not PRIOR_SOURCES[settings.prior_source].relevance:
+        return None
+    return baseline_text(settings.instruction_template, settings.relevance_baseline)
 
 
 def relevance_of(outputs: Sequence[torch.Tensor], baseline: Sequence[torch.Tensor], i: int, samples: int,

@@ -22,12 +22,11 @@ import torch
 from .budget import check_memory, image_needs, vae_needs
 from .discriminate import Point, pixel_features
 from .edges import ImageGuide
-from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, run_forward
+from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
-from .instruction import Instruction, baseline_text, build_instruction
+from .instruction import Instruction, build_instruction
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
-from .prior import PRIOR_SOURCES
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
 from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names
 from .stages import Segmentation, delineate, fit_prior, segment_maps, work_grid_of
@@ -199,7 +198,7 @@ class EditSegmenter:
         """:meth:`forward` with resolved settings; ``relevance=False``: no relevance even if the source reads it."""
         plan = self.layout.plan(settings)
         instructions = self._instructions(expressions, settings)
-        baseline = self._baseline_text(settings) if relevance else None
+        baseline = relevance_baseline(settings) if relevance else None
         shape = self._require_image().shape[:2]
         size = self._model_size(settings, shape)
         key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS))
@@ -222,13 +221,6 @@ class EditSegmenter:
         if settings.token_norm == "contrast" and not instructions[0].template_positions:
             raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
         return instructions
-
-    @staticmethod
-    def _baseline_text(settings: SegmentationSettings) -> Optional[str]:
-        """The relevance prior's baseline text, None when the prior source reads no relevance."""
-        if not PRIOR_SOURCES[settings.prior_source].relevance:
-            return None
-        return baseline_text(settings.instruction_template, settings.relevance_baseline)
 
     def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, size: tuple[int, int], rows: int,
                       expressions: int, host: list, encodes: int) -> None:
@@ -277,7 +269,7 @@ class EditSegmenter:
             raise ValueError(f"give one list of expressions per image: {len(images)} image(s), "
                              f"{len(expressions)} list(s) of expressions")
         settings = self.resolve_settings(**overrides)
-        plan, baseline = self.layout.plan(settings), self._baseline_text(settings)
+        plan, baseline = self.layout.plan(settings), relevance_baseline(settings)
         prepared = [(to_rgb_float(image), self._instructions(_expression_list(texts), settings))
                     for image, texts in zip(images, expressions)]
         by_size: dict[tuple[int, int], list[int]] = {}
