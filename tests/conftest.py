@@ -30,6 +30,16 @@ from napari_editseg.testing import (  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot"}
+
+
+def pytest_collection_modifyitems(items):
+    """``gui`` on every test that opens napari's viewer or drives Qt, whoever writes it."""
+    for item in items:
+        if GUI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved four-level tiny InstructPix2Pix folder (diffusers layout)."""

@@ -68,3 +68,9 @@ def test_family_agnostic_core_modules_say_denoiser_not_unet():
     saying = [str(p.relative_to(core)) for p in sorted(core.rglob("*.py")) if p.name not in FAMILY_MODULES
               and re.search("unet", p.read_text().replace('"unet"', ""), flags=re.I)]
     assert saying == []
+
+
+def test_markers_are_declared_and_strict():
+    options = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--strict-markers" in options["addopts"]
+    assert {m.split(":")[0] for m in options["markers"]} == {"gui", "slow"}
