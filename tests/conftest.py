@@ -40,19 +40,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.gui)
 
 
+def saved(tmp_path_factory, name: str, pipeline):
+    """``pipeline`` saved with ``save_pretrained`` into a fresh session folder."""
+    folder = tmp_path_factory.mktemp(name)
+    pipeline.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved four-level tiny InstructPix2Pix folder (diffusers layout)."""
-    folder = tmp_path_factory.mktemp("tiny-ip2p")
-    build_tiny_pipeline().save_pretrained(folder)
-    return folder
+    return saved(tmp_path_factory, "tiny-ip2p", build_tiny_pipeline())
 
 
 @pytest.fixture(scope="session")
 def tiny_two_level_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-ip2p-2level")
-    build_tiny_pipeline(TWO_LEVELS).save_pretrained(folder)
-    return folder
+    return saved(tmp_path_factory, "tiny-ip2p-2level", build_tiny_pipeline(TWO_LEVELS))
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +73,7 @@ def tiny_cosxl_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_flux_dir(tmp_path_factory):
     """A saved tiny FLUX.1 Kontext folder (diffusers layout)."""
-    folder = tmp_path_factory.mktemp("tiny-flux-kontext")
-    build_tiny_flux_kontext().save_pretrained(folder)
-    return folder
+    return saved(tmp_path_factory, "tiny-flux-kontext", build_tiny_flux_kontext())
 
 
 @pytest.fixture(scope="session")
