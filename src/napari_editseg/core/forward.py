@@ -104,7 +104,8 @@ class ForwardResult:
 @dataclass
 class Rows:
     """One picture's part of a batched forward: its instructions and latents (1×C×h×w), and the
-    relevance baseline's outputs when a copy is cached (then its row does not run again)."""
+    relevance baseline's outputs when a copy is cached (then its row does not run again;
+    :func:`run_forward` fills them in where it ran the row)."""
 
     instructions: list[Instruction]
     latents: torch.Tensor
