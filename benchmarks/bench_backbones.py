@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import sys
 from pathlib import Path
 
 import torch
+from docsection import publish, replace_section
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "tests")]
-from docsection import publish, replace_section  # noqa: E402
-
-from napari_editseg.core.settings import SegmentationSettings  # noqa: E402
+from napari_editseg.core.settings import SegmentationSettings
 
 META = torch.device("meta")
 
@@ -36,7 +33,6 @@ def instruct_pix2pix():
 
 def sdxl_instruct_pix2pix():
     """diffusers/sdxl-instructpix2pix-768: the SDXL UNet on 8 channels at 96 latents (768 px)."""
-    from conftest import byte_tokenizer
     from diffusers import (
         EulerDiscreteScheduler,
         StableDiffusionXLInstructPix2PixPipeline,
@@ -45,6 +41,7 @@ def sdxl_instruct_pix2pix():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from napari_editseg.core.backbones.sdxl_instruct_pix2pix import SDXLInstructPix2Pix
+    from napari_editseg.testing import byte_tokenizer
 
     with torch.device(META):
         unet = UNet2DConditionModel(
@@ -84,12 +81,11 @@ def sd_vae(latent_channels: int, **config):
 
 def flux_kontext():
     """black-forest-labs/FLUX.1-Kontext-dev: 19 double- and 38 single-stream blocks, T5-XXL, CLIP-L."""
-    from conftest import byte_tokenizer
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
-    from tiny_flux import t5_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from napari_editseg.core.backbones.flux_kontext import FluxKontext
+    from napari_editseg.testing import byte_tokenizer, t5_tokenizer
 
     with torch.device(META):
         transformer = FluxTransformer2DModel(

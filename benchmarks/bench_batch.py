@@ -14,7 +14,6 @@ section of docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_latency import machine, real_size_model  # noqa: E402
 from docsection import publish, replace_section  # noqa: E402

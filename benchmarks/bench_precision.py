@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_latency import machine, real_size_model  # noqa: E402
 from docsection import publish, replace_section  # noqa: E402
@@ -74,7 +72,7 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             segmenter.segment("the largest nucleus")
             times[mode]["C"].append(time.perf_counter() - start)
-            times[mode]["UNet to the early exit"].append(result.timings["unet"])
+            times[mode]["UNet to the early exit"].append(result.timings["denoiser"])
     for mode, segmenter in segmenters.items():
         segmenter.set_image(images[0])
         forward = segmenter.forward(["the red car"], prior_source="attention")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -28,8 +27,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_latency import cpu_name  # noqa: E402
 from docsection import replace_section  # noqa: E402
@@ -66,11 +63,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--doc", default=str(ROOT / "docs" / "performance.md"))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from conftest import build_tiny_pipeline
     from skimage import data
     from skimage.transform import resize as resize_image
 
     from napari_editseg import EditSegmenter
+    from napari_editseg.testing import build_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as folder:
         build_tiny_pipeline().save_pretrained(folder)

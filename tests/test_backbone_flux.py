@@ -196,7 +196,7 @@ def test_a_later_timestep_noises_the_image_latents(flux, picture):
 
 
 def test_a_transformer_that_takes_extra_channels_is_refused(tmp_path):
-    from tiny_flux import build_tiny_flux_kontext
+    from napari_editseg.testing import build_tiny_flux_kontext
 
     build_tiny_flux_kontext(in_channels=32).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not a Kontext-style editing model.*32 input channels") as refused:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import never_runs
-from tiny_sdxl import build_tiny_sdxl, save_tiny_sdxl
 
 from napari_editseg import PAPER, EditSegmenter
 from napari_editseg.core.budget import MemoryBudgetError
 from napari_editseg.core.image import model_size, to_model_input, to_rgb_float
+from napari_editseg.testing import build_tiny_sdxl, never_runs, save_tiny_sdxl
 
 MODELS = ["tiny_sdxl_dir", "tiny_cosxl_dir"]
 
@@ -156,7 +155,7 @@ def test_the_edm_timestep_setting_counts_down_the_noise_levels(tiny_cosxl_dir, p
     try:
         segmenter.set_image(picture)
         for timestep in (last, 600):
-            segmenter.forward(["the red disc"], timestep=timestep, early_exit=False)
+            segmenter.forward(["the red disc"], timestep=timestep, early_exit=False, prior_source="attention")
     finally:
         handle.remove()
     reference = type(scheduler).from_config(scheduler.config)
@@ -175,10 +174,10 @@ def test_a_four_channel_sdxl_is_refused_in_one_line(tmp_path):
 
 def test_tokenizers_that_split_text_differently_are_refused(tiny_sdxl_dir):
     """A second tokenizer with one merge ("t h") moves every later token of "the …"."""
-    from conftest import byte_tokenizer
     from transformers import CLIPTokenizer
 
     from napari_editseg.core.backbones.sdxl_instruct_pix2pix import SDXLInstructPix2Pix
+    from napari_editseg.testing import byte_tokenizer
 
     plain = byte_tokenizer()
     vocab = dict(plain.get_vocab())

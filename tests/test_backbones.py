@@ -3,6 +3,8 @@ loaded through ``from_pretrained`` like a user's: stages 5-7 read only what this
 
 Per-family parity with the diffusers pipeline's first denoiser call lives beside each family's
 builder (tests/test_segmenter.py for InstructPix2Pix, tests/test_backbone_*.py for the others).
+The contract also runs a family added here as docs/method.md's recipe says — one module
+(tests/sd_family.py) and one registry line — which must pass it and appear in the widget's list.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_editseg import EditSegmenter
-from napari_editseg.core.backbones import BACKBONES, UnknownPipelineError, backbone_for
+from napari_editseg import EditSegmenter, hub
+from napari_editseg.core.backbones import BACKBONES, UnknownPipelineError, backbone_for, families
+from napari_editseg.testing import build_tiny_pipeline
 
 # family fixture name → settings that keep its tiny model small
 FAMILIES = {
@@ -22,7 +25,22 @@ FAMILIES = {
     "tiny_sdxl_dir": {},
     "tiny_cosxl_dir": {},
     "tiny_flux_dir": {"resolution": 64},
+    "tiny_sd_dir": {},
 }
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_dir(tmp_path_factory):
+    """A tiny Stable Diffusion text-to-image folder, read by the test family of tests/sd_family.py,
+    registered for this module by its one line."""
+    from diffusers import StableDiffusionPipeline
+
+    BACKBONES["StableDiffusionPipeline"] = "sd_family:TextToImageSD"  # the family's one registry line
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    StableDiffusionPipeline(**build_tiny_pipeline(in_channels=4).components,
+                            requires_safety_checker=False).save_pretrained(folder)
+    yield folder
+    del BACKBONES["StableDiffusionPipeline"]
 
 
 @pytest.fixture(params=sorted(FAMILIES), scope="module")
@@ -48,8 +66,27 @@ def test_every_registered_family_is_tested(request):
 def test_registry_resolves_each_class_and_refuses_others():
     for pipeline_class in BACKBONES:
         assert backbone_for(pipeline_class).pipeline_class == pipeline_class
-    with pytest.raises(UnknownPipelineError, match="StableDiffusionPipeline.*reads"):
-        backbone_for("StableDiffusionPipeline")
+    with pytest.raises(UnknownPipelineError, match="StableDiffusionUpscalePipeline.*reads"):
+        backbone_for("StableDiffusionUpscalePipeline")
+
+
+def test_the_added_family_is_one_module_and_one_line_and_shows_in_the_widgets_list(tiny_sd_dir):
+    from sd_family import TextToImageSD
+
+    assert backbone_for("StableDiffusionPipeline") is TextToImageSD and TextToImageSD in families()
+    assert hub.KNOWN_MODELS["example/tiny-sd-text-to-image"] == TextToImageSD.known_models[
+        "example/tiny-sd-text-to-image"]
+    assert list(hub.KNOWN_MODELS)[-1] == "example/tiny-sd-text-to-image"  # in registry order, after the others
+    assert set(hub.components()) >= set(TextToImageSD.components)
+    segmenter = EditSegmenter.from_pretrained(str(tiny_sd_dir), device="cpu")
+    assert type(segmenter.model) is TextToImageSD and segmenter.resolve_settings().timestep == 600
+
+
+def test_the_hub_lists_what_the_families_declare():
+    listed = dict(hub.KNOWN_MODELS)
+    assert listed == {model: title for family in families() for model, title in family.known_models.items()}
+    assert "timbrooks/instruct-pix2pix" in listed and "black-forest-labs/FLUX.1-Kontext-dev" in listed
+    assert set(hub.components()) == {part for family in families() for part in family.components}
 
 
 def test_segment_gives_a_mask_and_leaves_the_denoiser_as_it_was(family, picture):

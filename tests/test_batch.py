@@ -145,7 +145,8 @@ def test_batched_labelling_writes_the_batched_masks_in_one_forward_per_size(tmp_
     jobs = jobs_from_folder(folder, "the red disc", out, "tif")
     with count_calls(segmenter.model.unet) as forwards:
         report = run_batch(jobs, lambda: segmenter, out, progress=False, batch_size=4)
-    assert forwards.calls == 1 and len(report["images"]) == 3 and len(report["unreadable"]) == 1
+    # one size: one forward of the instructions and one of the relevance baselines, for all three images
+    assert forwards.calls == 2 and len(report["images"]) == 3 and len(report["unreadable"]) == 1
     expected = segmenter.segment_images(images, [["the red disc"]] * 3)
     for i, (result,) in enumerate(expected):
         assert np.array_equal(io.imread(out / f"img{i}.tif"), result.mask.astype(np.uint8))

@@ -111,7 +111,7 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(args, message, picture_fil
 @pytest.fixture(scope="module")
 def model_variants(tmp_path_factory):
     """A model folder with a truncated text-encoder file, and one with pickle-based weights only."""
-    from conftest import build_tiny_pipeline
+    from napari_editseg.testing import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("variants")
     pipeline = build_tiny_pipeline()

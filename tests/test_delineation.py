@@ -151,14 +151,11 @@ def test_each_delineation_setting_changes_the_scores_without_a_forward(segmenter
 
 
 def test_fg_select_peak_reaches_the_prototypes(segmenter, picture):
-    from dataclasses import replace
-
     segmenter.set_image(picture)
     result = segmenter.segment("the disc")
     two_regions = np.zeros(result.prior_work.shape, np.float32)
     two_regions[2:6, 2:6], two_regions[10:14, 10:14] = 1.0, 0.8  # the peak, and a rival
-    planted = replace(result, prior_work=two_regions)
-    otsu, peak = (segmenter.refine(planted, fg_select=v) for v in ("otsu", "peak"))
+    otsu, peak = (segmenter.refine(result, prior=two_regions, fg_select=v) for v in ("otsu", "peak"))
     features = result.features.reshape(result.features.shape[0], -1)
     at_peak = features[:, (two_regions == 1.0).ravel()].mean(axis=1)
     np.testing.assert_allclose(peak.fg_prototypes[0], at_peak, atol=1e-5)

@@ -254,7 +254,7 @@ def test_resume_skips_what_is_done_and_refuses_another_run(refer_root, tmp_path,
     cfg = dict(method="editseg", model=str(tiny_model_dir), device="cpu")
     with count_calls(segmenter.model.unet) as first:
         evaluate(config(refer_root, out, limit=2, **cfg), segmenter=segmenter, progress=False)
-    assert first.calls == 1  # the two samples of image 1 share one batched forward
+    assert first.calls == 2  # the two samples of image 1 share one batched forward (and the baseline's)
     with pytest.raises(ValueError, match="another run"):
         evaluate(config(refer_root, out, **cfg), segmenter=segmenter, progress=False)  # limit differs
     out2 = tmp_path / "full.json"
@@ -262,7 +262,7 @@ def test_resume_skips_what_is_done_and_refuses_another_run(refer_root, tmp_path,
         whole = evaluate(config(refer_root, out2, **cfg), segmenter=segmenter, progress=False)
     with count_calls(segmenter.model.unet) as again:
         resumed = evaluate(config(refer_root, out2, **cfg), segmenter=segmenter, progress=False)
-    assert (full.calls, again.calls) == (2, 0)
+    assert (full.calls, again.calls) == (4, 0)  # per image: its samples' forward and its baseline's
     assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == \
         {k: v for k, v in whole.items() if k != "wall_time_s"}
     lines = (tmp_path / "full.json.samples.rank0.jsonl").read_text().splitlines()
@@ -434,7 +434,7 @@ def test_a_batched_evaluation_scores_exactly_the_batched_masks(tmp_path, segment
         report = evaluate(config(refer_root, tmp_path / "r.json", batch_size=2), segmenter=segmenter,
                           progress=False)
     sizes = {segmenter._model_size(segmenter.resolve_settings(), g[0].load_image().shape) for g in groups}
-    assert forwards.calls == len(sizes) == 1  # both images in one forward
+    assert forwards.calls == 2 * len(sizes) == 2  # both images in one forward (and their baselines in one)
     batched = segmenter.segment_images([g[0].load_image() for g in groups], [[s.sentence for s in g] for g in groups])
     expected = summarise([score_sample(s.key, r.mask, s.load_mask())
                           for g, results in zip(groups, batched) for s, r in zip(g, results)])

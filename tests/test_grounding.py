@@ -98,7 +98,7 @@ def test_relevance_from_noise_runs_the_whole_unet_and_from_features_stops_early(
     segmenter.set_image(picture)
     with count_calls(unet.up_blocks[3]) as last, count_calls(unet) as forwards:
         from_noise = segmenter.segment("the disc", prior_source="relevance", relevance_from="noise")
-    assert (forwards.calls, last.calls) == (1, 1)  # one batched forward: instruction + empty text
+    assert (forwards.calls, last.calls) == (2, 2)  # the instruction's forward and the baseline text's, both whole
     with count_calls(unet.up_blocks[3]) as last:
         from_features = segmenter.segment("the disc", prior_source="relevance", relevance_from="features")
     assert last.calls == 0

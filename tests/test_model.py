@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_pipeline
 
 from napari_editseg import EditSegmenter, ModelNotAvailableError
 from napari_editseg.core.model import choose_device, choose_dtype
+from napari_editseg.testing import build_tiny_pipeline
 
 
 def test_a_missing_folder_is_named(tmp_path):
@@ -158,7 +158,7 @@ def test_bf16_autocast_computes_the_networks_in_bf16_and_keeps_maps_float32(tiny
                  segmenter.model.vae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))]
         try:
             segmenter.set_image(picture)
-            forward = segmenter.forward(["the red disc"])
+            forward = segmenter.forward(["the red disc"], prior_source="attention")  # one denoiser call
         finally:
             for hook in hooks:
                 hook.remove()

@@ -30,3 +30,47 @@ def test_the_torch_requirement_is_met_by_the_cpu_build_on_disk():
     project = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["project"]
     torch = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch"]
     assert torch and torch[0].specifier.contains("2.13.0")
+
+
+# Files other engineers are rewriting in parallel (issue 22, item 5: the widget from panel functions,
+# the CLI's parser, the evaluation loop): checked once they land; everything else in src/ is checked now.
+PENDING = {"_widget.py": ("EditSegWidget", "__init__"), "cli.py": ("build_parser",), "eval/run.py": ("evaluate",)}
+MAX_CLASS, MAX_FUNCTION = 300, 60
+
+
+def oversized(path: Path) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        limit = MAX_CLASS if isinstance(node, ast.ClassDef) else MAX_FUNCTION if isinstance(
+            node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+        if limit and node.end_lineno - node.lineno + 1 > limit:
+            found.append(node.name)
+    return found
+
+
+def test_no_class_over_300_lines_and_no_function_over_60_in_src():
+    package = ROOT / "src" / "napari_editseg"
+    found = {str(p.relative_to(package)): oversized(p) for p in sorted(package.rglob("*.py"))}
+    found = {name: names for name, names in found.items() if names}
+    for name, names in PENDING.items():
+        assert set(found.pop(name, ())) <= set(names), f"{name} grew new oversized definitions"
+    assert found == {}, f"over {MAX_CLASS} lines per class or {MAX_FUNCTION} per function: {found}"
+
+
+FAMILY_MODULES = {"unet.py", "instruct_pix2pix.py", "sdxl_instruct_pix2pix.py"}  # UNet families say UNet
+
+
+def test_family_agnostic_core_modules_say_denoiser_not_unet():
+    core = ROOT / "src" / "napari_editseg" / "core"
+    # the timings key renamed in 0.2 is spelled out once, quoted, for its alias (core/stages.py)
+    saying = [str(p.relative_to(core)) for p in sorted(core.rglob("*.py")) if p.name not in FAMILY_MODULES
+              and re.search("unet", p.read_text().replace('"unet"', ""), flags=re.I)]
+    assert saying == []
+
+
+def test_markers_are_declared_and_strict():
+    options = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--strict-markers" in options["addopts"]
+    assert {m.split(":")[0] for m in options["markers"]} == {"gui", "slow"}

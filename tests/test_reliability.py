@@ -6,11 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import build_tiny_pipeline, never_runs
 
 from napari_editseg import EditSegmenter
 from napari_editseg.core.budget import MemoryBudgetError
 from napari_editseg.core.image import ImageScalingWarning, to_rgb_float
+from napari_editseg.testing import build_tiny_pipeline, never_runs
 
 
 # -- threads ------------------------------------------------------------------------------

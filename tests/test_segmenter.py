@@ -21,7 +21,7 @@ def test_segment_returns_full_size_maps_and_what_was_encoded(segmenter, picture)
     assert result.expression == "the red disc" and result.truncated is False
     assert isinstance(result.settings, SegmentationSettings)
     assert result.settings.prior_resolutions == (4, 8) and result.settings.timestep == 999  # "auto" resolved
-    assert {"encode_image", "encode_text", "unet", "prior", "discriminate", "mask"} <= set(result.timings)
+    assert {"encode_image", "encode_text", "denoiser", "prior", "discriminate", "mask"} <= set(result.timings)
     assert not (result.mask & (result.scores < 0.5)).any()  # keep="peak" may drop parts, never adds
     assert 0.0 <= result.confidence <= 1.0
 
@@ -69,7 +69,8 @@ def test_early_exit_skips_every_later_block(segmenter, picture, count_calls):
             count_calls(unet.conv_out) as out:
         forward = segmenter.forward(["the disc"])
     assert forward.noise_pred is None
-    assert (last_needed.calls, later.calls, out.calls) == (1, 0, 0)
+    # the expression's forward and the relevance baseline's (in a forward of its own), both stopping early
+    assert (last_needed.calls, later.calls, out.calls) == (2, 0, 0)
     with count_calls(unet.up_blocks[3]) as later, count_calls(unet.conv_out) as out:
         segmenter.forward(["the disc"], early_exit=False)
     assert (later.calls, out.calls) == (1, 1)
@@ -136,7 +137,7 @@ def test_the_image_is_encoded_once_for_many_expressions(segmenter, picture, coun
             segmenter.segment(expression)
         segmenter.segment_batch(["the disc", "the square"])
     assert encodes.calls == 1
-    assert forwards.calls == 4  # three single forwards and one batched forward
+    assert forwards.calls == 5  # three single forwards, one batched forward, and the baseline's forward once
     with count_calls(segmenter.model.vae.encoder) as encodes:
         segmenter.segment("the disc", resolution=64)  # another size needs its own latents, once
         segmenter.segment("the disc", resolution=64)
@@ -303,7 +304,8 @@ def test_segment_images_batches_images_of_one_size_and_matches_one_at_a_time(seg
     segmenter.set_image(other)
     with count_calls(segmenter.model.vae.encoder) as encodes, count_calls(segmenter.model.unet) as forwards:
         batched = segmenter.segment_images(images, expressions)
-    assert (encodes.calls, forwards.calls) == (2, 2)  # one of each per input size, not per image
+    # per input size, not per image: one encode, one forward of the instructions, one of the baselines
+    assert (encodes.calls, forwards.calls) == (2, 4)
     assert segmenter.image_shape == other.shape[:2]  # the set image is untouched
     for image, texts, results in zip(images, expressions, batched):
         segmenter.set_image(image)

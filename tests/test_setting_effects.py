@@ -92,9 +92,8 @@ def planted(result):
         features[:, region] = 0.0
         features[1, region] = 1.0  # foreground direction
         prior[region] = height
-    image_prior = np.kron(prior, np.ones((8, 8), np.float32))
-    return replace(result, features=features, prior_work=prior, prior=image_prior, mask=np.zeros(image_prior.shape,
-                   bool), guide=None, prior_prototypes=None)
+    return replace(result, features=features, prior_work=prior, mask=np.zeros((8 * h, 8 * w), bool), guide=None,
+                   prior_prototypes=None)
 
 
 @pytest.mark.parametrize("name", list(EFFECTS))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from napari_editseg import SegmentationSettings
-from napari_editseg.core.layout import UNetLayout
+from napari_editseg.core.backbones.unet import UNetLayout
 from napari_editseg.core.settings import SETTING_NAMES, parse_setting
 
 METHOD_MD_NAMES = (

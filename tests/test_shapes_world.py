@@ -117,6 +117,7 @@ def test_auto_settings_resolve_to_the_analogous_layers_of_the_shipped_model(trai
     assert (settings.work_resolution, settings.timestep) == (16, 999)
 
 
+@pytest.mark.slow
 def test_the_model_really_edits_the_named_object(trained_pipeline):
     # measured: 38 grey levels inside against 103 for doing nothing (12 scenes, 10 steps), and
     # the most-changed object is the named one in 67 % (chance 36 %; 35-40 % with another
@@ -126,6 +127,7 @@ def test_the_model_really_edits_the_named_object(trained_pipeline):
     assert report["edited_object_accuracy"] > report["chance"] + 10
 
 
+@pytest.mark.slow
 def test_one_forward_at_the_first_step_knows_where_the_edit_goes(trained_pipeline):
     # the paper's premise, read off the noise prediction itself. Measured on these 120 scenes:
     # 62.5 % with the scene's own words, 38 % with the next scene's (chance 39 %)
@@ -135,6 +137,7 @@ def test_one_forward_at_the_first_step_knows_where_the_edit_goes(trained_pipelin
     assert own >= 50 and own >= other + 10
 
 
+@pytest.mark.slow
 def test_cross_attention_to_the_expression_tokens_is_grounded(trained_segmenter):
     # up_blocks.3's first cross-attention (latent resolution) follows the words: measured 63 %
     # with the scene's own words against 42 % with the next scene's on these 120 scenes. Wrong
@@ -147,6 +150,7 @@ def test_cross_attention_to_the_expression_tokens_is_grounded(trained_segmenter)
     assert own >= other + 10
 
 
+@pytest.mark.slow
 def test_a_decoder_only_prior_finds_the_object_more_often_on_this_model(trained_segmenter):
     # the finding behind the prior_layers setting (attention prior, the paper's path): measured
     # on these 120 scenes, object accuracy 49 % with prior_layers="decoder" against 33 % with
@@ -158,6 +162,7 @@ def test_a_decoder_only_prior_finds_the_object_more_often_on_this_model(trained_
     assert decoder["editseg"]["all"]["mIoU"] >= 1.5 * default["editseg"]["all"]["mIoU"]
 
 
+@pytest.mark.slow
 def test_the_default_prior_reads_the_words(trained_segmenter):
     # the relevance prior (the default): measured on these 120 scenes, object accuracy 55 % with
     # the scene's own words against 42.5 % with the next scene's (chance 39 %), editseg mIoU 46.6
@@ -171,6 +176,7 @@ def test_the_default_prior_reads_the_words(trained_segmenter):
     assert own["editseg"]["all"]["mIoU"] >= 2 * paper["editseg"]["all"]["mIoU"]
 
 
+@pytest.mark.slow
 def test_features_and_edges_delineate_the_object_from_the_right_place(trained_segmenter):
     # steps 6-7 alone: given a prior that lies on the named object (the ground truth as prior),
     # the prototypes, the cosine scores and the guided filter find it. Measured mIoU 99.7 and
@@ -184,6 +190,7 @@ def test_features_and_edges_delineate_the_object_from_the_right_place(trained_se
     assert paper["mIoU"] < 35 and paper["boundary F"] < 0.5
 
 
+@pytest.mark.slow
 def test_bf16_gives_the_masks_float32_gives_on_the_trained_model(trained_segmenter):
     # trained weights give maps with structure, so agreement of masks means something here (on
     # random weights the maps are nearly flat and any rounding flips them). Measured on 200
@@ -213,6 +220,7 @@ def test_bf16_gives_the_masks_float32_gives_on_the_trained_model(trained_segment
         assert abs(np.mean(truth["float32"]) - np.mean(truth[name])) <= 0.02, name
 
 
+@pytest.mark.slow
 def test_batched_images_give_the_masks_of_one_image_at_a_time(trained_segmenter):
     # measured on 32 held-out scenes, batches of 8 and 32: every mask equal, features within 2e-7
     scenes = held_out(16, TEST_SEEDS + 95_000)

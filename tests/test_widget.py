@@ -305,7 +305,9 @@ def test_a_second_press_with_a_new_expression_encodes_the_image_once(make_widget
         run(qtbot, widget, "the red disc")
         run(qtbot, widget, "the blue square")
         widget.settings["mask_threshold"].value = 0.3
-    assert encodes.calls == 1 and forwards.calls == 2  # B, then C: no second encode
+    # B (its row, then the relevance baseline's in a call of its own), then C (one row: the baseline kept
+    # with the plane's latents): no second encode
+    assert encodes.calls == 1 and forwards.calls == 3
     layer.data = picture.copy()  # new content: encoded again
     with count_calls(segmenter.model.vae.encoder) as encodes:
         run(qtbot, widget, "the red disc")

@@ -36,9 +36,10 @@ def block_effects(segmenter: EditSegmenter, texts: list[str]) -> list[torch.Tens
     The baseline runs as the word-free instruction "make the red" (template "make the {}" with
     the expression "red") on the same seeded noise."""
     head, _, word = baseline_text(segmenter.settings.instruction_template, "template").rpartition(" ")
-    rows = segmenter.forward(texts, prior_source="attention").store.features
-    base = segmenter.forward([word], prior_source="attention", instruction_template=head + " {}").store.features
-    return [(rows[name] - base[name]).abs().sum(dim=1) for name in rows]
+    rows = segmenter.forward(texts, prior_source="attention")
+    base = segmenter.forward([word], prior_source="attention", instruction_template=head + " {}").maps(0).features
+    return [torch.stack([(rows.maps(i).features[j] - block).abs().sum(dim=0) for i in range(len(rows))])
+            for j, block in enumerate(base)]
 
 
 def top(m: torch.Tensor, q: float = 0.9) -> torch.Tensor:
@@ -49,7 +50,8 @@ def candidates(segmenter: EditSegmenter, colour: str, shape: str) -> dict:
     expression = f"{colour} {shape}"
     result = segmenter.segment(expression)
     effects = block_effects(segmenter, [expression, CONTROL_WORD])
-    words = segmenter.forward([colour, shape]).relevance
+    forward = segmenter.forward([colour, shape])
+    words = [forward.maps(i).relevance for i in range(2)]
     inside = torch.from_numpy(result.mask)
     values = {"confidence (peak dominance of P0; shipped)": result.confidence}
     for j, effect in enumerate(effects):

@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +159,7 @@ def end_to_end(segmenter, samples: list, **overrides) -> dict:
         result = segmenter.segment(s.expression, **overrides)
         scores.append(score_sample(str(i), result.mask, s.mask))
         boundaries.append(boundary_f_score(result.mask, s.mask))
-        seconds.append(result.timings["unet"])
+        seconds.append(result.timings["denoiser"])
     summary = summarise(scores)
     return {"mIoU": summary["mIoU"], "P@0.5": summary["precision"]["0.5"],
             "boundary F": float(np.mean(boundaries)), "unet ms": 1000 * float(np.median(seconds))}
@@ -200,7 +199,6 @@ def edge_figure(segmenter, samples: list, path: Path) -> None:
     import torch
 
     from napari_editseg.core.image import resize
-    from napari_editseg.core.mask import to_image_size
 
     fig, axes = plt.subplots(len(samples), 3, figsize=(6, 2.1 * len(samples)))
     for number, (row, s) in enumerate(zip(axes, samples)):
@@ -212,8 +210,7 @@ def edge_figure(segmenter, samples: list, path: Path) -> None:
             if overrides is not None:
                 base = segmenter.segment(s.expression, **overrides)
                 prior = resize(torch.from_numpy(s.mask.astype(np.float32)), base.prior_work.shape)
-                result = segmenter.refine(replace(base, prior_work=prior.numpy(),
-                                                  prior=to_image_size(prior, s.mask.shape)))
+                result = segmenter.refine(base, prior=prior)
                 ax.imshow(np.ma.masked_where(~result.mask[crop], result.mask[crop]), cmap="autumn", alpha=0.55,
                           interpolation="nearest")
             ax.contour(s.mask[crop], levels=[0.5], colors="cyan", linewidths=1.0)

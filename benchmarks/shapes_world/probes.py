@@ -9,8 +9,6 @@ Works on both worlds: a scene needs ``image``, ``expression``, ``instruction``, 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 METHODS = ("editseg", "prior-only", "whole-image", "centre", "random object")
@@ -151,11 +149,10 @@ def layer_accuracy(segmenter, samples: list, columns: str = "expression", **over
         segmenter.set_image(s.image)
         with torch.inference_mode():
             f = segmenter.forward([s.expression], prior_resolutions=every_cross_side(segmenter), **overrides)
-        h, w = f.latent_grid
-        tokens = f.instructions[0].token_positions if columns == "expression" else (0,)
-        for name, level in zip(f.plan.cross_layers, f.plan.cross_levels):
-            prior = expression_attention([f.store.cross[name][0]], [(h >> level, w >> level)], tokens, "mean",
-                                         s.mask.shape).numpy()
+        maps = f.maps(0)
+        tokens = maps.instruction.token_positions if columns == "expression" else (0,)
+        for name, probs, grid in zip(maps.cross_layers, maps.cross, maps.cross_grids):
+            prior = expression_attention([probs], [grid], tokens, "mean", s.mask.shape).numpy()
             hits.setdefault(short_name(name), []).append(prior_choice(prior, s.masks) == s.index)
     return {name: 100.0 * float(np.mean(h)) for name, h in hits.items()}
 
@@ -193,16 +190,13 @@ def prior_from_layers(segmenter, samples: list, layers=None, **overrides) -> dic
         else:
             with torch.inference_mode():
                 f = segmenter.forward([s.expression], **overrides, prior_resolutions=every_cross_side(segmenter))
-            h, w = f.latent_grid
-            chosen = [(n, level) for n, level in zip(f.plan.cross_layers, f.plan.cross_levels)
-                      if short_name(n) in layers]
+            maps = f.maps(0)
+            chosen = [k for k, name in enumerate(maps.cross_layers) if short_name(name) in layers]
             prior = attention_prior(
-                [f.store.cross[n][0] for n, _ in chosen], [(h >> level, w >> level) for _, level in chosen],
-                f.instructions[0].token_positions, f.store.affinity[0],
-                (h >> f.plan.affinity_level, w >> f.plan.affinity_level), work_grid,
+                [maps.cross[k] for k in chosen], [maps.cross_grids[k] for k in chosen],
+                maps.instruction.token_positions, maps.affinity, maps.affinity_grid, work_grid,
                 base.settings.token_reduce, base.settings.propagation_steps)
-        # the image-size prior too: keep="peak" keeps the part at ITS maximum
-        result = segmenter.refine(replace(base, prior_work=prior.numpy(), prior=to_image_size(prior, s.mask.shape)))
+        result = segmenter.refine(base, prior=prior)
         scores.append(score_sample(str(i), result.mask, s.mask))
         boundaries.append(boundary_f_score(result.mask, s.mask))
         hits.append(prior_choice(to_image_size(prior, s.mask.shape), s.masks) == s.index)

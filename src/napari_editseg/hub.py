@@ -11,21 +11,40 @@ import hashlib
 import io
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
-from .core.model import DEFAULT_MODEL, EditingModel, ModelNotAvailableError, _looks_like_path
+from .core.backbones import families
+from .core.model import EditingModel, ModelNotAvailableError, _looks_like_path
 
-# Editing models in diffusers layout, by hub id, for the widget's list (any other id or folder of a
-# registered pipeline class loads too: see core/backbones). Sizes are of the weights in float16.
-KNOWN_MODELS = {
-    DEFAULT_MODEL: "InstructPix2Pix",
-    "vinesmsuic/magicbrush-jul7": "MagicBrush (InstructPix2Pix fine-tuned on MagicBrush)",
-    "diffusers/sdxl-instructpix2pix-768": "SDXL InstructPix2Pix (768 px; about 7 GB)",
-    "black-forest-labs/FLUX.1-Kontext-dev": "FLUX.1 Kontext [dev] (non-commercial licence; about 32 GB, large GPU)",
-}
-# the parts any registered family loads; a repository holds the ones its pipeline names
-COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+def known_models() -> dict[str, str]:
+    """Editing models in diffusers layout, by hub id, with a title, as the registered families list
+    them (``EditingModel.known_models``), in registry order; any other id or folder of a registered
+    pipeline class loads too (see core/backbones)."""
+    return {model: title for family in families() for model, title in family.known_models.items()}
+
+
+class _KnownModels(Mapping):
+    """:func:`known_models` as a read-only mapping, read afresh each time (a family registered later shows)."""
+
+    def __getitem__(self, model: str) -> str:
+        return known_models()[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(known_models())
+
+    def __len__(self) -> int:
+        return len(known_models())
+
+
+KNOWN_MODELS: Mapping[str, str] = _KnownModels()  # what the widget's model list shows
+
+
+def components() -> tuple[str, ...]:
+    """The pipeline components the registered families load (a repository holds the ones its pipeline names)."""
+    return tuple(dict.fromkeys(part for family in families() for part in family.components))
 
 
 def is_folder(model: str) -> bool:
@@ -46,7 +65,7 @@ def needed_files(files: list[str]) -> list[str]:
     the components, and one weights file each (safetensors over .bin, no fp16/ema variants; every
     shard of a sharded one)."""
     wanted = ["model_index.json"]
-    for component in COMPONENTS:
+    for component in components():
         inside = [f for f in files if f.startswith(component + "/") and f.count("/") == 1]
         wanted += [f for f in inside if f.endswith((".json", ".txt", ".model"))]
         weights = [f for f in inside if f.endswith((".safetensors", ".bin")) and f.count(".") == 1]
@@ -134,5 +153,5 @@ def not_available_message(model: str) -> str:
 
 
 __all__ = ["KNOWN_MODELS", "DownloadCancelled", "ModelNotAvailableError", "cached_revision", "check_identity",
-           "download", "folder_hash", "is_folder", "model_identity", "needed_files", "not_available_message",
-           "progress_bridge"]
+           "components", "download", "folder_hash", "is_folder", "known_models", "model_identity", "needed_files",
+           "not_available_message", "progress_bridge"]

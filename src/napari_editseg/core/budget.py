@@ -1,10 +1,10 @@
 """Memory guards: refuse, with one line naming the setting to lower, before anything large exists.
 
 The biggest allocations of a segmentation are known from the image size and the settings
-before any of them is made: the self-attention maps captured for propagation grow with the
-fourth power of ``affinity_resolution`` (N×N for N = side²), the UNet's activations with the
-latent area, the VAE's with the image area the model sees, the work grid's features with
-``work_resolution``², and the full-size outputs with the picture's own pixel count. The
+before any of them is made: the captured attention maps and the denoiser's activations (each
+family estimates its own forward: ``EditingModel.memory_needs``), the VAE's activations with the
+image area the model sees, the work grid's features with ``work_resolution``², and the full-size
+outputs with the picture's own pixel count. The
 estimate is deliberately rough (within a small factor); it exists to stop the requests that
 are off by orders of magnitude (``resolution=2048`` on a small machine) with a sentence instead
 of the kernel's OOM killer or a traceback deep inside torch.
@@ -20,8 +20,6 @@ from typing import Any, Optional
 
 import torch
 
-from .capture import SELF_ATTENTION_BUDGET
-
 GIB = 2**30
 
 
@@ -34,7 +32,7 @@ class Need:
     lower: str
 
 
-def _bytes_of(dtype: torch.dtype) -> int:
+def bytes_of(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -49,41 +47,10 @@ def image_needs(height: int, width: int, expressions: int = 1) -> list[Need]:
     ]
 
 
-def forward_needs(model: Any, settings: Any, plan: Any, size: tuple[int, int], rows: int, expressions: int
-                  ) -> list[Need]:
-    """What one batched forward and the later stages hold, from the model's configs and the
-    resolved settings; ``size`` is the (h, w) the model sees, ``rows`` the UNet batch."""
-    vae_factor = model.vae_factor
-    latent = (size[0] // vae_factor, size[1] // vae_factor)
-    area = latent[0] * latent[1]
-    unet = model.unet.config
-    element = _bytes_of(model.dtype)
-    per_level = sum(c * (unet.layers_per_block + 1) / 4**level for level, c in enumerate(unet.block_out_channels))
-    affinity_n = (latent[0] >> plan.affinity_level) * (latent[1] >> plan.affinity_level)
-    work = settings.work_resolution
-    feature_width = sum(
-        unet.block_out_channels[::-1][min(int(name.split(".")[1]), len(unet.block_out_channels) - 1)]
-        if name.startswith("up_blocks.") else max(unet.block_out_channels)
-        for name in plan.feature_modules
-    )
-    return [
-        Need(2 * rows * affinity_n**2 * 4 + min(SELF_ATTENTION_BUDGET, rows * affinity_n**2 * 4 * 8),
-             f"self-attention maps at affinity_resolution={settings.affinity_resolution}",
-             f"affinity_resolution (now {settings.affinity_resolution}) or resolution (now {settings.resolution})"),
-        Need(int(rows * area * element * (per_level + 6 * unet.block_out_channels[0])),
-             f"UNet activations for {rows} rows at resolution={settings.resolution}",
-             f"resolution (now {settings.resolution})"
-             + (f" or noise_samples (now {settings.noise_samples})" if settings.noise_samples > 1 else "")),
-        vae_needs(model, size, settings.resolution),
-        Need(3 * expressions * feature_width * work * work * 4, f"features on the {work}x{work} work grid",
-             f"work_resolution (now {work})"),
-    ]
-
-
 def vae_needs(model: Any, size: tuple[int, int], resolution: Any) -> Need:
     """The VAE encoder's activations at the size the model sees (each level's channels at its area)."""
     per_pixel = sum(c / 4**level for level, c in enumerate(model.vae.config.block_out_channels))
-    return Need(int(size[0] * size[1] * per_pixel * _bytes_of(model.dtype) * 4),
+    return Need(int(size[0] * size[1] * per_pixel * bytes_of(model.dtype) * 4),
                 f"VAE activations at {size[0]}x{size[1]} pixels", f"resolution (now {resolution})")
 
 

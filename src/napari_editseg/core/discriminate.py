@@ -1,4 +1,4 @@
-"""Method step 6: what belongs together — prototypes in UNet feature space, cosine scores.
+"""Method step 6: what belongs together — prototypes in the denoiser's feature space, cosine scores.
 
 Also the interactive refinement: clicked pixels' features join the foreground or
 background prototype sets, and each pixel is scored against the closest of each set.
@@ -73,7 +73,7 @@ def prototypes(
     return fg, kmeans_means(flat[:, in_background], bg_prototypes, seed)
 
 
-CLUSTER_DIMS = 32  # k-means runs on this many principal components: refine stays fast at UNet widths
+CLUSTER_DIMS = 32  # k-means runs on this many principal components: refine stays fast at denoiser widths
 PCA_SAMPLE = 512  # columns the principal components are estimated from
 
 
@@ -84,7 +84,7 @@ def kmeans_means(columns: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     columns' ``CLUSTER_DIMS`` principal components (a seeded randomised SVD of up to
     ``PCA_SAMPLE`` of them): the directions
     that separate background modes are the ones of most variance, and refine stays fast at
-    UNet widths. Empty clusters are dropped.
+    denoiser widths. Empty clusters are dropped.
     """
     from scipy.cluster.vq import kmeans, vq
 

@@ -50,7 +50,7 @@ def choose_device(device: Union[str, torch.device] = "auto") -> torch.device:
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-# ``auto`` runs UNets at least this large in bfloat16 on CPUs that compute it natively: on small
+# ``auto`` runs denoisers at least this large in bfloat16 on CPUs that compute it natively: on small
 # ones (the shapes-world proxy, 2.2 M parameters) bfloat16 costs more than it saves (1.1× slower)
 BF16_MIN_PARAMETERS = 100_000_000
 
@@ -99,7 +99,7 @@ def choose_dtype(dtype: Union[str, torch.dtype], device: torch.device, cuda_defa
 
 
 def bf16_pays_off(device: torch.device, denoiser: Any) -> bool:
-    """``auto`` on the CPU: bfloat16 weights when the CPU computes bfloat16 natively and the UNet
+    """``auto`` on the CPU: bfloat16 weights when the CPU computes bfloat16 natively and the denoiser
     is real-size. Measured (docs/performance.md): 1.9–2.1× faster on InstructPix2Pix's
     architecture, masks of a trained model as float32's (mean IoU 0.98)."""
     parameters = sum(p.numel() for p in denoiser.parameters())
@@ -154,6 +154,33 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
+def _load_error(error: Exception, model: str, is_folder: bool, offline: bool, allow_pickle: bool) -> Exception:
+    """The one-line error a user sees for a loader's ``error``: what went wrong and what to do."""
+    why = " ".join(str(error).split())[:300]
+    if not allow_pickle and re.search(r"no file named \S+\.safetensors|necessary `safetensors` weights", why):
+        return ValueError(
+            f"model {model!r} has no safetensors weights for every part ({why}); pickle-based weights can run "
+            "code when loaded: convert them, or pass allow_pickle=True (--allow-pickle-weights) if you trust "
+            "the source"
+        )
+    if is_folder:
+        return ValueError(f"could not load the model folder {model!r}: {type(error).__name__}: {why}")
+    if isinstance(error, GatedRepoError):  # FLUX.1 Kontext [dev], CosXL: the licence must be accepted first
+        return ModelNotAvailableError(
+            f"model {model!r} is gated on the Hugging Face hub: accept its licence at "
+            f"https://huggingface.co/{model}, log in on this machine (`hf auth login`), then run this again"
+        )
+    if not isinstance(error, (OSError, ValueError)):
+        return ValueError(f"could not load model {model!r}: {type(error).__name__}: {why}")
+    tried = "the Hugging Face cache only (offline mode)" if offline else "the Hugging Face cache and the hub"
+    return ModelNotAvailableError(
+        f"weights for model {model!r} are not available: tried {tried} "
+        f"({hub_constants.HF_HUB_CACHE}). Fix: on a machine with internet run "
+        f"`hf download {model}` (or run this command once there) and copy the cache, "
+        "or pass a local diffusers folder with --model PATH."
+    )
+
+
 def load_editing_model(
     model: str = DEFAULT_MODEL,
     device: Union[str, torch.device] = "auto",
@@ -161,7 +188,8 @@ def load_editing_model(
     local_files_only: Optional[bool] = None,
     allow_pickle: bool = False,
 ) -> EditingModel:
-    """Load UNet, VAE, text encoder, tokenizer and scheduler; nothing else is downloaded.
+    """Load the components the model's family reads (denoiser, VAE, text encoders, tokenizers,
+    scheduler); nothing else is downloaded.
 
     ``model`` is a hub id (fetched once into the Hugging Face cache), a cached hub id
     (used offline), or a local folder in diffusers layout. ``HF_HUB_OFFLINE=1`` or
@@ -195,29 +223,7 @@ def load_editing_model(
     except UnknownPipelineError:
         raise
     except Exception as error:  # every loader and weight format fails its own way; the user needs one line
-        why = " ".join(str(error).split())[:300]
-        if not allow_pickle and re.search(r"no file named \S+\.safetensors|necessary `safetensors` weights", why):
-            raise ValueError(
-                f"model {model!r} has no safetensors weights for every part ({why}); pickle-based weights can run "
-                "code when loaded: convert them, or pass allow_pickle=True (--allow-pickle-weights) if you trust "
-                "the source"
-            ) from None
-        if folder.is_dir():
-            raise ValueError(f"could not load the model folder {model!r}: {type(error).__name__}: {why}") from None
-        if isinstance(error, GatedRepoError):  # FLUX.1 Kontext [dev], CosXL: the licence must be accepted first
-            raise ModelNotAvailableError(
-                f"model {model!r} is gated on the Hugging Face hub: accept its licence at "
-                f"https://huggingface.co/{model}, log in on this machine (`hf auth login`), then run this again"
-            ) from None
-        if not isinstance(error, (OSError, ValueError)):
-            raise ValueError(f"could not load model {model!r}: {type(error).__name__}: {why}") from None
-        tried = "the Hugging Face cache only (offline mode)" if offline else "the Hugging Face cache and the hub"
-        raise ModelNotAvailableError(
-            f"weights for model {model!r} are not available: tried {tried} "
-            f"({hub_constants.HF_HUB_CACHE}). Fix: on a machine with internet run "
-            f"`hf download {model}` (or run this command once there) and copy the cache, "
-            "or pass a local diffusers folder with --model PATH."
-        ) from None
+        raise _load_error(error, model, folder.is_dir(), offline, allow_pickle) from None
     loaded = family(pipe=pipe, source=model, device=torch_device, dtype=torch_dtype, autocast=autocast)
     if dtype == "auto" and bf16_pays_off(torch_device, loaded.denoiser):
         loaded.dtype = torch.bfloat16

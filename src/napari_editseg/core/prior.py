@@ -1,14 +1,17 @@
 """Method step 5: where to look — a prior made coherent by self-attention.
 
 The paper's prior is cross-attention to the expression's tokens (:func:`expression_attention`).
-Its alternative is the instruction's *relevance*: how much the text changes what the UNet
-computes at each position (:mod:`napari_editseg.core.relevance`); ``prior_source`` picks one
-or both, and :func:`propagate` makes whichever is used spatially coherent.
+Its alternative is the instruction's *relevance*: how much the text changes what the denoiser
+computes at each position (:mod:`napari_editseg.core.relevance`). :data:`PRIOR_SOURCES` says, for
+each value of the ``prior_source`` setting, which of the two it reads and how they make one map;
+everything that depends on the source (whether the forward runs the baseline-text row, which maps
+step 5 computes) is read from that table. :func:`propagate` makes the map spatially coherent.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,15 +95,32 @@ def propagate(
     return normalise01(resize(p.reshape(affinity_grid), work_grid))
 
 
+def geometric_mean(attention: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """High only where the words are attended to AND the instruction changes the denoiser's output."""
+    return normalise01((normalise01(attention) * normalise01(relevance)).sqrt())
+
+
+@dataclass(frozen=True)
+class PriorSource:
+    """One way to make P0: which captured maps it reads, and how they make one map on the work grid."""
+
+    attention: bool  # the expression tokens' image→text attention (:func:`expression_attention`)
+    relevance: bool  # the instruction's effect against the baseline text's row, which the forward adds
+    combine: Callable[[Optional[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]  # (attention, relevance) → P0
+
+
+# the ``prior_source`` setting's values (its help in core/settings.py says what each means)
+PRIOR_SOURCES: dict[str, PriorSource] = {
+    "attention": PriorSource(attention=True, relevance=False, combine=lambda attention, _: attention),
+    "relevance": PriorSource(attention=False, relevance=True, combine=lambda _, relevance: relevance),
+    "fused": PriorSource(attention=True, relevance=True, combine=geometric_mean),
+}
+
+
 def combine_sources(attention: Optional[torch.Tensor], relevance: Optional[torch.Tensor], source: str
                     ) -> torch.Tensor:
-    """P0 of ``prior_source``: one map, or for ``fused`` the geometric mean of both (high only
-    where the words are attended to AND the instruction changes the UNet's output)."""
-    if source == "attention":
-        return attention
-    if source == "relevance":
-        return relevance
-    return normalise01((normalise01(attention) * normalise01(relevance)).sqrt())
+    """P0 of ``prior_source`` from the maps it reads (see :data:`PRIOR_SOURCES`)."""
+    return PRIOR_SOURCES[source].combine(attention, relevance)
 
 
 def peak_dominance(p0: torch.Tensor) -> float:

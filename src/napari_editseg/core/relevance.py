@@ -1,4 +1,4 @@
-"""Where the instruction changes what the UNet computes: the relevance prior source.
+"""Where the instruction changes what the denoiser computes: the relevance prior source.
 
 An editing model must decide where to edit; the clearest trace of that decision in one
 forward is the difference the instruction makes to the output at each position, against

@@ -7,9 +7,9 @@ it: validation, parsing of command-line text, the CLI's help, and a widget's con
 (:class:`SettingSpec` has the kind, choices, range and help a control needs). Combinations of
 values that contradict each other are listed once too (:data:`COMBINATIONS`).
 
-Settings that name sizes or UNet blocks default to ``"auto"``: they are resolved
-from the loaded model's configs (see :mod:`napari_editseg.core.model`) so that the
-same defaults work on InstructPix2Pix and on any other UNet layout. The resolved
+Settings that name sizes or blocks of the denoiser default to ``"auto"``: each family's layout
+resolves them from the loaded model's configs (see :mod:`napari_editseg.core.backbones`) so that
+the same defaults work on every family and layout. The resolved
 values are what a :class:`~napari_editseg.core.segmenter.Segmentation` records.
 """
 
@@ -47,9 +47,11 @@ def _one_placeholder(value: str) -> Optional[str]:
 
 
 # Stages a setting belongs to. refine() may only change "discriminate" settings
-# (method steps 6-7), which re-run on cached features and prior; the others
-# shape the UNet forward or the prior and need segment().
+# (method steps 6-7), which re-run on cached features and prior; the others need segment():
+# "forward" settings shape the denoiser forward itself (its rows, its capture, what it keeps),
+# "prior" settings only how step 5 reads what the forward captured.
 FORWARD = "forward"
+PRIOR = "prior"
 DISCRIMINATE = "discriminate"
 
 
@@ -58,7 +60,8 @@ class SegmentationSettings:
     """Hyper-parameters of one-step referring segmentation (see docs/method.md)."""
 
     resolution: Union[int, Auto] = _setting(
-        AUTO, "long side (pixels) the image is resized to; auto = UNet sample_size x VAE factor (512)", FORWARD,
+        AUTO, "long side (pixels) the image is resized to; auto = the model's own size (512 for InstructPix2Pix)",
+        FORWARD,
         minimum=1, maximum=8192,
     )
     keep_aspect: bool = _setting(True, "keep the aspect ratio when resizing (False: square)", FORWARD)
@@ -70,7 +73,7 @@ class SegmentationSettings:
         "make the {} red", "edit instruction; {} is replaced by the expression", FORWARD, rule=_one_placeholder
     )
     timestep: Union[int, Auto] = _setting(
-        AUTO, "timestep of the one UNet forward; auto = the scheduler's first (earliest) step", FORWARD, minimum=0
+        AUTO, "timestep of the one denoiser forward; auto = the scheduler's first (earliest) step", FORWARD, minimum=0
     )
     seed: int = _setting(0, "seed of the Gaussian noise latent (and of the background k-means)", FORWARD,
                           minimum=0, maximum=2**32 - 1)
@@ -85,12 +88,12 @@ class SegmentationSettings:
     )
     prior_source: Literal["attention", "relevance", "fused"] = _setting(
         "relevance", "where the prior comes from: attention (cross-attention to the expression, the paper's), "
-        "relevance (the instruction's effect on the UNet's output against an empty text, as Watch-Your-Steps) "
-        "or fused (both, where they agree)", FORWARD,
+        "relevance (the instruction's effect on the denoiser's output against a baseline text, as Watch-Your-Steps) "
+        "or fused (both, where they agree)", PRIOR,
     )
     relevance_from: Literal["noise", "features"] = _setting(
-        "features", "relevance read from the noise prediction (whole UNet) or from the feature blocks' outputs "
-        "(stops at the early-exit point)", FORWARD,
+        "features", "relevance read from the noise prediction (the whole denoiser runs) or from the feature "
+        "blocks' outputs (stops at the early-exit point)", FORWARD,
     )
     relevance_baseline: Literal["empty", "template"] = _setting(
         "template", "what the instruction is compared with: the empty text (Watch-Your-Steps) or the template "
@@ -98,34 +101,34 @@ class SegmentationSettings:
     )
     token_norm: Literal["none", "softmax", "contrast"] = _setting(
         "none", "attention columns as captured (none), re-softmaxed over the instruction's word tokens with "
-        "start/end/padding dropped (softmax), or minus the template words' mean (contrast)", FORWARD,
+        "start/end/padding dropped (softmax), or minus the template words' mean (contrast)", PRIOR,
     )
     token_scale: float = _setting(100.0, "token_norm=softmax: probabilities times this before the re-softmax",
-                                  FORWARD, minimum=0, above=True)
+                                  PRIOR, minimum=0, above=True)
     token_reduce: Literal["mean", "max"] = _setting(
-        "mean", "how the expression tokens' attention maps are combined: mean or max", FORWARD
+        "mean", "how the expression tokens' attention maps are combined: mean or max", PRIOR
     )
     affinity_resolution: Union[int, Auto] = _setting(
         AUTO, "latent side of the self-attention used for propagation; auto = latent/2 (32)", FORWARD,
         minimum=1, maximum=4096,
     )
-    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", FORWARD, minimum=0, maximum=64)
+    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", PRIOR, minimum=0, maximum=64)
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
-        AUTO, "blocks whose outputs are the features; auto = the model's choice (UNets: the two up-blocks before the "
-        "last)", FORWARD
+        AUTO, "blocks whose outputs are the features; auto = the family's choice (InstructPix2Pix: the two "
+        "up-blocks before the last)", FORWARD
     )
     attention_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "diffusion transformers: the blocks whose joint attention gives the prior and the affinity; auto = "
-        "resolved from the model's config (UNets choose layers by prior_resolutions, prior_layers and "
-        "affinity_resolution, and take only auto)", FORWARD,
+        "resolved from the model's config (InstructPix2Pix and SDXL editors choose layers by prior_resolutions, "
+        "prior_layers and affinity_resolution, and take only auto)", FORWARD,
     )
     image_tokens: Literal["auto", "target", "reference"] = _setting(
         AUTO, "editors that see the input image as tokens of its own (FLUX.1 Kontext): whose queries the prior, "
         "affinity and features are read from: target (the latents being edited) or reference (the input "
-        "image's); auto = the family's choice (UNets have target positions only)", FORWARD,
+        "image's); auto = the family's choice (InstructPix2Pix and SDXL editors have target positions only)", FORWARD,
     )
     work_resolution: Union[int, Auto] = _setting(
-        AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", FORWARD,
+        AUTO, "side of the grid the prior and features are compared on; auto = latent side (64)", PRIOR,
         minimum=1, maximum=4096,
     )
     fg_select: Literal["quantile", "otsu", "peak", "both"] = _setting(
@@ -190,7 +193,7 @@ class SettingSpec:
     """One setting as declared: what a value may be, what it does, and which stage it shapes.
 
     ``kind`` is one of ``int``, ``float``, ``bool``, ``choice``, ``text``, ``sides`` (one or
-    more positive integers) or ``blocks`` (one or more UNet block names); ``auto`` says whether
+    more positive integers) or ``blocks`` (one or more block names of the denoiser); ``auto`` says whether
     ``"auto"`` (resolved from the model) is accepted. ``minimum``/``maximum`` bound a number (or
     each side); ``above`` makes the minimum exclusive. A widget builds its controls from these.
     """
@@ -295,7 +298,7 @@ class SettingSpec:
                 return "expected 'auto' or one or more positive integers"
             return next((why for why in map(self._out_of_range, value) if why), None)
         if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
-            return "expected 'auto' or one or more UNet block names"
+            return "expected 'auto' or one or more block names of the denoiser"
         return None
 
     def _out_of_range(self, value: float) -> Optional[str]:
@@ -362,6 +365,7 @@ PAPER = {
 }
 SETTING_NAMES = tuple(SETTING_SPECS)
 DISCRIMINATE_SETTINGS = frozenset(name for name, spec in SETTING_SPECS.items() if spec.stage == DISCRIMINATE)
+FORWARD_SETTINGS = tuple(name for name, spec in SETTING_SPECS.items() if spec.stage == FORWARD)
 
 
 def setting_spec(name: str) -> SettingSpec:

@@ -65,7 +65,10 @@ class EditingModel:
 
     family: ClassVar[str] = ""  # a short name for docs, records and errors
     pipeline_class: ClassVar[str] = ""  # the diffusers pipeline class: model_index.json's "_class_name"
-    denoiser_name: ClassVar[str] = "unet"  # the pipeline component that is run once
+    denoiser_name: ClassVar[str] = ""  # the pipeline component that is run once
+    # the pipeline's components this family loads (the hub downloads their folders and nothing else)
+    components: ClassVar[tuple[str, ...]] = ()
+    known_models: ClassVar[dict[str, str]] = {}  # hub ids of this family, with a title, for the widget's list
     tokenizer_name: ClassVar[str] = "tokenizer"  # the tokenizer of the text the prior attends to
     pipeline_options: ClassVar[dict] = {}  # extra keywords for the pipeline's from_pretrained
     cuda_dtype: ClassVar[torch.dtype] = torch.float16  # what dtype="auto" loads on a CUDA GPU

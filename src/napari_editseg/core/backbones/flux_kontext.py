@@ -14,10 +14,9 @@ from typing import Any, Optional
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..budget import Need, _bytes_of, vae_needs
+from ..budget import Need, bytes_of, vae_needs
 from ..capture import SELF_ATTENTION_BUDGET, AttentionStore, StopForward
 from ..layout import CapturePlan
 from ..settings import AUTO, SegmentationSettings
@@ -38,6 +37,9 @@ class FluxCapturingProcessor:
 
     def __init__(self, original: Any, store: AttentionStore, name: str, tokens: JointTokens, cross: bool,
                  affinity: bool):
+        # imported here, not at the top: it takes seconds, and listing the families must not pay them
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
         if type(original) is not FluxAttnProcessor:
             raise ValueError(f"attention {name!r} runs {type(original).__name__}, not FluxAttnProcessor; "
                              "napari-editseg captures only the plain FLUX attention (unload IP-adapters first)")
@@ -50,6 +52,8 @@ class FluxCapturingProcessor:
                  ) -> Any:
         if attention_mask is not None:
             raise ValueError("napari-editseg's attention capture takes no attention mask (FLUX.1 Kontext uses none)")
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
             attn, hidden_states, encoder_hidden_states)
         query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
@@ -91,6 +95,10 @@ class FluxKontext(EditingModel):
     family = "flux-kontext"
     pipeline_class = "FluxKontextPipeline"
     denoiser_name = "transformer"
+    components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    known_models = {
+        "black-forest-labs/FLUX.1-Kontext-dev": "FLUX.1 Kontext [dev] (non-commercial licence; about 32 GB, large GPU)",
+    }
     tokenizer_name = "tokenizer_2"  # T5: its tokens are the text keys of the joint attention
     pipeline_options = dict(image_encoder=None, feature_extractor=None)
     cuda_dtype = torch.bfloat16  # FLUX's activations overflow float16; its weights are published in bfloat16
@@ -208,7 +216,7 @@ class FluxKontext(EditingModel):
         grid = (size[0] // self.vae_factor // 2, size[1] // self.vae_factor // 2)
         n = grid[0] * grid[1]
         length = self.max_tokens + 2 * n
-        element = _bytes_of(self.dtype)
+        element = bytes_of(self.dtype)
         chunk = rows * n * length * 4 * max(1, min(config.num_attention_heads,
                                                    SELF_ATTENTION_BUDGET // max(1, 4 * rows * n * length)))
         work = settings.work_resolution

@@ -8,16 +8,24 @@ from typing import Optional
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..budget import Need, forward_needs
-from ..capture import AttentionStore, forward_and_capture
-from ..layout import CapturePlan, UNetLayout
+from ..budget import Need
+from ..capture import AttentionStore
+from ..layout import CapturePlan
+from ..model import DEFAULT_MODEL
 from ..settings import AUTO, SegmentationSettings
 from .base import EditingModel
+from .unet import UNetLayout, forward_and_capture, unet_needs
 
 
 class InstructPix2Pix(EditingModel):
     family = "instruct-pix2pix"
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
+    denoiser_name = "unet"
+    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    known_models = {
+        DEFAULT_MODEL: "InstructPix2Pix",
+        "vinesmsuic/magicbrush-jul7": "MagicBrush (InstructPix2Pix fine-tuned on MagicBrush)",
+    }
     pipeline_options = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
     @property
@@ -113,4 +121,4 @@ class InstructPix2Pix(EditingModel):
 
     def memory_needs(self, settings: SegmentationSettings, plan: CapturePlan, size: tuple[int, int], rows: int,
                      expressions: int) -> list[Need]:
-        return forward_needs(self, settings, plan, size, rows, expressions)
+        return unet_needs(self, settings, plan, size, rows, expressions)

@@ -24,6 +24,8 @@ PROBE = "make the small red disc on the left of the table blue, not green!"  # t
 class SDXLInstructPix2Pix(InstructPix2Pix):
     family = "sdxl-instruct-pix2pix"
     pipeline_class = "StableDiffusionXLInstructPix2PixPipeline"
+    components = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    known_models = {"diffusers/sdxl-instructpix2pix-768": "SDXL InstructPix2Pix (768 px; about 7 GB)"}
     pipeline_options = dict(add_watermarker=False)  # only latents are made: no image to watermark
 
     @property

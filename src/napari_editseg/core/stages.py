@@ -1,0 +1,211 @@
+"""Steps 5-7 as functions over data: from one expression's captured maps to a mask.
+
+:func:`segment_maps` is the whole of steps 5-7 for ONE expression's :class:`CapturedMaps` on one
+picture of a given size — an image, a tile of one, a plane of a stack — with an optional prior
+supplied in place of step 5's. :func:`delineate` is steps 6-7 alone on a :class:`Segmentation`'s
+cached work-grid features and prior (what ``refine`` re-runs with no denoiser pass). Neither knows
+which image is set on a segmenter, nor which family's forward captured the maps.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from .discriminate import Point, features_at, pixel_features, score, to_grid
+from .edges import ImageGuide
+from .forward import CapturedMaps, Grid
+from .image import resize
+from .mask import make_mask, to_image_size
+from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
+from .prompts import Box, box_mask, box_prototypes, confine_prior
+from .settings import SegmentationSettings
+
+ROUNDING = 1e-4  # how far outside [0, 1] a supplied prior may stray (a resized mask's float rounding)
+RENAMED_TIMINGS = {"unet": "denoiser"}  # old key → new key; the old one is read for one more release (0.2)
+
+
+class Timings(dict):
+    """Seconds per stage. A key renamed in 0.2 (``"unet"``, now ``"denoiser"``) still reads, with a
+    DeprecationWarning, until 0.3; iterating shows only the current keys."""
+
+    def __missing__(self, key: str) -> float:
+        if key in RENAMED_TIMINGS and RENAMED_TIMINGS[key] in self:
+            warnings.warn(f"timings[{key!r}] is now timings[{RENAMED_TIMINGS[key]!r}]; the old key goes in 0.3",
+                          DeprecationWarning, stacklevel=2)
+            return self[RENAMED_TIMINGS[key]]
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+@dataclass
+class Segmentation:
+    """One expression's result. Arrays are numpy; ``mask``, ``scores`` and ``prior`` are at the
+    picture's own size (H×W, the size ``mask`` has).
+
+    ``features`` (D×h×w, unit vectors) and ``prior_work`` (h×w) are the work-grid inputs of the last
+    stages, kept so :meth:`EditSegmenter.refine` needs no denoiser pass. The prior is stored once, on
+    the work grid; ``prior`` (H×W) is derived from it.
+    """
+
+    expression: str
+    instruction: str
+    truncated: bool
+    mask: np.ndarray  # bool H×W
+    scores: np.ndarray  # float32 H×W in [0, 1]: S, foreground probability
+    settings: SegmentationSettings
+    timings: dict[str, float]
+    features: np.ndarray
+    prior_work: np.ndarray  # float32 h×w in [0, 1]: P on the work grid, where the model looked
+    fg_prototypes: np.ndarray
+    bg_prototypes: np.ndarray
+    positive: tuple[Point, ...] = ()
+    negative: tuple[Point, ...] = ()
+    confidence: float = 1.0  # in [0, 1]: does the expression point at one thing? (see ``found``)
+    box: Optional[Box] = None  # (row0, col0, row1, col1) pixels the prior and mask were confined to
+    guide: Optional[ImageGuide] = field(default=None, repr=False)  # the image, for edge_refine in refine()
+    # the prototypes the prior alone gives, with the settings that chose them: a re-threshold or
+    # a click reuses them instead of clustering the background again
+    prior_prototypes: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.timings, Timings):
+            self.timings = Timings(self.timings)
+
+    @property
+    def prior(self) -> np.ndarray:
+        """P at the picture's size: float32 H×W in [0, 1], the work-grid prior resized bilinearly."""
+        return to_image_size(torch.from_numpy(self.prior_work), self.mask.shape)
+
+    @property
+    def area(self) -> float:
+        """Share of the image inside the mask."""
+        return float(self.mask.mean())
+
+    @property
+    def found(self) -> bool:
+        """False when ``confidence`` lies below the ``min_confidence`` setting: "nothing found"."""
+        return self.confidence >= self.settings.min_confidence
+
+
+def work_grid_of(latent_grid: Grid, work_resolution: int) -> Grid:
+    """The work grid: the latent grid scaled so that its long side is ``work_resolution``."""
+    h, w = latent_grid
+    side = max(h, w)
+    return max(1, round(h * work_resolution / side)), max(1, round(w * work_resolution / side))
+
+
+def fit_prior(prior: Any, grid: Grid) -> torch.Tensor:
+    """A supplied prior on ``grid``: any 2-D array (numpy or torch) of finite values in [0, 1] (higher =
+    the object; a bool mask works), at the picture's own size, on the work grid or on any other grid;
+    resized bilinearly (antialiased when shrinking) unless it is on ``grid`` already, then clipped to
+    [0, 1]. Anything else is refused with one line."""
+    array = np.asarray(prior.detach().cpu() if isinstance(prior, torch.Tensor) else prior)
+    if array.ndim != 2 or 0 in array.shape or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"prior must be a 2-D map (H×W) of numbers in [0, 1]; got an array of shape "
+                         f"{array.shape} and dtype {array.dtype}")
+    values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not torch.isfinite(values).all() or values.min() < -ROUNDING or values.max() > 1 + ROUNDING:
+        raise ValueError("prior must hold finite values in [0, 1] (scale it first, e.g. divide by its maximum)")
+    return resize(values, grid).clamp(0.0, 1.0)
+
+
+def initial_prior(maps: CapturedMaps, settings: SegmentationSettings, work_grid: Grid) -> torch.Tensor:
+    """P0 on the work grid, from what ``prior_source`` reads (:data:`~napari_editseg.core.prior.PRIOR_SOURCES`)."""
+    source = PRIOR_SOURCES[settings.prior_source]
+    attention = relevance = None
+    if source.attention:
+        i = maps.instruction
+        attention = expression_attention(maps.cross, maps.cross_grids, i.token_positions, settings.token_reduce,
+                                         work_grid, i.word_positions, settings.token_norm, settings.token_scale)
+    if source.relevance:
+        if maps.relevance is None:
+            raise ValueError(f"prior_source={settings.prior_source!r} reads the relevance, which this forward "
+                             "did not compute: run it with the same prior_source")
+        relevance = resize(maps.relevance, work_grid)
+    return source.combine(attention, relevance)
+
+
+def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
+                 prior: Optional[Any] = None, box: Optional[Box] = None, guide: Optional[ImageGuide] = None,
+                 timings: Optional[Mapping[str, float]] = None, positive: tuple[Point, ...] = (),
+                 negative: tuple[Point, ...] = ()) -> Segmentation:
+    """Steps 5-7 for one expression's captured maps, on a picture of ``shape`` (H, W) pixels.
+
+    ``prior``: supplied instead of step 5's (see :func:`fit_prior` for what it may be); it is used
+    as given (no propagation) and the confidence is 1, the caller's. ``box``: (row0, col0, row1,
+    col1) pixels the prior and the mask are confined to; ``guide``: the picture, for ``edge_refine``;
+    ``timings``: seconds of the earlier stages, carried into the result's; ``positive`` /
+    ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them.
+    """
+    start = time.perf_counter()
+    work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
+    if prior is None:
+        p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
+        prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps),
+                                   box, shape)
+        confidence = peak_dominance(p0)
+    else:
+        prior_work, confidence = confine_prior(fit_prior(prior, work_grid), box, shape), 1.0
+    prior_time = time.perf_counter() - start
+    features = pixel_features(maps.features, work_grid)
+    empty = np.zeros((0, features.shape[0]), np.float32)
+    base = Segmentation(
+        expression=maps.instruction.expression, instruction=maps.instruction.encoded_text,
+        truncated=maps.instruction.truncated, mask=np.zeros(shape, bool), scores=np.zeros(shape, np.float32),
+        settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
+        prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
+        guide=guide, box=box,
+    )
+    return delineate(base, settings, positive, negative)
+
+
+def delineate(base: Segmentation, settings: SegmentationSettings, positive: tuple[Point, ...] = (),
+              negative: tuple[Point, ...] = ()) -> Segmentation:
+    """Steps 6-7 on a segmentation's cached work-grid features and prior; ``positive`` / ``negative``:
+    (row, col) pixels whose features join the foreground / background prototypes."""
+    start = time.perf_counter()
+    features = torch.from_numpy(base.features)
+    prior_work = torch.from_numpy(base.prior_work)
+    shape = base.mask.shape
+    grid = tuple(prior_work.shape)
+    key = (settings.fg_select, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed,
+           hash(base.prior_work.tobytes()), id(base.features), base.box)
+    if base.prior_prototypes is not None and base.prior_prototypes[0] == key:
+        fg, bg = (torch.from_numpy(p) for p in base.prior_prototypes[1:])
+    else:
+        fg, bg = box_prototypes(features, prior_work, base.box, shape, settings)
+    from_prior = (key, fg.numpy(), bg.numpy())
+    fg = torch.cat([fg, features_at(features, to_grid(positive, shape, grid))])
+    bg = torch.cat([bg, features_at(features, to_grid(negative, shape, grid))])
+    scores_work = score(features, fg, bg, settings.temperature)
+    middle = time.perf_counter()
+    scores = to_image_size(scores_work, shape)
+    if settings.edge_refine != "none":
+        if base.guide is None:
+            raise ValueError("edge_refine needs the picture: give segment_maps its guide (segment() does), or set "
+                             "edge_refine='none'")
+        cell = max(shape[0] / grid[0], shape[1] / grid[1])  # picture pixels per work-grid cell
+        scores = base.guide.refine(scores, settings.edge_refine, cell, settings.edge_radius, settings.edge_eps)
+    edges = time.perf_counter()
+    mask = make_mask(scores, to_image_size(prior_work, shape), settings.mask_threshold, settings.keep,
+                     settings.fill_holes)
+    if base.box is not None:
+        mask &= box_mask(base.box, shape)
+    end = time.perf_counter()
+    timings = {**base.timings, "discriminate": middle - start, "edges": edges - middle, "mask": end - edges}
+    return replace(
+        base, mask=mask, scores=scores, settings=settings, timings=timings,
+        fg_prototypes=fg.numpy(), bg_prototypes=bg.numpy(), positive=positive, negative=negative,
+        prior_prototypes=from_prior,
+    )
