@@ -94,12 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment the object a sentence names, from one forward of an image-editing model's denoiser.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_segment_command, add_batch_command, add_replay_command, add_eval_command):
+        add(commands)
+    return parser
 
-    def command(name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=description, epilog=settings_help() + epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
+def command(commands, name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A command whose help ends with every setting (the ones that take ``--set``)."""
+    return commands.add_parser(name, help=help, description=description, epilog=settings_help() + epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_segment_command(commands) -> None:
     segment = command(
+        commands,
         "segment", "segment one image",
         "Segment what each expression names in IMAGE and write one mask per expression.",
         "\n\nsamples (--sample NAME): " + ", ".join(SAMPLES) +
@@ -119,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
 
+
+def add_batch_command(commands) -> None:
     batch = command(
+        commands,
         "batch", "label a folder of images (or a CSV of image,expression rows)",
         "Write one label image per input image (same size). Resumable: outputs that exist are skipped. "
         "Runs unchanged under `accelerate launch` (each process takes a shard).",
@@ -136,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(batch)
     batch.set_defaults(run=run_batch)
 
+
+def add_replay_command(commands) -> None:
     replay = commands.add_parser(
         "replay", help="make labels again from their records (widget export)",
         description="Make the labels of a record file (the JSON the widget exports beside its TIFF) again, "
@@ -153,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--device", help="run on this device instead of the recorded one (results may differ)")
     replay.set_defaults(run=run_replay)
 
+
+def add_eval_command(commands) -> None:
     evaluate = command(
+        commands,
         "eval", "RefCOCO / RefCOCO+ / RefCOCOg evaluation, exact zero-shot protocol",
         "Score a method on a referring-segmentation split (docs/evaluation.md). Resumable with the same "
         "--out; runs unchanged under `accelerate launch`.",
@@ -175,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "(same results; images are read in the background meanwhile). Default 1")
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
-    return parser
 
 
 def segment_outputs(args: argparse.Namespace, count: int) -> list[tuple[str, Path]]:

@@ -280,27 +280,38 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
     if segmenter is not None and config.method not in MODEL_FREE and state.is_main_process:
         recorded_settings = _resolved_settings(segmenter, config)
         write_json(_meta_path(out), {"identity": config.identity(), "settings": recorded_settings})
-    if config.batch_size > 1 and config.method not in MODEL_FREE:
-        work = batched_predictions(chunked(todo, config.batch_size), segmenter, config.method, config.settings)
-    else:
-        predict_image = predictor(config.method, segmenter, config.settings)
-
-        def predict(group):
-            return predict_image(group[0].load_image(), [s.sentence for s in group])
-
-        work = ((group, predict) for group in todo)
     bar = tqdm(total=sum(len(g) for g in todo), unit="sample", desc=f"{config.dataset} {config.split}",
                disable=not progress or not state.is_main_process, dynamic_ncols=True)
     with records_file.open("a", encoding="utf-8") as records:
-        for group, predict in work:
+        for group, predict in _work(config, todo, segmenter):
             for score in _score_group(group, predict):
                 records.write(json.dumps(asdict(score)) + "\n")
             records.flush()
             bar.update(len(group))
     bar.close()
     state.wait_for_everyone()
+    report = _report(config, samples, read_records(out), recorded_settings, state.num_processes,
+                     time.perf_counter() - start)
+    if state.is_main_process:
+        write_json(out, report)
+    return report
 
-    scores = read_records(out)
+
+def _work(config: EvalConfig, todo: list[list[RefSample]], segmenter) -> Iterator[tuple[list[RefSample], Callable]]:
+    """``(group, predict)`` for every image group still to score, batched when ``config.batch_size`` > 1."""
+    if config.batch_size > 1 and config.method not in MODEL_FREE:
+        return batched_predictions(chunked(todo, config.batch_size), segmenter, config.method, config.settings)
+    predict_image = predictor(config.method, segmenter, config.settings)
+
+    def predict(group):
+        return predict_image(group[0].load_image(), [s.sentence for s in group])
+
+    return ((group, predict) for group in todo)
+
+
+def _report(config: EvalConfig, samples: list[RefSample], scores: dict[str, SampleScore],
+            recorded_settings: Optional[dict], processes: int, seconds: float) -> dict:
+    """The report of a split from every sample's record (whichever process and run scored it)."""
     wanted = {s.key for s in samples}
     missing = wanted - scores.keys()
     if missing:
@@ -312,15 +323,13 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
         "settings": {} if config.method in MODEL_FREE else recorded_settings or dict(config.settings),
         "n_refs": len({s.ref_id for s in samples}), "n_images": len({s.image_key for s in samples}),
         "binarise": config.binarise, "sentence_field": config.sentence_field, "limit": config.limit,
-        "processes": state.num_processes, "wall_time_s": time.perf_counter() - start,
+        "processes": processes, "wall_time_s": seconds,
         "failed_samples": [{"key": k, "error": scores[k].error} for k in sorted(wanted) if scores[k].failed],
     }
     expected = EXPECTED_SAMPLES.get((config.dataset, config.split_by, config.split))
     if expected is not None and not config.limit:
         report["expected_n_samples"] = expected
         report["n_samples_as_published"] = report["n_samples"] == expected
-    if state.is_main_process:
-        write_json(out, report)
     return report
 
 
