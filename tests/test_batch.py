@@ -204,7 +204,8 @@ def test_an_output_made_by_something_else_is_kept_even_when_it_names_the_same_ex
 
 def test_one_bad_image_never_aborts_a_batch(tmp_path, picture, segmenter, monkeypatch):
     """Unreadable, a stack without --plane, too large, a reader that fails its own way, a name that
-    is long but legal, and a label image that cannot be written: each is reported, the rest labelled."""
+    is long but legal, out of memory, and a label image that cannot be written: each is reported,
+    the rest labelled."""
     from napari_editseg import files
     from napari_editseg.batch import jobs_from_folder, run_batch
     from napari_editseg.image_files import read_image
@@ -218,7 +219,20 @@ def test_one_bad_image_never_aborts_a_batch(tmp_path, picture, segmenter, monkey
     tifffile.imwrite(folder / "stack.tif", np.zeros((3, 20, 20), np.uint8))
     tifffile.imwrite(folder / "huge.tif", shape=(20000, 20000, 3), dtype=np.uint8)
     io.imsave(folder / "odd.png", picture, check_contrast=False)
+    io.imsave(folder / "oom.png", picture[:40, :41], check_contrast=False)
     real_write = files.write_labels
+
+    class OutOfMemoryOnOneImage:
+        """The segmenter, but torch's CPU allocator fails on the 40×41 picture."""
+
+        def __getattr__(self, name):
+            return getattr(segmenter, name)
+
+        def set_image(self, image):
+            if image.shape[:2] == (40, 41):
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 21474836480 "
+                                   "bytes. Error code 12 (Cannot allocate memory)")
+            segmenter.set_image(image)
 
     def read(path):
         if path.name == "odd.png":
@@ -232,15 +246,16 @@ def test_one_bad_image_never_aborts_a_batch(tmp_path, picture, segmenter, monkey
 
     monkeypatch.setattr(files, "write_labels", write)
     out = tmp_path / "out"
-    report = run_batch(jobs_from_folder(folder, "the red disc", out, "tif"), lambda: segmenter, out,
+    report = run_batch(jobs_from_folder(folder, "the red disc", out, "tif"), OutOfMemoryOnOneImage, out,
                        progress=False, read=read)
     names = {key: sorted(Path(item["image"]).name for item in report[key]) for key in ("images", "unreadable",
                                                                                      "failed")}
     assert names == {"images": sorted(good[:3]), "unreadable": ["broken.png", "huge.tif", "odd.png", "stack.tif"],
-                     "failed": ["unwritable.png"]}
+                     "failed": ["oom.png", "unwritable.png"]}
     errors = {Path(item["image"]).name: item["error"] for item in report["unreadable"] + report["failed"]}
     assert "holds 3 planes" in errors["stack.tif"] and "RuntimeError: a decoder" in errors["odd.png"]
     assert "No space left" in errors["unwritable.png"] and "more than the 268 M" in errors["huge.tif"]
+    assert errors["oom.png"].startswith("out of memory: this needs one more allocation of 20.0 GiB")
     for name in good[:3]:
         segmenter.set_image(np.roll(picture, 5 * good.index(name), axis=1))
         expected = segmenter.segment("the red disc").mask.astype(np.uint8)

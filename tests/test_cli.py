@@ -78,6 +78,7 @@ def test_a_sample_picture_needs_no_file(tiny_model_dir, tmp_path):
         (["segment", "{picture}", "x", "-o", "{tmp}/m.jpg"], "use .png, .tif, .tiff, .npy (a mask must be lossless)"),
         (["segment", "{picture}", "x", "--scores", "{tmp}/s.txt"], "use .npy"),
         (["segment", "{picture}", "x", "-o", "{tmp}/folder.png"], "is a folder"),
+        (["segment", "{picture}", "x", "-o", "{picture}/m.png"], "is not a writable folder"),  # a file on the way
         (["segment", "{picture}", "x", "--device", "meta"], "device 'meta' is not one of"),
         (["segment", "{picture}", "caf\udcff"], "not valid UTF-8"),
         (["segment", "{picture}", "x", "--sample", "shapes"], "not both"),

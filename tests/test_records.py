@@ -114,6 +114,27 @@ def test_a_replay_reproduces_the_labels_and_writes_png_and_tif(case, capsys):
     assert "label 2 (the background): identical" in capsys.readouterr().out
 
 
+def test_a_grey_plane_is_given_to_the_core_as_its_contrast_limits_show_it():
+    from napari_editseg.planes import plane_as_seen
+
+    stack = np.array([[[100, 2097.5], [4095, 5000]]]).astype(np.float32)  # data past its limits, 100..4095
+    plane = plane_as_seen(stack, (0,), rgb=False, contrast_limits=(100, 4095))
+    assert plane.dtype == np.float32 and plane.tolist() == [[0.0, 0.5], [1.0, 1.0]]
+    assert plane_as_seen(stack, (0,), False, (7, 7)).tolist() == [[0.0, 0.0], [0.0, 0.0]]  # flat limits: nothing
+    rgb = np.zeros((1, 2, 2, 3), np.uint8)
+    assert plane_as_seen(rgb, (0,), rgb=True, contrast_limits=None) is not None
+
+
+def test_a_word_less_prompt_keeps_its_points_out_of_the_result_so_clicks_can_be_taken_back(segmenter):
+    picture = picture_for_records()
+    segmenter.set_image(picture)
+    points = [(14.0, 15.0)]
+    base = segment_prompt(segmenter, "", positive=points)
+    assert base.positive == () and base.negative == ()
+    again = segmenter.refine(base, points)  # the points as clicks give the word-less result itself
+    assert np.array_equal(again.mask, segmenter.segment_points(points).mask)
+
+
 # -- replay never writes over what it reads --------------------------------------------------------------
 def output_over(original: Path, how: str, folder: Path) -> Path:
     """An output path that is ``original`` under another name (``how``); a .tif for a record file."""
@@ -192,11 +213,17 @@ def with_change(case, change) -> dict:
     (lambda s, r: s.update(shape=[3, 4]), "the record file's labels have shape (3, 4), not the image's (32, 40)"),
     (lambda s, r: s.update(format="napari-editseg.record/2"), "not a napari-editseg record file"),
     (lambda s, r: r.pop("slices"), "record 1 (label 1): field 'slices' is missing"),
+    (lambda s, r: r.update(label=0), "field 'label' must be a whole number from 1 to 4294967295 (found 0)"),
+    (lambda s, r: r.update(label=2**40), "field 'label' must be a whole number from 1 to 4294967295"),
+    (lambda s, r: r.update(confidence="INFINITY"), "field 'confidence' must be a finite number (found inf)"),
+    (lambda s, r: r["slices"][0]["clicks"].update(positive=[[1.0, "INFINITY"]]),
+     "field 'slices[0].clicks.positive[0][1]' must be a finite number"),
 ], ids=["index", "setting value", "setting name", "no prompt", "grey without limits", "five channels",
-        "revision", "device", "labels shape", "format", "missing field"])
+        "revision", "device", "labels shape", "format", "missing field", "label 0", "label 2**40",
+        "infinite confidence", "infinite click"])
 def test_the_schema_names_what_is_wrong(case, tmp_path, change, message, capsys):
     path = tmp_path / "changed.editseg.json"
-    path.write_text(json.dumps(with_change(case, change)))
+    path.write_text(json.dumps(with_change(case, change)).replace('"INFINITY"', "1e999"))
     assert main(replay_args(case)[:1] + [str(path)] + replay_args(case)[2:]) == 2
     err = capsys.readouterr().err
     assert message in err and one_error_line(err), err

@@ -13,6 +13,8 @@ the package; ``--json`` saves them.
 ``core/`` mutants run the core test files (``DEFAULT_TESTS``); the others run the test files
 of their module (``TESTS_FOR``), most targeted first, so a run stays affordable on two cores.
 ``--files batch.py record.py`` runs only the mutants of those files (prefixes of their paths).
+The widget's tests skip without an X display: run the tool under ``xvfb-run -a`` (as ``tools/run-tests``
+does) when mutants of ``_widget.py``, ``_layers.py`` or ``_runstate.py`` are to meet them.
 
 Every mutant's original text must occur exactly once in its file, so the list goes stale
 loudly (the mutant is reported as ``stale``) rather than silently when the code changes.
@@ -233,6 +235,8 @@ EXTRA = [
      "            if isinstance(image, ValueError):\n"),
     ("a write failure aborts the batch", "batch.py", "    except OSError as error:\n        return error\n",
      "    except ValueError as error:\n        return error\n"),
+    ("a segmenter error other than ValueError aborts the batch", "batch.py",
+     "                                 errors=(Exception,))", "                                 errors=(ValueError,))"),
     ("the report may replace the CSV", "batch.py",
      ' + [("the report", path) for path in reports],', ","),
     # _prefetch.py

@@ -153,7 +153,7 @@ def check_outputs(outputs: Iterable[tuple[str, PathLike]],
     """
     named = [(None, Path(p)) if isinstance(p, (str, os.PathLike)) else (p[0], Path(p[1])) for p in inputs]
     by_key = {file_key(p): role for role, p in named}
-    by_file = {_identity(p): role for role, p in named if _identity(p) is not None}
+    by_file = {identity: role for role, identity in ((r, _identity(p)) for r, p in named) if identity is not None}
     seen: dict[str, str] = {}
     writable: dict[Path, bool] = {}
     for role, path in outputs:
