@@ -1,9 +1,11 @@
 """Batch labelling through the real CLI on the tiny model: exact labels, resume, collisions, foreign files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from skimage import io
 
 from napari_editseg.cli import main
@@ -160,13 +162,126 @@ def test_an_image_the_model_refuses_fails_alone_in_a_batch(tmp_path, picture, se
     folder.mkdir()
     for i in range(2):
         io.imsave(folder / f"img{i}.png", np.roll(picture, 7 * i, axis=1), check_contrast=False)
-    io.imsave(folder / "grey-alpha.png", picture[..., :2], check_contrast=False)  # 2 channels: refused
+    with_nan = np.ones(picture.shape[:2], np.float32)
+    with_nan[3, 4] = np.nan
+    tifffile.imwrite(folder / "nan.tif", with_nan)  # read, then refused by the segmenter
     out = tmp_path / "out"
     report = run_batch(jobs_from_folder(folder, "the red disc", out, "tif"), lambda: segmenter, out,
                        progress=False, batch_size=3)
-    assert [item["image"].split("/")[-1] for item in report["failed"]] == ["grey-alpha.png"]
+    assert [item["image"].split("/")[-1] for item in report["failed"]] == ["nan.tif"]
+    assert "NaN" in report["failed"][0]["error"]
     assert len(report["images"]) == 2
     for i in range(2):
         segmenter.set_image(np.roll(picture, 7 * i, axis=1))
         expected = segmenter.segment("the red disc").mask.astype(np.uint8)
         assert np.array_equal(io.imread(out / f"img{i}.tif"), expected)
+
+
+# -- issue 26: one bad image never aborts a batch; labels never wrap; only our own outputs count as done ------
+def test_labels_never_wrap_whatever_the_number_of_expressions():
+    from napari_editseg.batch import stack_labels
+
+    for count, dtype in ((255, np.uint8), (256, np.uint16), (65535, np.uint16), (65536, np.uint32)):
+        masks = [np.zeros((1, 2), bool) for _ in range(count)]
+        masks[-1][0, 0] = True  # only the last expression finds something
+        masks[0][0, 1] = True
+        labels = stack_labels(masks)
+        assert labels.dtype == dtype and labels.tolist() == [[count, 1]], count
+
+
+def test_an_output_made_by_something_else_is_kept_even_when_it_names_the_same_expressions(inputs, tmp_path,
+                                                                                          tiny_model_dir, capsys):
+    from napari_editseg.files import write_labels
+
+    out = tmp_path / "out"
+    write_labels(out / "img0.tif", np.full(SIZES[0], 7, np.uint8),
+                 {"made_by": "napari-editseg widget", "image": "img0.png", "labels": {"1": "the red disc"}})
+    before = (out / "img0.tif").read_bytes()
+    assert main(batch_args([str(inputs), "the red disc"], out, tiny_model_dir)) == 0
+    text = capsys.readouterr().out
+    assert "labelled 2 image(s); 0 already done" in text and "not written by napari-editseg batch" in text
+    assert (out / "img0.tif").read_bytes() == before
+
+
+def test_one_bad_image_never_aborts_a_batch(tmp_path, picture, segmenter, monkeypatch):
+    """Unreadable, a stack without --plane, too large, a reader that fails its own way, a name that
+    is long but legal, out of memory, and a label image that cannot be written: each is reported,
+    the rest labelled."""
+    from napari_editseg import files
+    from napari_editseg.batch import jobs_from_folder, run_batch
+    from napari_editseg.image_files import read_image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = ["a.png", "b.png", "x" * 251 + ".png", "unwritable.png"]
+    for i, name in enumerate(good):
+        io.imsave(folder / name, np.roll(picture, 5 * i, axis=1), check_contrast=False)
+    (folder / "broken.png").write_bytes(b"not a picture")
+    tifffile.imwrite(folder / "stack.tif", np.zeros((3, 20, 20), np.uint8))
+    tifffile.imwrite(folder / "huge.tif", shape=(20000, 20000, 3), dtype=np.uint8)
+    io.imsave(folder / "odd.png", picture, check_contrast=False)
+    io.imsave(folder / "oom.png", picture[:40, :41], check_contrast=False)
+    real_write = files.write_labels
+
+    class OutOfMemoryOnOneImage:
+        """The segmenter, but torch's CPU allocator fails on the 40×41 picture."""
+
+        def __getattr__(self, name):
+            return getattr(segmenter, name)
+
+        def set_image(self, image):
+            if image.shape[:2] == (40, 41):
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 21474836480 "
+                                   "bytes. Error code 12 (Cannot allocate memory)")
+            segmenter.set_image(image)
+
+    def read(path):
+        if path.name == "odd.png":
+            raise RuntimeError("a decoder that fails its own way")
+        return read_image(path)
+
+    def write(path, labels, description=None):
+        if path.name == "unwritable.tif":
+            raise OSError(28, "No space left on device")
+        real_write(path, labels, description)
+
+    monkeypatch.setattr(files, "write_labels", write)
+    out = tmp_path / "out"
+    report = run_batch(jobs_from_folder(folder, "the red disc", out, "tif"), OutOfMemoryOnOneImage, out,
+                       progress=False, read=read)
+    names = {key: sorted(Path(item["image"]).name for item in report[key]) for key in ("images", "unreadable",
+                                                                                     "failed")}
+    assert names == {"images": sorted(good[:3]), "unreadable": ["broken.png", "huge.tif", "odd.png", "stack.tif"],
+                     "failed": ["oom.png", "unwritable.png"]}
+    errors = {Path(item["image"]).name: item["error"] for item in report["unreadable"] + report["failed"]}
+    assert "holds 3 planes" in errors["stack.tif"] and "RuntimeError: a decoder" in errors["odd.png"]
+    assert "No space left" in errors["unwritable.png"] and "more than the 268 M" in errors["huge.tif"]
+    assert errors["oom.png"].startswith("out of memory: this needs one more allocation of 20.0 GiB")
+    for name in good[:3]:
+        segmenter.set_image(np.roll(picture, 5 * good.index(name), axis=1))
+        expected = segmenter.segment("the red disc").mask.astype(np.uint8)
+        assert np.array_equal(io.imread(out / (Path(name).stem + ".tif")), expected)
+
+
+def test_a_folder_of_stacks_is_labelled_on_the_plane_asked_for(tmp_path, picture, tiny_model_dir, segmenter):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stacks = [np.stack([np.roll(picture[..., c], 4 * i, axis=1) for c in range(3)]) for i in range(2)]
+    for i, stack in enumerate(stacks):
+        tifffile.imwrite(folder / f"s{i}.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    assert main(batch_args([str(folder), "the red disc"], tmp_path / "out", tiny_model_dir, "--plane", "1")) == 0
+    for i, stack in enumerate(stacks):
+        segmenter.set_image(stack[1])
+        assert np.array_equal(io.imread(tmp_path / "out" / f"s{i}.tif"),
+                              segmenter.segment("the red disc").mask.astype(np.uint8))
+
+
+def test_the_report_never_replaces_an_input(tmp_path, picture, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    io.imsave(tmp_path / "a.png", picture, check_contrast=False)
+    table = out / "batch_report.json"  # a CSV under the report's name, in the output folder
+    table.write_text("image,expression\n../a.png,the disc\n")
+    assert main(batch_args(["--csv", str(table)], out, tmp_path / "no-model")) == 2
+    assert "is the --csv file" in capsys.readouterr().err
+    assert table.read_text().startswith("image,expression")

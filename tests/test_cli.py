@@ -78,6 +78,7 @@ def test_a_sample_picture_needs_no_file(tiny_model_dir, tmp_path):
         (["segment", "{picture}", "x", "-o", "{tmp}/m.jpg"], "use .png, .tif, .tiff, .npy (a mask must be lossless)"),
         (["segment", "{picture}", "x", "--scores", "{tmp}/s.txt"], "use .npy"),
         (["segment", "{picture}", "x", "-o", "{tmp}/folder.png"], "is a folder"),
+        (["segment", "{picture}", "x", "-o", "{picture}/m.png"], "is not a writable folder"),  # a file on the way
         (["segment", "{picture}", "x", "--device", "meta"], "device 'meta' is not one of"),
         (["segment", "{picture}", "caf\udcff"], "not valid UTF-8"),
         (["segment", "{picture}", "x", "--sample", "shapes"], "not both"),
@@ -159,7 +160,8 @@ def test_running_out_of_memory_is_one_line(tiny_model_dir, picture_file, tmp_pat
     monkeypatch.setattr(EditSegmenter, "segment", out_of_memory)
     code = main(["segment", str(picture_file), "x", "--model", str(tiny_model_dir), "-o", str(tmp_path / "m.png")])
     err = capsys.readouterr().err
-    assert code == 2 and "out of memory: lower the resolution" in err and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
+    assert "out of memory: this needs one more allocation of 20.0 GiB" in err and "lower resolution" in err
     assert not (tmp_path / "m.png").exists()
 
 
@@ -181,3 +183,25 @@ def test_help_documents_every_setting_with_its_default(capsys):
     for name in SETTING_NAMES:
         assert f"  {name} [" in text
     assert "mask_threshold [0.5]" in text and "instruction_template [make the {} red]" in text
+
+
+@pytest.mark.parametrize("how", ["hard link", "symlink", "symlinked folder"])
+def test_no_output_is_the_input_under_another_name(picture_file, tmp_path, how, capsys):
+    """Written atomically, a mask would replace the link, not the picture; still it is refused, as the
+    user meant another file."""
+    import os
+
+    if how == "hard link":
+        output = tmp_path / "mask.png"
+        os.link(picture_file, output)
+    elif how == "symlink":
+        output = tmp_path / "mask.png"
+        output.symlink_to(picture_file)
+    else:
+        (tmp_path / "again").symlink_to(picture_file.parent)
+        output = tmp_path / "again" / picture_file.name
+    before = picture_file.read_bytes()
+    code = main(["segment", str(picture_file), "x", "--model", str(tmp_path / "no-model"), "-o", str(output)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is an input file" in err and err.count("\n") == 1
+    assert picture_file.read_bytes() == before

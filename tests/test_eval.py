@@ -448,3 +448,89 @@ def test_a_broken_image_in_a_batch_fails_alone(tmp_path, segmenter):
     assert report["n_samples"] == 3 and report["failures"] == 1  # image 3's one sample; image 1's two scored
     with pytest.raises(ValueError, match="batch size"):
         evaluate(config(root, tmp_path / "other.json", batch_size=0), segmenter=segmenter, progress=False)
+
+
+# -- issue 26: a huge annotation, a refs pickle that asks for gigabytes, outputs over inputs ---------------------
+HUGE_SIZE = r"""
+import json, sys
+from napari_editseg.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code}))
+"""
+
+
+def test_a_200000_square_annotation_fails_its_sample_and_a_rerun_does_not_crash(refer_root, tmp_path):
+    """pycocotools computes height × width in 32 bits: 200000 × 200000 wrote past its buffer and every
+    rerun died at the same sample. Run in a child process, so that a crash would fail only this test."""
+    instances = json.loads((refer_root / "refcoco" / "instances.json").read_text())
+    for image in instances["images"]:
+        if image["id"] == 3:
+            image["height"] = image["width"] = 200_000
+    instances["annotations"].append({"id": 32, "image_id": 1, "category_id": 1, "iscrowd": 1,
+                                     "segmentation": {"size": [200_000, 200_000], "counts": [0, 5]}})
+    (refer_root / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    refs = pickle.loads((refer_root / "refcoco" / "refs(unc).p").read_bytes())
+    refs.append({"ref_id": 108, "ann_id": 32, "image_id": 1, "split": "val",  # an RLE claiming the same size
+                 "sentences": [{"sent": "the crowd", "raw": "the crowd", "sent_id": 1080}]})
+    (refer_root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
+    out = tmp_path / "r.json"
+    argv = ["eval", "--data-root", str(refer_root), "--dataset", "refcoco", "--split", "val", "--method",
+            "whole-image", "--out", str(out)]
+    for _ in range(2):  # the rerun retries the failed samples
+        done = subprocess.run([sys.executable, "-c", HUGE_SIZE, *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and json.loads(done.stdout.strip().splitlines()[-1]) == {"code": 0}, done.stderr
+    report = json.loads(out.read_text())
+    failed = {item["key"]: item["error"] for item in report["failed_samples"]}
+    assert set(failed) == {"103/1030", "108/1080"} and report["n_samples"] == 4
+    assert all("200000 x 200000 = 40000 M pixels is more than the 268 M" in e for e in failed.values())
+    assert "failed 103/1030: ground truth: ValueError: annotation size 200000 x 200000" in done.stdout
+
+
+@pytest.mark.parametrize("name, payload", [
+    ("BINBYTES8", b"\x80\x04\x8e" + (1_800_000_000).to_bytes(8, "little")),
+    ("BINUNICODE8", b"\x80\x04\x8d" + (1_800_000_000).to_bytes(8, "little")),
+    ("FRAME", b"\x80\x04\x95" + (1_800_000_000).to_bytes(8, "little")),
+    ("bytes(n)", b"\x80\x02c__builtin__\nbytes\nJ\x00\xd2\x49\x6b\x85R."),
+])
+def test_a_tiny_refs_pickle_cannot_take_gigabytes(refer_root, name, payload):
+    """A 93-byte refs file took 1.8 GB: a length field or bytes(n) made the reader allocate it first."""
+    import tracemalloc
+
+    path = refer_root / "refcoco" / "refs(unc).p"
+    path.write_bytes(payload.ljust(93, b"."))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="was not loaded") as info:
+            read_dataset(refer_root, "refcoco", "val")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20, f"{name}: {peak / 2**20:.0f} MiB"
+    assert "MemoryError" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["same", "hard link", "symlink", "an image"])
+def test_the_report_never_replaces_an_input(refer_root, tmp_path, how, capsys):
+    instances = refer_root / "refcoco" / "instances.json"
+    target = {"same": instances, "an image": next((refer_root / "images").rglob("*000000000001.jpg"))}.get(how)
+    if target is None:
+        target = tmp_path / "report.json"
+        (os.link if how == "hard link" else lambda src, dst: Path(dst).symlink_to(src))(instances, target)
+    before = instances.read_bytes()
+    code = main(["eval", "--data-root", str(refer_root), "--dataset", "refcoco", "--split", "val", "--method",
+                 "whole-image", "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is an input file" in err and err.count("\n") == 1, err
+    assert instances.read_bytes() == before
+
+
+def test_report_names_with_glob_characters_resume_and_too_long_names_are_refused(refer_root, tmp_path, capsys):
+    out = tmp_path / "r[1]*.json"
+    for _ in range(2):
+        evaluate(config(refer_root, out, method="whole-image"), progress=False)
+    lines = (tmp_path / "r[1]*.json.samples.rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # the rerun found the records (a glob of the name did not): nothing scored twice
+    long_out = tmp_path / ("r" * 240 + ".json")  # legal, but its records' name would not be
+    code = main(["eval", "--data-root", str(refer_root), "--dataset", "refcoco", "--split", "val", "--method",
+                 "whole-image", "--out", str(long_out)])
+    assert code == 2 and "more than the 255" in capsys.readouterr().err

@@ -1,14 +1,16 @@
 """The API under misuse: threads, odd inputs, memory guards, safe loading. Real forwards of the
 tiny model; a forward is only ever slowed down (a hook that waits), never replaced."""
 
+import re
 import threading
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from napari_editseg import EditSegmenter
-from napari_editseg.core.budget import MemoryBudgetError
+from napari_editseg.core.budget import MemoryBudgetError, memory_error_from
 from napari_editseg.core.image import ImageScalingWarning, to_rgb_float
 from napari_editseg.testing import build_tiny_pipeline, never_runs
 
@@ -201,3 +203,68 @@ def test_refine_leaves_the_segmentation_it_refines_unchanged(segmenter, picture)
     for name, before in kept.items():
         np.testing.assert_array_equal(getattr(result, name), before)
     assert result.positive == () and result.settings.mask_threshold == 0.5
+
+
+# -- issue 26: out of memory in one line; the estimate says what it needs and what is there ----------------
+def test_a_refused_request_says_how_much_it_needs_and_how_much_is_free(segmenter, picture):
+    segmenter.set_image(picture)
+    with pytest.raises(MemoryBudgetError) as info:
+        segmenter.segment("the disc", resolution=2048)
+    assert re.fullmatch(r"this needs about [\d.]+ GiB \([\d.]+ GiB for .+\) but about [\d.]+ GiB are free on cpu: "
+                        r"lower .+", str(info.value)), str(info.value)
+
+
+@pytest.mark.parametrize("error, needs, where", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 21474836480 bytes. Error code 12 (Cannot allocate memory)"), "20.0 GiB", "cpu"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 79.1 "
+                            "GiB of which 1.2 GiB is free."), "2.5 GiB", "cuda"),
+    (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000, 1000, 1000) and data type float64"),
+     "7.4 GiB", "cpu"),
+    (MemoryError(), "more memory than is free", "cpu"),
+])
+def test_out_of_memory_errors_become_the_guards_one_line(error, needs, where):
+    line = str(memory_error_from(error))
+    assert line.startswith("out of memory: this needs ") and needs in line and f" on {where}: lower resolution" in line
+    assert "\n" not in line
+    assert memory_error_from(RuntimeError("shape mismatch")) is None and memory_error_from(ValueError("x")) is None
+
+
+def test_a_real_cpu_out_of_memory_in_the_cli_is_one_line(tiny_model_dir, picture, tmp_path, capsys, monkeypatch):
+    """torch's own CPU allocator error (a plain RuntimeError), raised by a real allocation of 1 PiB."""
+    from skimage import io
+
+    from napari_editseg.cli import main
+
+    io.imsave(tmp_path / "in.png", picture, check_contrast=False)
+    real_segment = EditSegmenter.segment
+
+    def segment_then_allocate(self, *args, **kwargs):
+        real_segment(self, *args, **kwargs)
+        return torch.empty(2**50, dtype=torch.uint8)
+
+    monkeypatch.setattr(EditSegmenter, "segment", segment_then_allocate)
+    code = main(["segment", str(tmp_path / "in.png"), "the disc", "--model", str(tiny_model_dir),
+                 "-o", str(tmp_path / "m.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "out of memory: this needs one more allocation of 1048576.0 GiB but about" in err and "on cpu" in err
+
+
+# -- the widget's latent cache: per model, never shared ----------------------------------------------------
+def test_latents_cached_for_one_model_are_never_given_to_another(segmenter, picture, tmp_path):
+    """Two models (other VAE weights), one plane: each gets the latents of its own VAE (the cache is
+    keyed by model and content)."""
+    from napari_editseg._runstate import Session
+
+    build_tiny_pipeline(seed=1).save_pretrained(tmp_path / "other")
+    other = EditSegmenter.from_pretrained(str(tmp_path / "other"), device="cpu")
+    other.set_image(picture)
+    own = {size: latents.clone() for size, latents in other.image_latents().items()}
+    session = Session()
+    session.set_plane(segmenter, picture)
+    session.set_plane(other, picture)
+    assert other.image_latents().keys() == own.keys()
+    for size, latents in own.items():
+        assert torch.equal(other.image_latents()[size], latents)
+        assert not torch.equal(segmenter.image_latents()[size], latents)  # the test can tell them apart

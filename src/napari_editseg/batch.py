@@ -16,7 +16,7 @@ import csv
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -71,8 +71,9 @@ def jobs_from_csv(table: Path, out_dir: Path, fmt: str) -> list[Job]:
     return list(jobs.values())
 
 
-def check_jobs(jobs: list[Job], out_dir: Path) -> None:
-    """Before any model loads: one output per input, no output over an input, a usable folder."""
+def check_jobs(jobs: list[Job], out_dir: Path, table: Optional[Path] = None, processes: int = 1) -> None:
+    """Before any model loads: one output per input, no output (labels or report) over an input
+    (an image or the CSV ``table``), a usable folder."""
     from .files import check_outputs, file_key
 
     out_dir = Path(out_dir)
@@ -86,7 +87,34 @@ def check_jobs(jobs: list[Job], out_dir: Path) -> None:
     if clashes:
         raise ValueError(f"inputs would overwrite each other's label image ({'; '.join(clashes)}): rename them so "
                          "their names differ before the extension, or label them in separate runs")
-    check_outputs([("--out", job.output) for job in jobs], [job.image for job in jobs])
+    reports = [out_dir / "batch_report.json"] + [part_path(out_dir, rank) for rank in range(processes)]
+    check_outputs([("--out", job.output) for job in jobs] + [("the report", path) for path in reports],
+                  [job.image for job in jobs] + ([("--csv", table)] if table else []))
+
+
+def part_path(out_dir: Path, rank: int) -> Path:
+    """The report part of process ``rank`` (merged into batch_report.json by the main process)."""
+    return Path(out_dir) / f"batch_report.rank{rank}.json"
+
+
+def stack_labels(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Label k+1 where the k-th mask is and no earlier one is, in the smallest unsigned type that
+    holds every label (uint8 up to 255 masks, uint16 up to 65535, else uint32)."""
+    dtype = np.uint8 if len(masks) <= 0xFF else np.uint16 if len(masks) <= 0xFFFF else np.uint32
+    labels = np.zeros(masks[0].shape, dtype)
+    for value, mask in enumerate(masks, start=1):
+        labels[mask & (labels == 0)] = value
+    return labels
+
+
+def error_text(error: BaseException) -> str:
+    """One line for the report: an out-of-memory error as the memory guard says it, a ValueError as
+    it is, anything else with its type."""
+    from .core.budget import memory_error_from
+
+    error = memory_error_from(error) or error
+    text = " ".join(str(error).split())
+    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
 
 
 def job_state(job: Job, overwrite: bool) -> str:
@@ -109,22 +137,27 @@ KEPT_BECAUSE = {
 
 
 def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Path, overwrite: bool = False,
-              progress: bool = True, batch_size: int = 1) -> dict:
+              progress: bool = True, batch_size: int = 1, read: Optional[Callable[[Path], np.ndarray]] = None,
+              table: Optional[Path] = None) -> dict:
     """Label every job this process owns; returns the report of the whole job list.
 
     ``batch_size`` images go through one batched forward (``segment_images``; same labels), the
-    next ones read in the background meanwhile."""
+    next ones read in the background meanwhile. ``read(path)`` gives an image's picture
+    (default :func:`~napari_editseg.image_files.read_image`). One image that cannot be read,
+    segmented or written is reported and skipped; the others are labelled."""
     from ._distributed import process_state
     from ._prefetch import chunked, prefetched, segment_chunk
-    from .files import read_image, remove_partials, write_json, write_labels
+    from .files import remove_partials, write_json
+    from .image_files import read_image
 
+    read = read or read_image
     chunked([], batch_size)  # a bad batch size fails before any work
-    check_jobs(jobs, out_dir)
     state = process_state()
+    check_jobs(jobs, out_dir, table, state.num_processes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = jobs[state.process_index::state.num_processes]
-    part_file = out_dir / f"batch_report.rank{state.process_index}.json"
+    part_file = part_path(out_dir, state.process_index)
     for path in [job.output for job in mine] + [part_file] + ([out_dir / "batch_report.json"] * state.is_main_process):
         remove_partials(path)  # what a killed run left half-written
     states = {id(job): job_state(job, overwrite) for job in mine}
@@ -136,35 +169,44 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
     segmenter = segmenter_factory() if todo else None
     resumed = len(done)
     bar = tqdm(total=len(todo), unit="image", desc="labelling", disable=not progress or not state.is_main_process)
-    for chunk, images in prefetched(chunked(todo, batch_size), lambda job: read_image(str(job.image))):
+    for chunk, images in prefetched(chunked(todo, batch_size), lambda job: read(job.image)):
         readable = []
         for job, image in zip(chunk, images):
-            if isinstance(image, ValueError):
-                part["unreadable"].append({"image": str(job.image), "error": str(image)})
-            elif isinstance(image, BaseException):
+            if isinstance(image, Exception):
+                part["unreadable"].append({"image": str(job.image), "error": error_text(image)})
+            elif isinstance(image, BaseException):  # Ctrl-C, SystemExit in a reading thread
                 raise image
             else:
                 readable.append((job, image))
-        outcomes = segment_chunk(segmenter, [image for _, image in readable], [job.expressions for job, _ in readable])
-        for (job, image), results in zip(readable, outcomes):
-            if isinstance(results, ValueError):  # e.g. a 2-channel image or an empty expression
-                part["failed"].append({"image": str(job.image), "error": str(results)})
-                continue
-            labels = np.zeros(image.shape[:2], np.uint8 if len(results) < 256 else np.uint16)
-            for value, result in enumerate(results, start=1):
-                labels[result.mask & (labels == 0)] = value
-            write_labels(job.output, labels, job.description())
-            done.append(job)
+        outcomes = segment_chunk(segmenter, [image for _, image in readable], [job.expressions for job, _ in readable],
+                                 errors=(Exception,))
+        for (job, _), results in zip(readable, outcomes):
+            written = results if isinstance(results, Exception) else write_job(job, results)
+            if written is None:
+                done.append(job)
+            else:  # e.g. a 2-channel image, an out-of-memory error, a full disk
+                part["failed"].append({"image": str(job.image), "error": error_text(written)})
         bar.update(len(chunk))
     bar.close()
     part["images"] = [{"image": str(job.image), "output": str(job.output), "labels": job.labels()} for job in done]
     part["this_run"] = {"labelled": len(done) - resumed, "already_done": resumed}
     write_json(part_file, part)
     state.wait_for_everyone()
-    report = merge_parts([out_dir / f"batch_report.rank{rank}.json" for rank in range(state.num_processes)])
+    report = merge_parts([part_path(out_dir, rank) for rank in range(state.num_processes)])
     if state.is_main_process:
         write_json(out_dir / "batch_report.json", report)
     return report
+
+
+def write_job(job: Job, results: list) -> Optional[OSError]:
+    """Write a job's label image; the OSError that stopped it (a full disk, say), else None."""
+    from .files import write_labels
+
+    try:
+        write_labels(job.output, stack_labels([r.mask for r in results]), job.description())
+    except OSError as error:
+        return error
+    return None
 
 
 def merge_parts(paths: list[Path]) -> dict:
@@ -186,13 +228,16 @@ def merge_parts(paths: list[Path]) -> dict:
 
 
 def summary(report: dict) -> str:
+    """The report for a terminal: names and errors escaped (a file name may hold control characters)."""
+    from .files import printable
+
     run = report["this_run"]
     lines = [f"labelled {run['labelled']} image(s); {run['already_done']} already done (resumed)"]
-    for key, what in (("unreadable", "unreadable, skipped"), ("failed", "refused by the segmenter"),
+    for key, what in (("unreadable", "unreadable, skipped"), ("failed", "not labelled (segmenting or writing failed)"),
                       ("kept", "existing output(s) not replaced")):
         if report[key]:
             lines.append(f"{len(report[key])} {what}:")
-            lines += [f"  {item['image']}: {item.get('error') or item['output'] + ' ' + item['why']}"
+            lines += [printable(f"  {item['image']}: {item.get('error') or item['output'] + ' ' + item['why']}")
                       for item in report[key]]
     return "\n".join(lines)
 

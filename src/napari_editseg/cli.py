@@ -14,12 +14,14 @@ import numpy as np
 from .core.instruction import normalise_expression
 from .core.model import DEFAULT_MODEL, ModelNotAvailableError
 from .core.settings import SETTING_SPECS, SegmentationSettings, parse_setting
-from .files import check_outputs, check_suffix, read_image, write_labels, write_npy
+from .files import check_outputs, check_suffix, printable, write_labels, write_npy
+from .image_files import parse_indices, read_array, read_image
 from .samples import SAMPLES, check_sample, sample_image
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # lossless: a mask must read back as it was
 OVERLAY_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MAP_SUFFIXES = (".npy",)
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def settings_help() -> str:
@@ -74,18 +76,38 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "model you trust); by default only safetensors weights are read")
 
 
+def add_picture_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plane", metavar="I[,J...]", help="which plane of a stack, an animation or a multipage "
+                        "file (one index per plane axis, from 0); needed when the file holds several")
+    parser.add_argument("--channels", metavar="C[,C,C]", help="which channels make the picture: one (grey) or three "
+                        "(RGB), from 0; needed for files with channels other than grey, RGB or RGBA")
+
+
+def picture_options(args: argparse.Namespace) -> dict:
+    """``read_image``'s plane and channels from --plane and --channels (checked before the model loads)."""
+    return {"plane": parse_indices(args.plane, "--plane"), "channels": parse_indices(args.channels, "--channels")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-editseg",
         description="Segment the object a sentence names, from one forward of an image-editing model's denoiser.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_segment_command, add_batch_command, add_replay_command, add_eval_command):
+        add(commands)
+    return parser
 
-    def command(name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=description, epilog=settings_help() + epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
+def command(commands, name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A command whose help ends with every setting (the ones that take ``--set``)."""
+    return commands.add_parser(name, help=help, description=description, epilog=settings_help() + epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_segment_command(commands) -> None:
     segment = command(
+        commands,
         "segment", "segment one image",
         "Segment what each expression names in IMAGE and write one mask per expression.",
         "\n\nsamples (--sample NAME): " + ", ".join(SAMPLES) +
@@ -101,10 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overlay", help="also write the picture with the mask tinted (.png, .tif or .jpg)")
     segment.add_argument("--scores", help="also write the score map S (float32 .npy, image size)")
     segment.add_argument("--prior", help="also write the attention prior P (float32 .npy, image size)")
+    add_picture_arguments(segment)
     add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
 
+
+def add_batch_command(commands) -> None:
     batch = command(
+        commands,
         "batch", "label a folder of images (or a CSV of image,expression rows)",
         "Write one label image per input image (same size). Resumable: outputs that exist are skipped. "
         "Runs unchanged under `accelerate launch` (each process takes a shard).",
@@ -117,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
     batch.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and UNet forward "
                        "(same labels; images are read in the background meanwhile). Default 1")
+    add_picture_arguments(batch)
     add_model_arguments(batch)
     batch.set_defaults(run=run_batch)
 
+
+def add_replay_command(commands) -> None:
     replay = commands.add_parser(
         "replay", help="make labels again from their records (widget export)",
         description="Make the labels of a record file (the JSON the widget exports beside its TIFF) again, "
@@ -129,13 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("records", help="record file (*.editseg.json)")
     replay.add_argument("--image", required=True, help="the image the labels were made on (same data)")
-    replay.add_argument("-o", "--output", help="write the replayed labels here (TIFF/PNG)")
+    replay.add_argument("-o", "--output", help="write the replayed labels here (.tif, or .png for labels up to 65535); "
+                        "never one of the inputs")
     replay.add_argument("--check", help="label image to compare with, label by label; exit 1 if any differs")
-    replay.add_argument("--model", help="load this model instead of the recorded id/folder (it must hash the same)")
+    replay.add_argument("--model", help="load this model instead of the recorded id/folder (it must hash the same); "
+                        "a hub id given here may be downloaded, the recorded one never is")
     replay.add_argument("--device", help="run on this device instead of the recorded one (results may differ)")
     replay.set_defaults(run=run_replay)
 
+
+def add_eval_command(commands) -> None:
     evaluate = command(
+        commands,
         "eval", "RefCOCO / RefCOCO+ / RefCOCOg evaluation, exact zero-shot protocol",
         "Score a method on a referring-segmentation split (docs/evaluation.md). Resumable with the same "
         "--out; runs unchanged under `accelerate launch`.",
@@ -157,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "(same results; images are read in the background meanwhile). Default 1")
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
-    return parser
 
 
 def segment_outputs(args: argparse.Namespace, count: int) -> list[tuple[str, Path]]:
@@ -194,7 +227,10 @@ def run_segment(args: argparse.Namespace) -> int:
     SegmentationSettings().replace(**overrides)  # bad settings fail before the model loads
     outputs = segment_outputs(args, len(expressions))
     check_outputs(outputs, input_files)
-    image = sample_image(args.sample) if args.sample else read_image(source)
+    picture = picture_options(args)
+    if args.sample and (picture["plane"] or picture["channels"]):
+        raise ValueError("--plane and --channels choose from an IMAGE file; a sample is one RGB picture")
+    image = sample_image(args.sample) if args.sample else read_image(source, **picture)
 
     from .core.segmenter import EditSegmenter
 
@@ -214,10 +250,10 @@ def run_segment(args: argparse.Namespace) -> int:
                 write_npy(numbered(path, index, len(expressions)), values)
         note = " (instruction truncated to fit the text encoder)" if result.truncated else ""
         found = "" if result.found else f" - nothing found (below min_confidence {result.settings.min_confidence:g})"
-        print(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}, "
-              f"confidence {result.confidence:.2f}{found}{note}")
-    print(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
-          f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s")
+        print(printable(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}, "
+                        f"confidence {result.confidence:.2f}{found}{note}"))
+    print(printable(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
+                    f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s"))
     return 0
 
 
@@ -233,6 +269,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise ValueError("give INPUT_DIR and a non-empty EXPRESSION, or --csv FILE")
     overrides = parse_settings(args.settings)
     SegmentationSettings().replace(**overrides)
+    picture = picture_options(args)
 
     def factory():
         from ._distributed import process_state, segmenter_device
@@ -242,19 +279,38 @@ def run_batch(args: argparse.Namespace) -> int:
         return EditSegmenter.from_pretrained(args.model, device=device, dtype=args.dtype,
                                              allow_pickle=args.allow_pickle_weights, **overrides)
 
-    report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size)
+    report = label_all(jobs, factory, Path(args.out), overwrite=args.overwrite, batch_size=args.batch_size,
+                       read=lambda path: read_image(path, **picture), table=Path(args.csv) if args.csv else None)
     print(summary(report))
     return 0
 
 
+def replay_outputs(args: argparse.Namespace, records: list[dict]) -> None:
+    """Refuse, before any model loads, an output that is one of the inputs or that cannot hold the labels."""
+    inputs = [("record", args.records), ("--image", args.image)] + ([("--check", args.check)] if args.check else [])
+    if not args.output:
+        return
+    output = Path(args.output)
+    check_suffix("-o", output, LABEL_SUFFIXES)
+    check_outputs([("-o", output)], inputs)
+    highest = max(record["label"] for record in records)
+    if output.suffix.lower() == ".png" and highest > np.iinfo(np.uint16).max:
+        raise ValueError(f"-o {args.output!r}: a PNG holds labels up to 65535, the records go to {highest}: "
+                         "write a .tif")
+
+
 def run_replay(args: argparse.Namespace) -> int:
-    from .record import load_recorded_model, read_records, replay_labels, version_notes
+    from .record import read_records
+    from .replay import check_image, load_recorded_model, replay_labels, version_notes
 
     content = read_records(args.records)
     records = content["records"]
-    if not records:
-        raise ValueError(f"{args.records!r} holds no records")
-    image = read_image(args.image)
+    replay_outputs(args, records)
+    image = read_array(args.image)
+    expected = read_array(args.check) if args.check else None
+    shape = check_image(records, image, content.get("shape"))
+    if expected is not None and expected.shape != shape:
+        raise ValueError(f"{args.check!r} has shape {expected.shape}, the replayed labels {shape}")
     models: dict = {}
 
     def segmenter_for(record):
@@ -264,23 +320,20 @@ def run_replay(args: argparse.Namespace) -> int:
         return models[key]
 
     for note in sorted({note for record in records for note in version_notes(record)}):
-        print(f"napari-editseg: note: {note}; bit-for-bit needs the same versions", file=sys.stderr)
+        print(printable(f"napari-editseg: note: {note}; bit-for-bit needs the same versions"), file=sys.stderr)
     labels = replay_labels(records, image, segmenter_for, content.get("shape"))
     if args.output:
         write_labels(Path(args.output), labels)
-        print(f"{args.output}: {len(records)} label(s) replayed")
-    if not args.check:
+        print(printable(f"{args.output}: {len(records)} label(s) replayed"))
+    if expected is None:
         return 0
-    expected = read_image(args.check)
-    if expected.shape != labels.shape:
-        raise ValueError(f"{args.check!r} has shape {expected.shape}, the replayed labels {labels.shape}")
     differing = 0
     for record in records:
         label = record["label"]
         pixels = int(((expected == label) != (labels == label)).sum())
         differing += bool(pixels)
-        print(f"label {label} ({record['expression'] or 'no words'}): "
-              f"{'identical' if not pixels else f'{pixels} pixels differ'}")
+        print(printable(f"label {label} ({record['expression'] or 'no words'}): "
+                        f"{'identical' if not pixels else f'{pixels} pixels differ'}"))
     return 1 if differing else 0
 
 
@@ -314,31 +367,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for library in (diffusers_logging, transformers_logging):
         library.set_verbosity_error()
         library.disable_progress_bar()
-    import torch
+    from .core.budget import memory_error_from
 
-    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             return args.run(args)
     except ModelNotAvailableError as error:
-        print(f"napari-editseg: error: {error}", file=sys.stderr)
+        say_error(error)
         return 3
     except (ValueError, OSError) as error:
-        print(f"napari-editseg: error: {' '.join(str(error).split())}", file=sys.stderr)
+        say_error(error)
         return 2
-    except out_of_memory:
-        print("napari-editseg: error: out of memory: lower the resolution (--set resolution=...), or use a "
-              "smaller image or fewer expressions at once", file=sys.stderr)
+    except (MemoryError, RuntimeError) as error:  # torch's out-of-memory errors are RuntimeErrors
+        memory = memory_error_from(error)
+        if memory is None:
+            raise
+        say_error(memory)
         return 2
     except KeyboardInterrupt:
         print("napari-editseg: interrupted (files are written whole or not at all)", file=sys.stderr)
         return 130
 
 
+def say_error(error: BaseException) -> None:
+    """An error as one line on stderr; text from files and records shown escaped (:func:`printable`)."""
+    print(f"napari-editseg: error: {printable(' '.join(str(error).split()))}", file=sys.stderr)
+
+
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line on stderr, like the errors (no source line, no file name)."""
-    print(f"napari-editseg: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"napari-editseg: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

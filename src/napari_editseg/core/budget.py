@@ -13,6 +13,7 @@ of the kernel's OOM killer or a traceback deep inside torch.
 from __future__ import annotations
 
 import os
+import re
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,9 @@ def check_memory(needs: list[Need], device: torch.device, host_needs: list[Need]
     computer's own memory (one pool with ``needs`` unless the device is a CUDA GPU). The line
     names the largest term and the setting that shrinks it.
     """
-    pools = [(device, list(needs)), (torch.device("cpu"), list(host_needs))]
+    pools = [(device, list(needs) + [RUNTIME]), (torch.device("cpu"), list(host_needs))]
     if device.type != "cuda":
-        pools = [(device, list(needs) + list(host_needs))]
+        pools = [(device, list(needs) + [RUNTIME] + list(host_needs))]
     for where, terms in pools:
         if not terms:
             continue
@@ -131,5 +132,52 @@ def check_memory(needs: list[Need], device: torch.device, host_needs: list[Need]
         )
 
 
+# What a call takes beyond its terms: allocator arenas, thread stacks, kernel workspaces. Measured on
+# the real-size InstructPix2Pix (benchmarks/bench_memory.py, docs/performance.md): the virtual size
+# (what `ulimit -v` limits) grew up to 90 MiB past the terms at resolution 256; resident memory never did.
+RUNTIME = Need(256 * 2**20, "the runtime's own working memory", "resolution")
+
+
 class MemoryBudgetError(ValueError):
     """A request whose memory estimate exceeds what is free; nothing large was allocated."""
+
+
+# -- an out-of-memory error the estimate did not foresee, as the same one line ------------------
+_ASKED = [  # how each allocator says what it tried to allocate
+    (re.compile(r"tried to allocate (\d+) bytes", re.I), None),  # torch's CPU allocator
+    (re.compile(r"tried to allocate ([\d.]+) ?([KMGT]i?B|B)\b", re.I), 1),  # CUDA, MPS
+    (re.compile(r"unable to allocate ([\d.]+) ?([KMGT]i?B|B)\b", re.I), 1),  # numpy
+]
+_UNITS = {"B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+          "TB": 10**12}
+_OUT_OF_MEMORY = re.compile(r"DefaultCPUAllocator: (can't allocate memory|not enough memory)|out of memory", re.I)
+
+
+def memory_error_from(error: BaseException) -> Optional[MemoryBudgetError]:
+    """A torch or numpy out-of-memory error as :class:`MemoryBudgetError`'s one line (the
+    allocation that failed and what is free), or None when ``error`` is something else.
+
+    torch raises a plain ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory") on
+    the CPU and ``torch.OutOfMemoryError`` on a GPU; numpy a ``MemoryError``."""
+    cuda_oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    if not isinstance(error, (MemoryError, cuda_oom)) and not (
+            isinstance(error, RuntimeError) and _OUT_OF_MEMORY.search(str(error))):
+        return None
+    text = str(error)
+    on_gpu = isinstance(error, cuda_oom) or "CUDA" in text
+    where = torch.device("cuda" if on_gpu else "mps" if "MPS" in text else "cpu")
+    asked = None
+    for pattern, has_unit in _ASKED:
+        found = pattern.search(text)
+        if found:
+            asked = int(found.group(1)) if has_unit is None else int(float(found.group(1)) *
+                                                                       _UNITS[found.group(2).upper()])
+            break
+    try:
+        free = available_bytes(where)
+    except Exception:  # no such device here (an error passed on from elsewhere): say what is known
+        free = None
+    needs = f"one more allocation of {asked / GIB:.1f} GiB" if asked is not None else "more memory than is free"
+    there = f"about {free / GIB:.1f} GiB are free" if free is not None else "that is not free"
+    return MemoryBudgetError(f"out of memory: this needs {needs} but {there} on {where.type}: lower resolution "
+                             "(--set resolution=...), or use a smaller image or fewer expressions at once")

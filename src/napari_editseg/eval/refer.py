@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..files import read_image
+from ..image_files import MAX_IMAGE_PIXELS, read_image
 from . import need_extra
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -31,6 +31,7 @@ EXPECTED_SAMPLES = {
     ("refcocog", "umd", "val"): 4896, ("refcocog", "umd", "test"): 9602,
 }
 COCO_IMAGES = Path("images") / "mscoco" / "images" / "train2014"
+MAX_REFS_BYTES = 2**30  # refs(umd).p of RefCOCOg is about 60 MB
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RefSample:
     width: int
     load_image: Callable[[], np.ndarray]
     load_mask: Callable[[], np.ndarray]
+    image_file: Optional[Path] = None  # the picture's own file (refer layout), an input no output may replace
 
 
 def select_split(refs: list, split: str) -> list:
@@ -72,6 +74,9 @@ def annotation_mask(segmentation: Any, height: int, width: int, binarise: str = 
 
     if binarise not in ("eq1", "gt0"):
         raise ValueError(f"binarise must be 'eq1' or 'gt0', not {binarise!r}")
+    check_mask_size(height, width)
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("size"), (list, tuple)):
+        check_mask_size(*(list(segmentation["size"]) + [0, 0])[:2])
     if isinstance(segmentation, list):  # polygons
         if not segmentation or not all(
             isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
@@ -95,6 +100,16 @@ def annotation_mask(segmentation: Any, height: int, width: int, binarise: str = 
     if binarise == "gt0":
         return counts > 0
     raise ValueError(f"binarise must be 'eq1' or 'gt0', not {binarise!r}")
+
+
+def check_mask_size(height: Any, width: Any) -> None:
+    """Refuse, before pycocotools allocates it, a mask size that is not a picture's: pycocotools
+    computes height × width in 32 bits, and 200000 × 200000 made it write past its buffer."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (height, width)) or min(height, width) < 1:
+        raise ValueError(f"annotation size {height!r} x {width!r} is not a picture's size")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"annotation size {height} x {width} = {height * width / 1e6:.0f} M pixels is more than the "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} M a ground-truth mask may have: this sample is skipped")
 
 
 def _missing(what: str) -> Callable[[], np.ndarray]:
@@ -139,6 +154,7 @@ def _ref_samples(ref, annotations, image_info, image_loader, sentence_field, bin
             sentence=sentence[sentence_field], ref_id=int(ref["ref_id"]), sent_id=int(sentence["sent_id"]),
             ann_id=int(ref["ann_id"]), image_id=int(ref["image_id"]), split=ref["split"], height=h, width=w,
             load_image=load_image, load_mask=load_mask,
+            image_file=load_image.args[0] if getattr(load_image, "func", None) is read_image else None,
         )
         for sentence in ref["sentences"]
     ]
@@ -173,12 +189,24 @@ def read_refer(root: Path, dataset: str, split: str, split_by: Optional[str] = N
                               sentence_field, binarise)
 
 
-class PlainUnpickler(pickle.Unpickler):
-    """Unpickles plain containers, text and numbers only. A pickle can name any importable
-    callable and run it as it loads; a refs file never needs one, so naming any is refused."""
+def input_files(samples: list[RefSample], data_root: Path, dataset: str, split_by: Optional[str]) -> list[Path]:
+    """Every file an evaluation reads: annotations, refs, parquet files and pictures (no output may be one)."""
+    root = Path(data_root)
+    files = [root / dataset / "instances.json", root / dataset / f"refs({split_by or SPLIT_BY[dataset]}).p"]
+    files += sorted(root.rglob("*.parquet")) if not files[0].is_file() else []
+    return files + sorted({s.image_file for s in samples if s.image_file is not None})
 
-    ALLOWED = frozenset({"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool",
-                         "complex"})
+
+class PlainUnpickler(pickle._Unpickler):
+    """Unpickles plain containers, text and numbers only. A pickle can name any importable
+    callable and run it as it loads; a refs file never needs one, so naming any is refused.
+
+    Python's own unpickler rather than the C one: the C one allocates the size a length field
+    declares before reading the data (3.11), so a 93-byte file declaring 1.8 GB took 1.8 GB;
+    this one reads what the file holds (about 4× slower: ~5 s for RefCOCO's refs)."""
+
+    # no ``bytes``: bytes(1_800_000_000) is a 30-byte pickle that takes 1.8 GB
+    ALLOWED = frozenset({"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "complex"})
 
     def find_class(self, module: str, name: str) -> Any:
         if module in ("builtins", "__builtin__") and name in self.ALLOWED:
@@ -187,10 +215,13 @@ class PlainUnpickler(pickle.Unpickler):
 
 
 def load_refs(path: Path) -> list:
-    """The refer layout's ``refs(<split_by>).p``, through :class:`PlainUnpickler`."""
+    """The refer layout's ``refs(<split_by>).p``, through :class:`PlainUnpickler`, from memory: a
+    length field in the pickle (of a string, of a frame) cannot make it allocate more than the file holds."""
+    path = Path(path)
+    if path.stat().st_size > MAX_REFS_BYTES:
+        raise ValueError(f"{path} is larger than a refs file can be ({MAX_REFS_BYTES >> 20} MiB)")
     try:
-        with Path(path).open("rb") as handle:
-            refs = PlainUnpickler(handle).load()
+        refs = PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     except Exception as error:  # UnpicklingError, EOFError, ...: one line, whatever the file holds
         raise ValueError(f"{path} was not loaded: {type(error).__name__}: {str(error)[:200]} (only lists, "
                          "dicts, text and numbers are read from a refs pickle)") from None
@@ -215,7 +246,11 @@ def _decode_embedded(path: str, group: int, row: int) -> np.ndarray:
 
     image = _row_group_images(path, group)[row]
     data = image["bytes"] if isinstance(image, dict) else image
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    with Image.open(io.BytesIO(data)) as picture:
+        if picture.size[0] * picture.size[1] > MAX_IMAGE_PIXELS:
+            raise ValueError(f"the embedded image is {picture.size[0]}x{picture.size[1]} pixels, more than the "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} M this reads")
+        return np.asarray(picture.convert("RGB"))
 
 
 def read_parquet(folder: Path, dataset: str, split: str, split_by: Optional[str] = None,

@@ -13,6 +13,7 @@ not at all. One malformed ground-truth annotation fails its own sample, not the 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -25,9 +26,9 @@ from tqdm import tqdm
 
 from .._distributed import process_state, segmenter_device
 from .._prefetch import chunked, prefetched, segment_chunk
-from ..files import check_outputs, remove_partials, write_json
+from ..files import check_outputs, printable, remove_partials, write_json
 from .metrics import THRESHOLDS, SampleScore, score_sample, summarise
-from .refer import EXPECTED_SAMPLES, SPLIT_BY, RefSample, read_dataset
+from .refer import EXPECTED_SAMPLES, SPLIT_BY, RefSample, input_files, read_dataset
 
 METHODS = ("editseg", "whole-image", "centre", "prior-only")
 MODEL_FREE = ("whole-image", "centre")
@@ -124,7 +125,17 @@ class EvalConfig:
 
 
 def _records_paths(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(out.name + ".samples*.jsonl"))
+    return sorted(out.parent.glob(glob.escape(out.name) + ".samples*.jsonl"))
+
+
+def _records_path(out: Path, rank: int) -> Path:
+    return out.parent / f"{out.name}.samples.rank{rank}.jsonl"
+
+
+def _outputs(out: Path, processes: int) -> list[tuple[str, Path]]:
+    """Every file a run writes beside ``out``, with what it is."""
+    return [("--out", out), ("the run's identity", _meta_path(out))] + [
+        ("the per-sample records", _records_path(out, rank)) for rank in range(processes)]
 
 
 def repair_records(path: Path) -> None:
@@ -188,7 +199,7 @@ def _meta_path(out: Path) -> Path:
     return out.parent / (out.name + ".run.json")
 
 
-def _check_config(config: EvalConfig, segmenter: Any) -> None:
+def _check_config(config: EvalConfig, segmenter: Any, processes: int = 1) -> None:
     """What can be refused before the data is read and the model loaded."""
     if config.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {config.method!r}")
@@ -200,7 +211,7 @@ def _check_config(config: EvalConfig, segmenter: Any) -> None:
     out = Path(config.out)
     if out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a folder: give a report file name, e.g. {str(out / 'report.json')!r}")
-    check_outputs([("--out", out)])
+    check_outputs(_outputs(out, processes))
 
 
 def _score_group(group: list[RefSample], predict: Callable) -> list[SampleScore]:
@@ -236,15 +247,17 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
     of its own settings.
     """
     chunked([], config.batch_size)  # a bad batch size fails before any work
-    _check_config(config, segmenter)
-    config = replace(config, split_by=config.split_by or SPLIT_BY.get(config.dataset))
     state = process_state()
+    _check_config(config, segmenter, state.num_processes)
+    config = replace(config, split_by=config.split_by or SPLIT_BY.get(config.dataset))
     start = time.perf_counter()
     samples = read_dataset(Path(config.data_root), config.dataset, config.split, config.split_by, config.layout,
                            config.sentence_field, config.binarise)
+    out = Path(config.out)
+    check_outputs(_outputs(out, state.num_processes),
+                  input_files(samples, Path(config.data_root), config.dataset, config.split_by))
     if config.limit:
         samples = samples[:config.limit]
-    out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     recorded_settings = None
     if state.is_main_process:
@@ -252,7 +265,7 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
         remove_partials(out)
     state.wait_for_everyone()
 
-    records_file = out.parent / (out.name + f".samples.rank{state.process_index}.jsonl")
+    records_file = _records_path(out, state.process_index)
     repair_records(records_file)
     done = {key for key, record in read_records(out).items() if not record.failed}
     mine = group_by_image(samples)[state.process_index::state.num_processes]
@@ -267,27 +280,38 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
     if segmenter is not None and config.method not in MODEL_FREE and state.is_main_process:
         recorded_settings = _resolved_settings(segmenter, config)
         write_json(_meta_path(out), {"identity": config.identity(), "settings": recorded_settings})
-    if config.batch_size > 1 and config.method not in MODEL_FREE:
-        work = batched_predictions(chunked(todo, config.batch_size), segmenter, config.method, config.settings)
-    else:
-        predict_image = predictor(config.method, segmenter, config.settings)
-
-        def predict(group):
-            return predict_image(group[0].load_image(), [s.sentence for s in group])
-
-        work = ((group, predict) for group in todo)
     bar = tqdm(total=sum(len(g) for g in todo), unit="sample", desc=f"{config.dataset} {config.split}",
                disable=not progress or not state.is_main_process, dynamic_ncols=True)
     with records_file.open("a", encoding="utf-8") as records:
-        for group, predict in work:
+        for group, predict in _work(config, todo, segmenter):
             for score in _score_group(group, predict):
                 records.write(json.dumps(asdict(score)) + "\n")
             records.flush()
             bar.update(len(group))
     bar.close()
     state.wait_for_everyone()
+    report = _report(config, samples, read_records(out), recorded_settings, state.num_processes,
+                     time.perf_counter() - start)
+    if state.is_main_process:
+        write_json(out, report)
+    return report
 
-    scores = read_records(out)
+
+def _work(config: EvalConfig, todo: list[list[RefSample]], segmenter) -> Iterator[tuple[list[RefSample], Callable]]:
+    """``(group, predict)`` for every image group still to score, batched when ``config.batch_size`` > 1."""
+    if config.batch_size > 1 and config.method not in MODEL_FREE:
+        return batched_predictions(chunked(todo, config.batch_size), segmenter, config.method, config.settings)
+    predict_image = predictor(config.method, segmenter, config.settings)
+
+    def predict(group):
+        return predict_image(group[0].load_image(), [s.sentence for s in group])
+
+    return ((group, predict) for group in todo)
+
+
+def _report(config: EvalConfig, samples: list[RefSample], scores: dict[str, SampleScore],
+            recorded_settings: Optional[dict], processes: int, seconds: float) -> dict:
+    """The report of a split from every sample's record (whichever process and run scored it)."""
     wanted = {s.key for s in samples}
     missing = wanted - scores.keys()
     if missing:
@@ -299,14 +323,13 @@ def evaluate(config: EvalConfig, segmenter=None, progress: bool = True) -> dict:
         "settings": {} if config.method in MODEL_FREE else recorded_settings or dict(config.settings),
         "n_refs": len({s.ref_id for s in samples}), "n_images": len({s.image_key for s in samples}),
         "binarise": config.binarise, "sentence_field": config.sentence_field, "limit": config.limit,
-        "processes": state.num_processes, "wall_time_s": time.perf_counter() - start,
+        "processes": processes, "wall_time_s": seconds,
+        "failed_samples": [{"key": k, "error": scores[k].error} for k in sorted(wanted) if scores[k].failed],
     }
     expected = EXPECTED_SAMPLES.get((config.dataset, config.split_by, config.split))
     if expected is not None and not config.limit:
         report["expected_n_samples"] = expected
         report["n_samples_as_published"] = report["n_samples"] == expected
-    if state.is_main_process:
-        write_json(out, report)
     return report
 
 
@@ -328,6 +351,10 @@ def report_table(report: dict) -> str:
         + ("  (strict >)" if report["precision_strict"] else ""),
         f"wall time {report['wall_time_s']:.1f} s on {report['processes']} process(es)",
     ]
+    failed = report.get("failed_samples", [])
+    lines += [printable(f"failed {item['key']}: {item['error']}") for item in failed[:3]]
+    if len(failed) > 3:
+        lines.append(f"... and {len(failed) - 3} more failed samples (failed_samples in the report)")
     if "expected_n_samples" in report:
         mark = "as published" if report["n_samples_as_published"] else "DIFFERS from the published"
         lines.append(f"sample count {report['n_samples']} {mark} {report['expected_n_samples']}")
