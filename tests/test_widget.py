@@ -104,7 +104,8 @@ def test_a_run_writes_a_label_that_undo_takes_back(make_widget, picture, qtbot):
     assert list(table["index"]) == [1] and list(table["expression"]) == ["the red disc"]
     assert labels.metadata["editseg"][1]["expression"] == "the red disc"
     assert viewer.layers[PRIOR_LAYER].data.shape == (45, 60) and SCORES_LAYER in viewer.layers
-    run(qtbot, widget, "the blue square")  # the next expression gets the next free id
+    widget.commit()
+    run(qtbot, widget, "the blue square")  # after a commit, the next run gets the next free id
     assert 2 in labels.data and list(labels.features["index"]) == [1, 2]
     labels.undo()
     assert 2 not in labels.data and 1 in labels.data
@@ -125,8 +126,8 @@ def test_other_labels_are_kept_unless_overwrite_is_ticked(make_widget, picture, 
     assert (labels.data[:, :30] == 7).all() and (labels.data[:, 30:] == 8).all()
     assert "kept" in status(widget)
     widget.overwrite.value = True
-    run(qtbot, widget, "all of it")
-    assert (labels.data == 9).all()
+    run(qtbot, widget, "all of it")  # Segment again: replaces the current object, label 8
+    assert (labels.data == 8).all()
 
 
 def test_the_selected_label_policy(make_widget, picture, qtbot):
@@ -220,6 +221,7 @@ def test_a_stack_segments_the_current_slice_or_all_slices(make_widget, picture, 
     assert tuple(labels.scale) == (5.0, 0.5, 0.5) and tuple(labels.translate) == (0, 10, 20)
     written = [bool(labels.data[z].any()) for z in range(4)]
     assert written == [False, False, True, False]
+    widget.commit()
     widget.slices.value = ALL
     widget.axis.value = 0
     run(qtbot, widget, "the disc")
@@ -356,6 +358,7 @@ def test_results_beyond_the_memory_budget_are_dropped_and_recomputed(make_widget
               for b in widget.session.run.base.values())
     assert len(widget.session.run.base) == 4
     widget.session.cache_budget = 2 * one  # two slices' worth
+    widget.commit()
     run(qtbot, widget, "the disc")
     run_ = widget.session.run
     assert list(run_.base) == [(2,), (3,)]  # least recently used slices dropped
@@ -565,6 +568,9 @@ def test_export_and_replay_make_the_labels_again_bit_for_bit(make_widget, pictur
     widget.add_click_points()
     viewer.layers[CLICKS_LAYER].add([30, 40])  # a click refines label 1
     settle(qtbot, widget)
+    widget.commit()  # label 1 is kept; the clicks layer is emptied for the next object
+    assert len(viewer.layers[CLICKS_LAYER].data) == 0
+    viewer.layers[CLICKS_LAYER].add([20, 45])
     widget.draw_box()
     viewer.layers[BOX_LAYER].add_rectangles(np.array([[4, 30], [40, 58]]))
     widget.labels.value = "editseg pic"
@@ -665,8 +671,8 @@ def test_controls_come_from_the_settings_and_reach_the_run(make_widget, picture,
         new = {"float": lambda s: round((s.default + s.maximum) / 2, 2), "int": lambda s: s.default + 1,
                "choice": lambda s: s.choices[-1], "bool": lambda s: not s.default,
                "text": lambda s: "make the {} blue"}[spec.kind](spec)
-        if spec.name == "min_confidence":
-            new = 0.01  # changed, yet low enough that the run still paints (it paints nothing below)
+        if spec.name in ("min_confidence", "mask_threshold"):
+            new = 0.01  # changed, yet low enough that the run still paints (an empty run paints nothing)
         control.value = changed[spec.name] = new
     run(qtbot, widget)
     used = widget.session.run.labels.metadata["editseg"][1]["settings"]
@@ -690,7 +696,8 @@ def test_the_confidence_is_shown_and_low_confidence_paints_nothing(make_widget, 
     session.paint(run_, run_.labels)
     assert not run_.labels.data.any() and "nothing found" in session.summary(run_, 0.1)
     layers = len(viewer.layers)
-    widget._finished(run_, None)  # a run that found nothing makes no layer
+    run_.target, widget._run = None, run_
+    widget._finished(run_)  # a run that found nothing makes no layer
     assert len(viewer.layers) == layers and "nothing found" in status(widget)
 
 

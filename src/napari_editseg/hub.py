@@ -14,7 +14,14 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from .core.model import DEFAULT_MODEL, EditingModel, ModelNotAvailableError, _looks_like_path
+from .core.model import (
+    DEFAULT_MODEL,
+    HUB_TIMEOUT,
+    EditingModel,
+    ModelNotAvailableError,
+    _looks_like_path,
+    hub_unreachable,
+)
 
 # Editing models in diffusers layout, by hub id, for the widget's list (any other id or folder of a
 # registered pipeline class loads too: see core/backbones). Sizes are of the weights in float16.
@@ -86,7 +93,7 @@ def download(repo_id: str, tqdm_class=None) -> str:
     """
     from huggingface_hub import HfApi, hf_hub_download
 
-    info = HfApi().model_info(repo_id)
+    info = HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)  # asked once: no retries when it does not answer
     files = needed_files([s.rfilename for s in info.siblings or []])
     if "model_index.json" not in files:
         raise ValueError(f"{repo_id!r} on the Hugging Face hub is not a diffusers model (no model_index.json)")
@@ -134,5 +141,5 @@ def not_available_message(model: str) -> str:
 
 
 __all__ = ["KNOWN_MODELS", "DownloadCancelled", "ModelNotAvailableError", "cached_revision", "check_identity",
-           "download", "folder_hash", "is_folder", "model_identity", "needed_files", "not_available_message",
-           "progress_bridge"]
+           "download", "folder_hash", "hub_unreachable", "is_folder", "model_identity", "needed_files",
+           "not_available_message", "progress_bridge"]

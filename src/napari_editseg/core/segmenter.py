@@ -202,6 +202,7 @@ class EditSegmenter:
         image's content, as the napari widget keeps); no VAE pass then.
         """
         self._rgb, self._guide, self._latents = None, None, {}  # a refused image leaves no stale one behind
+        self._image_timings = {"encode_image": 0.0}  # given latents: no encode runs (not the last image's time)
         image = np.asarray(image)
         settings = self.resolve_settings()
         if image.ndim in (2, 3) and min(image.shape[:2]) > 0:
