@@ -264,3 +264,72 @@ def show_records(labels, present: Sequence[int]) -> None:
     shown = labels.features
     if list(shown.columns) != list(table) or any(list(shown[k]) != v for k, v in table.items()):
         labels.features = table
+
+
+# -- the viewer's layers as the widget offers and uses them ------------------------------------------
+CLICKS_LAYER, BOX_LAYER = "editseg clicks", "editseg box"
+PRIOR_LAYER, SCORES_LAYER = "editseg prior", "editseg scores"
+OVERLAYS = (CLICKS_LAYER, BOX_LAYER, PRIOR_LAYER, SCORES_LAYER)
+
+
+def images(viewer) -> list:
+    """The image layers a run can read (not the widget's own maps)."""
+    return [layer for layer in viewer.layers if layer._type_string == "image" and layer.name not in OVERLAYS]
+
+
+def image_choices(viewer) -> list[str]:
+    names = [layer.name for layer in images(viewer)]
+    grey = [layer for layer in images(viewer) if not layer.rgb]
+    return names + ([COMPOSITE] if len(grey) > 1 else [])
+
+
+def labels_names(viewer) -> list[str]:
+    return [layer.name for layer in viewer.layers if layer._type_string == "labels"]
+
+
+def prompt_box(viewer, image) -> Optional[tuple[int, int, int, int]]:
+    return box_from_shapes(viewer.layers[BOX_LAYER], image) if BOX_LAYER in viewer.layers else None
+
+
+def prompt_clicks(viewer, image, shape: tuple[int, int]) -> dict:
+    return clicks_by_slice(viewer.layers[CLICKS_LAYER], image, shape) if CLICKS_LAYER in viewer.layers else {}
+
+
+def add_clicks_layer(viewer, image, changed, toggle) -> None:
+    """The clicks layer over ``image``: small rings (green include, magenta exclude) that leave the objects
+    visible; ``changed`` on every edit, ``toggle`` on T."""
+    points = viewer.add_points(
+        np.zeros((0, spatial_ndim(image))), name=CLICKS_LAYER, size=click_size(image), symbol="ring",
+        features={"positive": np.zeros(0, bool)}, face_color="positive",
+        face_color_cycle={True: "lime", False: "magenta"}, **transform_kwargs(image),
+    )
+    points.events.data.connect(changed)
+    points.bind_key("t", lambda _layer: toggle(), overwrite=True)
+
+
+def add_box_layer(viewer, image) -> None:
+    viewer.add_shapes(ndim=spatial_ndim(image), name=BOX_LAYER, edge_color="yellow", face_color="transparent",
+                      edge_width=2, **transform_kwargs(image))
+
+
+def clear_prompts(viewer) -> None:
+    """Empty the clicks and the box (after a commit or a clear: the next object starts afresh)."""
+    if CLICKS_LAYER in viewer.layers:
+        viewer.layers[CLICKS_LAYER].data = np.zeros((0, viewer.layers[CLICKS_LAYER].ndim))
+    if BOX_LAYER in viewer.layers:
+        viewer.layers[BOX_LAYER].data = []
+
+
+def show_maps(viewer, result, image, prior: bool, scores: bool) -> None:
+    """Prior and score maps of the shown slice as image layers exactly over the image."""
+    for show, name, data, colormap in ((prior, PRIOR_LAYER, result.prior, "inferno"),
+                                       (scores, SCORES_LAYER, result.scores, "viridis")):
+        if not show:
+            continue
+        if name in viewer.layers:
+            viewer.layers[name].data = data
+        else:  # units set afterwards: napari 0.5's add_image reads a sequence as one value per channel
+            placed = plane_transform(image)
+            units = placed.pop("units")
+            viewer.add_image(data, name=name, colormap=colormap, opacity=0.5, blending="additive",
+                             contrast_limits=(0.0, 1.0), **placed).units = units

@@ -7,6 +7,7 @@ knows about runs or layers. Controls are named, so ``panel.<name>`` reaches them
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -24,7 +25,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QTextOption
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QTextEdit, QWidget
+from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QSizePolicy, QTextEdit, QWidget
 
 from . import _controls
 
@@ -32,6 +33,7 @@ NEW_LAYER = "<new labels layer>"
 NEXT_FREE, SELECTED = "next free label", "the layer's selected label"
 CURRENT, ALL = "current slice", "all slices along axis"
 POSITIVE, NEGATIVE = "positive: include", "negative: exclude"
+LOCAL_FOLDER = "local folder…"
 KEYS = {"segment": "Shift+S", "commit": "Shift+C", "clear": "Shift+X"}  # on the canvas; see _keys.py
 
 
@@ -175,6 +177,8 @@ class StatusLine:
         self.native = _FittedText(readOnly=True)
         self.native.setFrameShape(QFrame.Shape.NoFrame)
         self.native.setWordWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
+        self.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse
+                                            | Qt.TextInteractionFlag.TextSelectableByKeyboard)
         self.native.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
@@ -221,6 +225,59 @@ def scrolling(content: QWidget) -> QScrollArea:
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setMinimumHeight(120)
     return area
+
+
+class ModelList:
+    """The model combo box: known hub ids, the demo, local folders the user picked, and *local folder…*.
+    Long names are shortened in the middle; each item's tooltip is its whole name."""
+
+    def __init__(self, combo: ComboBox, known: dict[str, str], demo: tuple[str, str], parent: QWidget):
+        self.combo, self.parent = combo, parent
+        self.named = [(f"{title} ({model})", model) for model, title in known.items()] + [demo]
+        self.local: list[str] = []
+        combo.choices = self.choices
+        self.before = combo.value = self.named[0][1]
+        self._tips()
+        combo.changed.connect(self._chosen)
+
+    def choices(self, _=None) -> list[tuple[str, str]]:
+        named = self.named + [(f"{Path(m).name} ({m})", m) for m in self.local]
+        return [(_controls.elide_middle(text), value) for text, value in named] + [(LOCAL_FOLDER, LOCAL_FOLDER)]
+
+    def use(self, model: str) -> None:
+        """Offer a local folder (or another id) in the list and choose it."""
+        if model not in [value for _, value in self.choices()]:
+            self.local.append(model)
+            self.combo.reset_choices()
+            self._tips()
+        self.combo.value = model
+
+    def _tips(self) -> None:
+        full = {value: text for text, value in self.named} | {m: m for m in self.local}
+        for i in range(self.combo.native.count()):
+            value = self.combo.native.itemData(i)
+            self.combo.native.setItemData(i, full.get(value, str(value)), Qt.ItemDataRole.ToolTipRole)
+
+    def _chosen(self, value) -> None:
+        if value == LOCAL_FOLDER:
+            folder = QFileDialog.getExistingDirectory(self.parent, "A diffusers model folder (with model_index.json)")
+            if folder:
+                self.use(folder)
+            else:
+                self.combo.value = self.before
+            return
+        self.before = value
+
+
+def set_quietly(controls: dict, values: dict) -> None:
+    """Show ``values`` in the setting controls without a re-score (undo puts the controls back)."""
+    for name, value in values.items():
+        control = controls.get(name)
+        if isinstance(control, ThresholdControl):
+            control.set_quietly(value)
+        elif control is not None:
+            with control.changed.blocked():
+                control.value = value
 
 
 def hint(text: str) -> Label:

@@ -143,6 +143,44 @@ class Run:
         return _layers.painted_pixels(self.labels, self.footprints, self.label_id) if self.labels is not None else {}
 
 
+def summary(run: Run, seconds: Optional[float]) -> str:
+    """The status line after a run or a re-score (``seconds`` it took, if any): the pixels the label
+    holds, never the mask's."""
+    took = "" if seconds is None else f", {seconds:.1f} s"
+    what = repr(run.prompt.expression) if run.prompt.expression else "the clicks" if any(
+        run.prompt.clicks.values()) else "the box"
+    if run.prompt.box is not None and (run.prompt.expression or any(run.prompt.clicks.values())):
+        what += " in the box"
+    found = [i for i, m in run.masks.items() if m is not None]
+    if not found:
+        return f"{what}: {next(iter(run.notes.values()))}; nothing painted{took}."
+    painted = run.painted()
+    pixels = sum(painted.values())
+    if not pixels:
+        return f"Label {run.label_id} = {what}: empty at these settings (0 pixels; lower the threshold){took}."
+    share = pixels / (len(painted) * int(np.prod(run.source.shape[-2:])))
+    notes = []
+    skipped = sum(run.footprints[i].skipped for i in found)
+    if skipped:
+        notes.append(f"{skipped} pixels of other labels kept (tick overwrite to replace them)")
+    if run.notes:
+        notes.append(f"{len(run.notes)} slice(s): nothing found")
+    confidence = getattr(run.shown, "confidence", None)
+    if confidence is not None:
+        notes.append(f"confidence {confidence:.2f}")
+    note = "".join(f"; {n}" for n in notes)
+    return (f"Label {run.label_id} = {what}: {pixels} px ({share:.1%} of the slice){took}{note}. "
+            "Commit (Shift+C) keeps it; Ctrl+Z undoes.")
+
+def nothing_painted(run: Run) -> str:
+    """Why a run painted no pixel (the current object, if any, is left as it was)."""
+    mask = sum(int(m.sum()) for m in run.masks.values() if m is not None)
+    if not mask:
+        return "the mask is empty at these settings: nothing painted (lower the threshold, or try other words)."
+    return (f"all {mask} pixels of the mask hold other labels: nothing painted (tick overwrite other labels "
+            "to replace them).")
+
+
 class Session:
     """Everything the widget keeps between presses (see the module docstring)."""
 
@@ -248,6 +286,8 @@ class Session:
             run.base.move_to_end(index)
             return run.base[index]
         plane = run.source.plane(index)
+        if run.cancelled.is_set():  # cancelled while the plane was read: do not even wait for the model
+            raise Cancelled
         with self._model_lock(run.segmenter):
             if run.cancelled.is_set():
                 raise Cancelled
@@ -412,39 +452,5 @@ class Session:
     def next_label(self, labels) -> int:
         return _layers.next_label_id(labels, self.present(labels))
 
-    def summary(self, run: Run, seconds: Optional[float]) -> str:
-        """The status line after a run or a re-score (``seconds`` it took, if any): the pixels the label
-        holds, never the mask's."""
-        took = "" if seconds is None else f", {seconds:.1f} s"
-        what = repr(run.prompt.expression) if run.prompt.expression else "the clicks" if any(
-            run.prompt.clicks.values()) else "the box"
-        if run.prompt.box is not None and (run.prompt.expression or any(run.prompt.clicks.values())):
-            what += " in the box"
-        found = [i for i, m in run.masks.items() if m is not None]
-        if not found:
-            return f"{what}: {next(iter(run.notes.values()))}; nothing painted{took}."
-        painted = run.painted()
-        pixels = sum(painted.values())
-        if not pixels:
-            return f"Label {run.label_id} = {what}: empty at these settings (0 pixels; lower the threshold){took}."
-        share = pixels / (len(painted) * int(np.prod(run.source.shape[-2:])))
-        notes = []
-        skipped = sum(run.footprints[i].skipped for i in found)
-        if skipped:
-            notes.append(f"{skipped} pixels of other labels kept (tick overwrite to replace them)")
-        if run.notes:
-            notes.append(f"{len(run.notes)} slice(s): nothing found")
-        confidence = getattr(run.shown, "confidence", None)
-        if confidence is not None:
-            notes.append(f"confidence {confidence:.2f}")
-        note = "".join(f"; {n}" for n in notes)
-        return (f"Label {run.label_id} = {what}: {pixels} px ({share:.1%} of the slice){took}{note}. "
-                "Commit (Shift+C) keeps it; Ctrl+Z undoes.")
-
-    def nothing_painted(self, run: Run) -> str:
-        """Why a run painted no pixel (the current object, if any, is left as it was)."""
-        mask = sum(int(m.sum()) for m in run.masks.values() if m is not None)
-        if not mask:
-            return "the mask is empty at these settings: nothing painted (lower the threshold, or try other words)."
-        return (f"all {mask} pixels of the mask hold other labels: nothing painted (tick overwrite other labels "
-                "to replace them).")
+    summary = staticmethod(summary)
+    nothing_painted = staticmethod(nothing_painted)

@@ -35,8 +35,14 @@ class Job:
         """What the label image says about itself: its labels and what made them."""
         return {"made_by": MADE_BY, "image": self.image.name, "labels": self.labels()}
 
+    def values(self) -> list[int]:
+        """Each expression's pixel value: 1, 2, …; in a PNG of one expression 255, as ``segment`` writes masks."""
+        if len(self.expressions) == 1 and self.output.suffix.lower() == ".png":
+            return [255]
+        return list(range(1, len(self.expressions) + 1))
+
     def labels(self) -> dict[str, str]:
-        return {str(i): e for i, e in enumerate(self.expressions, start=1)}
+        return {str(v): e for v, e in zip(self.values(), self.expressions)}
 
 
 def jobs_from_folder(folder: Path, expression: str, out_dir: Path, fmt: str) -> list[Job]:
@@ -151,7 +157,7 @@ def run_batch(jobs: list[Job], segmenter_factory: Callable[[], Any], out_dir: Pa
                 part["failed"].append({"image": str(job.image), "error": str(results)})
                 continue
             labels = np.zeros(image.shape[:2], np.uint8 if len(results) < 256 else np.uint16)
-            for value, result in enumerate(results, start=1):
+            for value, result in zip(job.values(), results):
                 labels[result.mask & (labels == 0)] = value
             write_labels(job.output, labels, job.description())
             done.append(job)

@@ -18,11 +18,8 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 from .backbones import UnknownPipelineError, backbone_for
 from .backbones.base import AUTOCAST_BF16, EditingModel
+from .names import DEFAULT_MODEL, DEMO_MODEL
 
-DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
-# The shapes-world editor trained in this repository (5 MB, in the package): works offline, knows only the
-# procedural shapes world (`--sample shapes`); docs/shapes-world.md says how well.
-DEMO_MODEL = "shapes-world-demo"
 HUB_TIMEOUT = 5.0  # seconds the hub gets to answer once before loading uses the cache alone
 _NETWORK_LIBRARIES = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
 
