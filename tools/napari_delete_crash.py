@@ -3,12 +3,17 @@
 For a report upstream (issue 23's segfault; docs/plugin.md, "A crash that is napari's"). Under an
 X display with ``xdotool``::
 
-    xvfb-run -a -s "-screen 0 1280x800x24" python tools/napari_delete_crash.py [SECONDS]
+    xvfb-run -a -s "-screen 0 1280x800x24" python tools/napari_delete_crash.py [SECONDS] [--widget]
 
 A napari window with an image, a Labels layer and a Points layer holding one point; then, with
-real mouse clicks: the points row, the bin, the labels row, the bin (SECONDS, default 0, waited
-after each deletion). Prints whether napari survived. Seen here (napari 0.9.2, vispy 0.17.0 and
-0.16.2, Mesa llvmpipe): killed by SIGSEGV in ``glDrawArrays`` with 0 s; alive with 2 s.
+real mouse clicks (X events: Qt-level test clicks do not reproduce it): the points row, the bin,
+the labels row, the bin (SECONDS, default 0, waited after each deletion). Prints whether napari
+survived; exit 0 when it did. Seen here (napari 0.9.2, vispy 0.17.0 and 0.16.2, Mesa llvmpipe):
+SIGSEGV in ``glDrawArrays`` with 0 s, every time; alive with 2 s; alive on napari 0.5.0. The
+cause: napari's layer removal ends in ``context.finish()`` (napari pull request 8122), which runs
+vispy's queued GL deletions while another OpenGL context is current; with the canvas's context
+made current first, or without that ``finish()``, it survives. ``--widget`` docks this plugin's
+widget, which does exactly that when a layer is about to leave, and uses its clicks layer.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from pathlib import Path
 
 
-def app(state: Path) -> None:
+def app(state: Path, widget: bool) -> None:
     import napari
     import numpy as np
     from qtpy.QtCore import QTimer
@@ -34,7 +39,18 @@ def app(state: Path) -> None:
     labels = np.zeros((64, 64), np.uint32)
     labels[10:30, 10:30] = 1
     viewer.add_labels(labels, name="labels")
-    viewer.add_points([[30, 30]], name="points")
+    if widget:
+        from napari_editseg._widget import EditSegWidget
+
+        dock = EditSegWidget(viewer)
+        viewer.window.add_dock_widget(dock)
+        dock.add_click_points()
+        viewer.layers["editseg clicks"].add([30, 30])
+        viewer.layers["editseg clicks"].name = "points"
+    else:
+        points = viewer.add_points(np.zeros((0, 2)), name="points")
+        points.mode = "add"
+        points.add([30, 30])
     qt = viewer.window._qt_viewer
 
     def dump() -> None:
@@ -60,9 +76,10 @@ def click(x: int, y: int) -> None:
     time.sleep(0.4)
 
 
-def main(wait: float) -> int:
+def main(wait: float, widget: bool = False) -> int:
     state = Path(tempfile.mkdtemp()) / "state.json"
-    napari = subprocess.Popen([sys.executable, __file__, "--app", str(state)], stdout=subprocess.DEVNULL,
+    napari = subprocess.Popen([sys.executable, __file__, "--app", str(state), *(["--widget"] * widget)],
+                              stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     for _ in range(600):
         if state.exists():
@@ -84,6 +101,7 @@ def main(wait: float) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--app"]:
-        app(Path(sys.argv[2]))
+        app(Path(sys.argv[2]), "--widget" in sys.argv)
     else:
-        sys.exit(main(float(sys.argv[1]) if len(sys.argv) > 1 else 0.0))
+        numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
+        sys.exit(main(float(numbers[0]) if numbers else 0.0, "--widget" in sys.argv))

@@ -101,6 +101,14 @@ class Person:
                 time.sleep(0.2)
         raise RuntimeError("napari did not start")
 
+    def fresh(self, ready, timeout: float = 10) -> dict:
+        """The state once ``ready`` holds for it and the dump after that (row positions move on a deletion)."""
+        end = time.time() + timeout
+        while not ready(self.state()) and time.time() < end:
+            time.sleep(0.05)
+        time.sleep(0.25)
+        return self.state()
+
     def xdo(self, *args) -> None:
         subprocess.run(["xdotool", *map(str, args)], check=True)
 
@@ -190,13 +198,15 @@ def sequence(me: Person, out: Path) -> None:
     me.see("model", "advanced")
     me.click(me.state()["advanced"])
     me.see("model", "model")
-    me.click(me.state()["model"])
-    me.key("Escape")
-    for _ in range(6):
+    me.click(me.state()["model"])  # the list opens; typing jumps to the item, Enter takes it
+    me.xdo("type", "--delay", "40", "Shap")
+    me.key("Return")
+    for _ in range(20):
         if me.state()["model"] == "shapes-world-demo":
             break
-        me.key("Down")
+        time.sleep(0.2)
     s = me.check("demo model chosen in the list", t, chosen=me.state()["model"] == "shapes-world-demo")
+    me.steps[-1]["model"] = s["model"]
     me.shoot("tryout-advanced")
     t = time.time()
     me.see("expression", "expression")
@@ -225,8 +235,11 @@ def sequence(me: Person, out: Path) -> None:
     me.xdo("mouseup", 1)
     s = me.idle()
     after = s["labels"]["editseg shapes"].get("1", 0)
+    travel = 35 / slider[2]  # the share of the slider's length dragged: about that share of the pixels moves
+    me.steps.append({"step": "threshold drag", "pixels before": before, "after": after, "travel": round(travel, 3),
+                     "threshold before": threshold, "after_threshold": s["threshold"]})
     me.check("drag the threshold 35 px", t, moved=s["threshold"] != threshold,
-             share_moved_gently=abs(after - before) <= 0.06 * 64 * 64)
+             share_moved_in_proportion=abs(after - before) <= (travel + 0.02) * 64 * 64)
     t = time.time()
     me.click(s["canvas"], 200, 200)
     me.key("ctrl+z")
@@ -244,6 +257,7 @@ def sequence(me: Person, out: Path) -> None:
     t = time.time()
     me.key("shift+c")
     s = me.idle()
+    me.shoot("tryout-after-commit")
     me.check("Shift+C: commit label 1", t, committed="committed" in s["status"])
     t = time.time()
     me.see("expression", "expression")
@@ -299,13 +313,10 @@ def delete_sequence(me: Person) -> None:
     me.see("clicks", "clicks_button")
     me.click(me.state()["clicks_button"])
     me.click(me.state()["canvas"], -150, 150)
-    s = me.state()
-    me.click(s["rows"]["editseg clicks"])
-    me.click(me.state()["delete"])
-    s = me.state()
-    me.click(s["rows"]["editseg shapes"])
-    me.click(me.state()["delete"])
-    s = me.state()
+    for layer in ("editseg clicks", "editseg shapes"):  # the row, then the bin, as fast as a person clicks
+        me.click(me.fresh(lambda s: layer in s["rows"])["rows"][layer])
+        me.click(me.state()["delete"])
+        me.fresh(lambda s: layer not in s["layers"])
     me.see("segment", "run_button")
     me.click(me.state()["run_button"])
     s = me.idle()

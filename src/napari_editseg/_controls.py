@@ -20,21 +20,21 @@ from .core.settings import DISCRIMINATE_SETTINGS, SETTING_NAMES, SETTING_SPECS
 # allows more (or has no bound). The setting's own name is in each control's tooltip.
 CONTROLS = (
     ("mask_threshold", "threshold", 0.01, None),
-    ("min_confidence", "minimum confidence", 0.01, None),
-    ("prior_source", "where to look from", None, None),
-    ("fg_select", "object sample taken", None, None),
-    ("edge_refine", "follow the image's edges", None, None),
-    ("edge_radius", "edge smoothing radius", 0.5, 8.0),
-    ("fg_quantile", "object sample share", 0.01, None),
-    ("bg_quantile", "background sample share", 0.01, None),
-    ("temperature", "score sharpness", 0.5, 50.0),
-    ("bg_prototypes", "kinds of background", 1, 8),
-    ("keep", "keep which parts", None, None),
+    ("min_confidence", "min. confidence", 0.01, None),
+    ("prior_source", "look from", None, None),
+    ("fg_select", "object sample", None, None),
+    ("edge_refine", "follow edges", None, None),
+    ("edge_radius", "edge radius", 0.5, 8.0),
+    ("fg_quantile", "object share", 0.01, None),
+    ("bg_quantile", "backgr. share", 0.01, None),
+    ("temperature", "sharpness", 0.5, 50.0),
+    ("bg_prototypes", "backgr. kinds", 1, 8),
+    ("keep", "keep parts", None, None),
     ("fill_holes", "fill holes", None, None),
     ("prior_layers", "attention layers", None, None),
-    ("propagation_steps", "spreading steps", 1, 8),
+    ("propagation_steps", "spread steps", 1, 8),
     ("seed", "noise seed", 1, 2**31 - 1),
-    ("instruction_template", "instruction wording", None, None),
+    ("instruction_template", "instruction", None, None),
 )
 SLIDER_STEPS = 1000  # positions of the threshold slider: each is 0.1 % of the image's pixels
 RANKED = 1 << 16  # scores a slider's mapping keeps (evenly spaced ranks): enough for 0.1 % steps
@@ -116,7 +116,7 @@ def position_of(ranked: np.ndarray, threshold: float) -> int:
     return int(round(below / max(1, ranked.size - 1) * SLIDER_STEPS)) if ranked.size > 1 else 0
 
 
-def elide_middle(text: str, width: int = 44) -> str:
+def elide_middle(text: str, width: int = 30) -> str:
     """``text`` cut to ``width`` characters in the middle (both ends of a long id or path stay readable)."""
     if len(text) <= width:
         return text

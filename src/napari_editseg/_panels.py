@@ -25,7 +25,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QTextOption
-from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QSizePolicy, QTextEdit, QWidget
+from qtpy.QtWidgets import QAbstractSpinBox, QFileDialog, QFrame, QScrollArea, QSizePolicy, QTextEdit, QWidget
 
 from . import _controls
 
@@ -130,6 +130,8 @@ class ThresholdControl(Container):
         self._slider.changed.connect(self._slid)
         self._number.changed.connect(self._typed)
         self._number.native.setToolTip("The score threshold itself (type a value)")
+        self._number.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+        self._number.native.setMaximumWidth(64)  # the slider gets the room: one step is a pixel or less
         self._slider.native.setToolTip("Drag: the share of the image's pixels below the threshold (each step "
                                        "0.1 %)")
         self._typed(self._number.value)
@@ -184,7 +186,6 @@ class StatusLine:
         self.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.native.viewport().setAutoFillBackground(False)
         self.native.setStyleSheet("QTextEdit { background: transparent; }")
-        self.native.document().contentsChanged.connect(self._fit)
         self.value = text
 
     @property
@@ -202,18 +203,20 @@ class StatusLine:
         self.native.setStyleSheet("QTextEdit { background: transparent; %s}" % ("color: #ff6060; " if error else ""))
 
     def _fit(self) -> None:
-        document = self.native.document()
-        document.setTextWidth(max(50, self.native.viewport().width()))
-        self.native.setFixedHeight(int(document.size().height()) + 6)
+        self.native.fit()
 
 
 class _FittedText(QTextEdit):
+    """A QTextEdit exactly as tall as its wrapped text (it wraps to its own width)."""
+
+    def fit(self) -> None:
+        self.document().setTextWidth(self.viewport().width())
+        margins = self.contentsMargins()
+        self.setFixedHeight(int(self.document().size().height()) + margins.top() + margins.bottom() + 2)
+
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().resizeEvent(event)
-        document = self.document()
-        if document.textWidth() != self.viewport().width():
-            document.setTextWidth(self.viewport().width())
-            self.setFixedHeight(int(document.size().height()) + 6)
+        self.fit()
 
 
 def scrolling(content: QWidget) -> QScrollArea:

@@ -31,10 +31,24 @@ from ._workers import WorkerSlot, export_labels, load_steps, message, record_tex
 from .core.names import DEMO_MODEL
 from .samples import SAMPLE_MENU, SAMPLES
 
-DEMO_TITLE = "Shapes-world demo (5 MB, offline; the shapes sample only)"
+DEMO_TITLE = "Shapes-world demo (offline; for the shapes sample)"
 DOCK_WIDTH = 380  # pixels; long messages wrap inside it instead of widening the dock
 GESTURE_MS = 500  # re-scores closer together than this are one undo step
 EXAMPLES = " · ".join(f"{SAMPLES[n].expression} ({n})" for n in ("astronaut", "coffee", "chelsea"))
+
+
+def canvas_current(viewer) -> None:
+    """Make the viewer's canvas the current OpenGL context. napari 0.9 removes a layer's visual and then
+    calls ``context.finish()``, which runs vispy's queued GL commands (the deletions of the layer's
+    textures and buffers) at once, in whatever context is current: after clicks in the layer list that
+    is not the canvas's, and deleting a points (or shapes) layer and then a labels (or image) layer
+    through the layer list segfaults in the next draw (docs/plugin.md, tools/napari_delete_crash.py)."""
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    for canvas in window.findChildren(QOpenGLWidget) if window is not None else ():
+        if type(canvas).__module__.startswith("vispy"):  # the viewer's canvas (vispy's Qt backend)
+            canvas.makeCurrent()
 
 
 class EditSegWidget(RunFlow, QWidget):
@@ -77,10 +91,12 @@ class EditSegWidget(RunFlow, QWidget):
             layout.addWidget(part.native)
         for part in (self.status.native, self.progress, self.export_button.native):
             layout.addWidget(part)
+        advanced = Container(widgets=[model, _panels.hint("Settings (the setting's name is in each tooltip):"),
+                                      *others])
+        for panel in (prompt, where, advanced):
+            _panels.narrow(panel)
         for title, inside in (("Labels, slices and maps", where.native), ("Record of the current label",
-                              self.record_view), ("Advanced: model and settings", Container(widgets=[
-                                  model, _panels.hint("Settings (the setting's name is in each tooltip):"),
-                                  *others]).native)):
+                              self.record_view), ("Advanced: model and settings", advanced.native)):
             self.folds[title] = fold = QCollapsible(title)
             fold.addWidget(inside)
             layout.addWidget(fold)
@@ -157,7 +173,10 @@ class EditSegWidget(RunFlow, QWidget):
         self.axis.max = max(0, lead - 1)
 
     def _layer_leaving(self, event) -> None:
-        """A layer is about to leave the viewer: no gesture, object or handler keeps it."""
+        """A layer is about to leave the viewer: no gesture, object or handler keeps it; and the canvas's
+        OpenGL context is made current, because napari (0.9) then flushes the layer's GPU deletions with
+        ``context.finish()`` in whatever context is current, which segfaulted issue 23's sequence."""
+        canvas_current(self.viewer)
         layer = self.viewer.layers[event.index]
         self.session.forget(layer)
         if layer.name == CLICKS_LAYER:
