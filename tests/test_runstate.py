@@ -28,7 +28,7 @@ def session(segmenter):
 
 
 def segment(session, source, prompt, indices, labels, label_id=None, overwrite=False):
-    run = session.new_run(source, prompt, indices, label_id or session.next_label(labels), overwrite, KEY)
+    run = session.new_run(source, prompt, indices, label_id or session.next_label(labels), overwrite, KEY, labels)
     for index, result in session.segment(run):
         session.collect(run, index, result)
     session.paint(run, labels)
@@ -209,3 +209,95 @@ def test_every_control_row_is_a_setting_with_bounds_the_settings_accept():
             assert spec.minimum <= spec.default <= spec.maximum
         if spec.kind == "choice":
             assert spec.default in spec.choices
+
+
+# -- issue 26: run identity --------------------------------------------------------------------------
+def test_a_cancelled_run_never_sets_its_plane_under_a_later_run(session, segmenter, picture):
+    """Issue 26's race, made deterministic with events: Cancel on A while its plane is still being read,
+    Segment on B; B, once its plane is set, lets A go on and waits until A has either set its own plane
+    (the race: B's forward would then see A) or ended. B must paint B's mask, A nothing. Every iteration
+    is the same interleaving; EDITSEG_RACE_RUNS=50 repeats it 50 times (the suite: 10)."""
+    image_a, image_b = Image(picture), Image(np.ascontiguousarray(picture[::-1, ::-1]))
+    alone = segment(session, Source(image_b), Prompt("the red disc"), [()], Labels(np.zeros((45, 60), np.uint32)))
+    expected = alone.masks[()]
+    real_set_plane = session.set_plane
+    for iteration in range(int(os.environ.get("EDITSEG_RACE_RUNS", "10"))):
+        gate, reading, a_set = threading.Event(), threading.Event(), threading.Event()
+        source_a = Source(image_a)
+        read = source_a.plane
+        source_a.plane = lambda index: (reading.set(), gate.wait(10), read(index))[2]
+        run_a = session.new_run(source_a, Prompt("the red disc"), [()], 1, False, KEY)
+        yielded_a = []
+        thread_a = threading.Thread(target=lambda: yielded_a.extend(session.segment(run_a)))
+
+        def set_plane(model, plane):
+            signature = real_set_plane(model, plane)
+            if threading.current_thread() is thread_a:
+                a_set.set()
+            else:  # B: its plane is set; A may go on now
+                gate.set()
+                while not a_set.is_set() and thread_a.is_alive():
+                    a_set.wait(0.005)
+            return signature
+
+        session.set_plane = set_plane
+        try:
+            thread_a.start()
+            assert reading.wait(10)
+            session.cancel(run_a)  # Cancel on A while its plane is still being read
+            labels_b = Labels(np.zeros((45, 60), np.uint32))
+            run_b = session.new_run(Source(image_b), Prompt("the red disc"), [()], 1, False, KEY, labels=labels_b)
+            for index, result in session.segment(run_b):
+                session.collect(run_b, index, result)
+            thread_a.join(10)
+        finally:
+            session.set_plane = real_set_plane
+        assert yielded_a == [] and not a_set.is_set(), f"iteration {iteration}: the cancelled run went on"
+        assert session.paint(run_b, labels_b)
+        assert np.array_equal(labels_b.data == 1, expected), f"iteration {iteration}: B painted another image"
+        assert not session.paint(run_a, Labels(np.zeros((45, 60), np.uint32)))  # a cancelled run paints nothing
+
+
+def test_a_run_paints_only_into_the_layer_it_started_with(session, picture):
+    labels, other = Labels(np.zeros((45, 60), np.uint32)), Labels(np.zeros((45, 60), np.uint32))
+    run = session.new_run(Source(Image(picture)), Prompt("the red disc"), [()], 1, False, KEY, labels=labels)
+    for index, result in session.segment(run):
+        session.collect(run, index, result)
+    with pytest.raises(ValueError, match="only into the labels layer it started with"):
+        session.paint(run, other)
+    assert not other.data.any()
+
+
+# -- issue 23: the current object, commit and clear, empty labels ---------------------------------------
+def test_segment_again_replaces_the_current_object_commit_starts_the_next(session, picture):
+    image, labels = Image(picture), Labels(np.zeros((45, 60), np.uint32))
+
+    def press(expression, **overrides):
+        label = session.label_for(labels, session.next_label(labels))
+        return segment(session, Source(image), Prompt(expression, overrides=overrides), [()], labels, label)
+
+    first = press("the red disc")
+    again = press("the red disc", seed=3)  # a changed setting: the same object again, not a new label
+    assert again.label_id == first.label_id == 1 and set(np.unique(labels.data)) == {0, 1}
+    assert list(labels.metadata["editseg"]) == [1] and labels.metadata["editseg"][1]["settings"]["seed"] == 3
+    assert np.array_equal(labels.data == 1, again.masks[()])  # replaced, not added to
+    assert session.commit() is again and session.run is None
+    second = press("the blue square")
+    assert second.label_id == 2 and session.present(labels) == [1, 2]
+    assert session.clear() is second and 2 not in labels.data and 1 in labels.data
+    labels.undo()  # Clear is one undo step
+    assert 2 in labels.data
+
+
+def test_no_run_paints_an_empty_label_or_reports_pixels_it_did_not_paint(session, picture):
+    labels = Labels(np.full((45, 60), 7, np.uint32))  # every pixel already holds another label
+    run = session.new_run(Source(Image(picture)), Prompt("the red disc", overrides={"mask_threshold": 0.0}), [()],
+                          session.next_label(labels), False, KEY, labels=labels)
+    for index, result in session.segment(run):
+        session.collect(run, index, result)
+    assert session.paintable(run, labels) == 0
+    assert "hold other labels" in session.nothing_painted(run)
+    labels.data[:, :30] = 0  # half of it free: the status counts what the label holds
+    assert session.paint(run, labels)
+    text = session.summary(run, 0.1)
+    assert f"{int((labels.data == 8).sum())} px" in text and "50.0% of the slice" in text, text

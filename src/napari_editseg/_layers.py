@@ -196,6 +196,57 @@ def write_masks(
     labels.refresh()
 
 
+def _plane_before(labels, index: Index, footprint: Footprint, label_id: int) -> np.ndarray:
+    """The plane as it would be with the run's pixels that still hold the label taken back."""
+    plane = np.array(labels.data[index], copy=True)
+    if footprint.flat.size:
+        holds = footprint.holds(plane, label_id)
+        plane.reshape(-1)[footprint.flat[holds]] = footprint.before[holds]
+    return plane
+
+
+def paintable_pixels(labels, masks: dict[Index, np.ndarray], label_id: int, overwrite: bool,
+                     footprints: dict[Index, Footprint]) -> int:
+    """How many pixels :func:`write_masks` would paint, without painting: 0 means the label would be empty."""
+    return sum(int(paintable(_plane_before(labels, index, footprints.get(index, Footprint()), label_id), mask,
+                             label_id, overwrite).sum()) for index, mask in masks.items())
+
+
+def painted_pixels(labels, footprints: dict[Index, Footprint], label_id: int) -> dict[Index, int]:
+    """Per plane, the pixels that hold the label where the run painted it (what the status reports)."""
+    return {index: int(fp.holds(np.asarray(labels.data[index]), label_id).sum()) if fp.flat.size else 0
+            for index, fp in footprints.items()}
+
+
+def label_digest(labels, indices, label_id: int) -> str:
+    """A hash of where ``label_id`` is on the planes ``indices``: equal digests, equal objects."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for index in sorted(indices):
+        digest.update(np.packbits(np.asarray(labels.data[index]) == label_id).tobytes())
+    return digest.hexdigest()
+
+
+# Bright colours a label stays visible in on photographs, grey images and the shapes world's red,
+# green and blue objects (napari's default gives label 1 a dark red).
+LABEL_COLOURS = ("#00e5ff", "#ffea00", "#ff40ff", "#76ff03", "#ff9100", "#2979ff", "#ffffff", "#ff1744")
+
+
+def label_colormap():
+    """A cyclic colormap over :data:`LABEL_COLOURS` (label 1 cyan, 2 yellow, …), 0 transparent."""
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    return CyclicLabelColormap(colors=[(0, 0, 0, 0), *LABEL_COLOURS], background_value=0)
+
+
+def click_size(image) -> float:
+    """Click markers as wide as 2.5 % of the image's shorter side (at least 1.5 pixels): small enough
+    to leave a 64-pixel picture's objects visible, large enough to see on a 2000-pixel one."""
+    shape = image.data.shape[: spatial_ndim(image)][-2:]
+    return max(1.5, 0.025 * min(shape))
+
+
 def records(labels) -> dict[int, dict]:
     """Every record kept on a Labels layer, by label id (also those of labels since undone)."""
     return labels.metadata.setdefault("editseg", {})
@@ -213,3 +264,72 @@ def show_records(labels, present: Sequence[int]) -> None:
     shown = labels.features
     if list(shown.columns) != list(table) or any(list(shown[k]) != v for k, v in table.items()):
         labels.features = table
+
+
+# -- the viewer's layers as the widget offers and uses them ------------------------------------------
+CLICKS_LAYER, BOX_LAYER = "editseg clicks", "editseg box"
+PRIOR_LAYER, SCORES_LAYER = "editseg prior", "editseg scores"
+OVERLAYS = (CLICKS_LAYER, BOX_LAYER, PRIOR_LAYER, SCORES_LAYER)
+
+
+def images(viewer) -> list:
+    """The image layers a run can read (not the widget's own maps)."""
+    return [layer for layer in viewer.layers if layer._type_string == "image" and layer.name not in OVERLAYS]
+
+
+def image_choices(viewer) -> list[str]:
+    names = [layer.name for layer in images(viewer)]
+    grey = [layer for layer in images(viewer) if not layer.rgb]
+    return names + ([COMPOSITE] if len(grey) > 1 else [])
+
+
+def labels_names(viewer) -> list[str]:
+    return [layer.name for layer in viewer.layers if layer._type_string == "labels"]
+
+
+def prompt_box(viewer, image) -> Optional[tuple[int, int, int, int]]:
+    return box_from_shapes(viewer.layers[BOX_LAYER], image) if BOX_LAYER in viewer.layers else None
+
+
+def prompt_clicks(viewer, image, shape: tuple[int, int]) -> dict:
+    return clicks_by_slice(viewer.layers[CLICKS_LAYER], image, shape) if CLICKS_LAYER in viewer.layers else {}
+
+
+def add_clicks_layer(viewer, image, changed, toggle) -> None:
+    """The clicks layer over ``image``: small rings (green include, magenta exclude) that leave the objects
+    visible; ``changed`` on every edit, ``toggle`` on T."""
+    points = viewer.add_points(
+        np.zeros((0, spatial_ndim(image))), name=CLICKS_LAYER, size=click_size(image), symbol="ring",
+        features={"positive": np.zeros(0, bool)}, face_color="positive",
+        face_color_cycle={True: "lime", False: "magenta"}, **transform_kwargs(image),
+    )
+    points.events.data.connect(changed)
+    points.bind_key("t", lambda _layer: toggle(), overwrite=True)
+
+
+def add_box_layer(viewer, image) -> None:
+    viewer.add_shapes(ndim=spatial_ndim(image), name=BOX_LAYER, edge_color="yellow", face_color="transparent",
+                      edge_width=2, **transform_kwargs(image))
+
+
+def clear_prompts(viewer) -> None:
+    """Empty the clicks and the box (after a commit or a clear: the next object starts afresh)."""
+    if CLICKS_LAYER in viewer.layers:
+        viewer.layers[CLICKS_LAYER].data = np.zeros((0, viewer.layers[CLICKS_LAYER].ndim))
+    if BOX_LAYER in viewer.layers:
+        viewer.layers[BOX_LAYER].data = []
+
+
+def show_maps(viewer, result, image, prior: bool, scores: bool) -> None:
+    """Prior and score maps of the shown slice as image layers exactly over the image."""
+    for show, name, data, colormap in ((prior, PRIOR_LAYER, result.prior, "inferno"),
+                                       (scores, SCORES_LAYER, result.scores, "viridis")):
+        if not show:
+            continue
+        if name in viewer.layers:
+            viewer.layers[name].data = data
+        else:  # units set afterwards: napari 0.5's add_image reads a sequence as one value per channel
+            placed = plane_transform(image)
+            units = placed.pop("units")
+            viewer.add_image(data, name=name, colormap=colormap, opacity=0.5, blending="additive",
+                             contrast_limits=(0.0, 1.0), **placed).units = units

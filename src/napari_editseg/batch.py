@@ -35,8 +35,14 @@ class Job:
         """What the label image says about itself: its labels and what made them."""
         return {"made_by": MADE_BY, "image": self.image.name, "labels": self.labels()}
 
+    def values(self) -> list[int]:
+        """Each expression's pixel value: 1, 2, …; in a PNG of one expression 255, as ``segment`` writes masks."""
+        if len(self.expressions) == 1 and self.output.suffix.lower() == ".png":
+            return [255]
+        return list(range(1, len(self.expressions) + 1))
+
     def labels(self) -> dict[str, str]:
-        return {str(i): e for i, e in enumerate(self.expressions, start=1)}
+        return {str(v): e for v, e in zip(self.values(), self.expressions)}
 
 
 def jobs_from_folder(folder: Path, expression: str, out_dir: Path, fmt: str) -> list[Job]:
@@ -97,12 +103,14 @@ def part_path(out_dir: Path, rank: int) -> Path:
     return Path(out_dir) / f"batch_report.rank{rank}.json"
 
 
-def stack_labels(masks: Sequence[np.ndarray]) -> np.ndarray:
-    """Label k+1 where the k-th mask is and no earlier one is, in the smallest unsigned type that
-    holds every label (uint8 up to 255 masks, uint16 up to 65535, else uint32)."""
-    dtype = np.uint8 if len(masks) <= 0xFF else np.uint16 if len(masks) <= 0xFFFF else np.uint32
+def stack_labels(masks: Sequence[np.ndarray], values: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Label ``values[k]`` (default k+1) where the k-th mask is and no earlier one is, in the smallest
+    unsigned type that holds every label (uint8 up to 255, uint16 up to 65535, else uint32)."""
+    values = list(values) if values is not None else list(range(1, len(masks) + 1))
+    top = max(values, default=0)
+    dtype = np.uint8 if top <= 0xFF else np.uint16 if top <= 0xFFFF else np.uint32
     labels = np.zeros(masks[0].shape, dtype)
-    for value, mask in enumerate(masks, start=1):
+    for value, mask in zip(values, masks):
         labels[mask & (labels == 0)] = value
     return labels
 
@@ -203,7 +211,7 @@ def write_job(job: Job, results: list) -> Optional[OSError]:
     from .files import write_labels
 
     try:
-        write_labels(job.output, stack_labels([r.mask for r in results]), job.description())
+        write_labels(job.output, stack_labels([r.mask for r in results], job.values()), job.description())
     except OSError as error:
         return error
     return None

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .core.instruction import normalise_expression
-from .core.model import DEFAULT_MODEL, ModelNotAvailableError
+from .core.names import DEFAULT_MODEL, DEMO_MODEL
 from .core.settings import SETTING_SPECS, SegmentationSettings, parse_setting
 from .files import check_outputs, check_suffix, printable, write_labels, write_npy
 from .image_files import parse_indices, read_array, read_image
@@ -41,11 +41,23 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     write_labels(path, mask.astype(np.uint8) * scale)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour=(1.0, 0.1, 0.1), alpha: float = 0.5) -> np.ndarray:
-    """The picture with the mask tinted, as uint8 RGB, for a quick look."""
+OVERLAY_COLOURS = ((0.0, 0.9, 1.0), (1.0, 0.92, 0.0), (1.0, 0.25, 1.0), (1.0, 0.1, 0.1))  # cyan, yellow, magenta, red
+
+
+def overlay_colour(rgb: np.ndarray, mask: np.ndarray) -> tuple:
+    """The tint farthest from the masked pixels' mean colour: a red object is not tinted red."""
+    if not mask.any():
+        return OVERLAY_COLOURS[0]
+    mean = rgb[mask].mean(axis=0)
+    return max(OVERLAY_COLOURS, key=lambda colour: float(np.linalg.norm(np.subtract(colour, mean))))
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour=None, alpha: float = 0.5) -> np.ndarray:
+    """The picture with the mask tinted (in a colour that shows on the object), as uint8 RGB, for a quick look."""
     from .core.image import to_rgb_float
 
     rgb = to_rgb_float(image)
+    colour = overlay_colour(rgb, mask) if colour is None else colour
     rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour, np.float32)
     return (rgb * 255).round().astype(np.uint8)
 
@@ -139,7 +151,9 @@ def add_batch_command(commands) -> None:
     batch.add_argument("expression", nargs="?", help="what to segment in every image")
     batch.add_argument("--csv", help="CSV with columns image,expression (several rows per image: labels 1, 2, ...)")
     batch.add_argument("--out", required=True, help="output folder")
-    batch.add_argument("--format", choices=("tif", "png"), default="tif", help="label image format (default tif)")
+    batch.add_argument("--format", choices=("tif", "png"), default="tif",
+                       help="label image format (default tif): labels 1, 2, … per expression; a PNG of one "
+                            "expression is 0/255 like segment's masks")
     batch.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
     batch.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and UNet forward "
                        "(same labels; images are read in the background meanwhile). Default 1")
@@ -254,6 +268,10 @@ def run_segment(args: argparse.Namespace) -> int:
                         f"confidence {result.confidence:.2f}{found}{note}"))
     print(printable(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
                     f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s"))
+    if args.model == DEMO_MODEL:
+        print(f"{DEMO_MODEL} is a 5 MB toy that knows only the shapes world. For photographs, leave out --model: "
+              f"the first run downloads {DEFAULT_MODEL} (about 4 GB) into the Hugging Face cache (or "
+              f"`hf download {DEFAULT_MODEL}` on a machine with internet and copy the cache).")
     return 0
 
 
@@ -368,6 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         library.set_verbosity_error()
         library.disable_progress_bar()
     from .core.budget import memory_error_from
+    from .core.model import ModelNotAvailableError
 
     try:
         with warnings.catch_warnings():

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from .core.backbones import families
-from .core.model import EditingModel, ModelNotAvailableError, _looks_like_path
+from .core.model import (
+    HUB_TIMEOUT,
+    EditingModel,
+    ModelNotAvailableError,
+    _looks_like_path,
+    hub_unreachable,
+)
 
 
 def known_models() -> dict[str, str]:
@@ -105,7 +111,7 @@ def download(repo_id: str, tqdm_class=None) -> str:
     """
     from huggingface_hub import HfApi, hf_hub_download
 
-    info = HfApi().model_info(repo_id)
+    info = HfApi().model_info(repo_id, timeout=HUB_TIMEOUT)  # asked once: no retries when it does not answer
     files = needed_files([s.rfilename for s in info.siblings or []])
     if "model_index.json" not in files:
         raise ValueError(f"{repo_id!r} on the Hugging Face hub is not a diffusers model (no model_index.json)")
@@ -153,5 +159,6 @@ def not_available_message(model: str) -> str:
 
 
 __all__ = ["KNOWN_MODELS", "DownloadCancelled", "ModelNotAvailableError", "cached_revision", "check_identity",
-           "components", "download", "folder_hash", "is_folder", "known_models", "model_identity", "needed_files",
+           "components", "download", "folder_hash", "hub_unreachable", "is_folder", "known_models", "model_identity",
+           "needed_files",
            "not_available_message", "progress_bridge"]

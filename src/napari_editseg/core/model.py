@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -13,12 +14,42 @@ from typing import Any, Callable, Optional, Union
 import diffusers
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import GatedRepoError
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 from .backbones import UnknownPipelineError, backbone_for
 from .backbones.base import AUTOCAST_BF16, EditingModel
+from .names import DEFAULT_MODEL, DEMO_MODEL
 
-DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+HUB_TIMEOUT = 5.0  # seconds the hub gets to answer once before loading uses the cache alone
+_NETWORK_LIBRARIES = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+
+
+def demo_model_folder() -> Path:
+    """Where the demo model (:data:`DEMO_MODEL`) is installed."""
+    return Path(__file__).resolve().parents[1] / "demo_model"
+
+
+def hub_unreachable(error: BaseException) -> bool:
+    """Whether the hub client got no answer at all (no network, no DNS, a timeout), whichever HTTP library
+    the installed huggingface_hub uses: requests (0.x), httpx (1.x) or httpx2 (2.x), whose errors are not
+    all OSErrors. An answer from the hub (404, 401, gated) is not this."""
+    if isinstance(error, HfHubHTTPError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):  # also OfflineModeIsEnabled
+        return True
+    return any(kind.__module__.split(".")[0] in _NETWORK_LIBRARIES for kind in type(error).__mro__[:-2])
+
+
+def hub_answers(repo_id: str, timeout: float = HUB_TIMEOUT) -> bool:
+    """Ask the hub about ``repo_id`` once, without retries; False when no answer came within ``timeout``."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except Exception as error:  # any answer, even "not found", means the hub is there
+        if hub_unreachable(error):
+            return False
+    return True
 
 
 class ModelNotAvailableError(OSError):
@@ -154,7 +185,8 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _load_error(error: Exception, model: str, is_folder: bool, offline: bool, allow_pickle: bool) -> Exception:
+def _load_error(error: Exception, model: str, is_folder: bool, offline: bool, allow_pickle: bool,
+                unanswered: bool = False) -> Exception:
     """The one-line error a user sees for a loader's ``error``: what went wrong and what to do."""
     why = " ".join(str(error).split())[:300]
     if not allow_pickle and re.search(r"no file named \S+\.safetensors|necessary `safetensors` weights", why):
@@ -172,12 +204,15 @@ def _load_error(error: Exception, model: str, is_folder: bool, offline: bool, al
         )
     if not isinstance(error, (OSError, ValueError)):
         return ValueError(f"could not load model {model!r}: {type(error).__name__}: {why}")
-    tried = "the Hugging Face cache only (offline mode)" if offline else "the Hugging Face cache and the hub"
+    tried = (f"the Hugging Face cache (the hub could not be reached: asked once, {HUB_TIMEOUT:g} s timeout)"
+             if unanswered else "the Hugging Face cache only (offline mode)" if offline
+             else "the Hugging Face cache and the hub")
     return ModelNotAvailableError(
         f"weights for model {model!r} are not available: tried {tried} "
         f"({hub_constants.HF_HUB_CACHE}). Fix: on a machine with internet run "
         f"`hf download {model}` (or run this command once there) and copy the cache, "
-        "or pass a local diffusers folder with --model PATH."
+        "or pass a local diffusers folder with --model PATH "
+        f"(offline demo: --model {DEMO_MODEL} on --sample shapes)."
     )
 
 
@@ -202,6 +237,8 @@ def load_editing_model(
     torch_device = choose_device(device)
     torch_dtype, autocast = choose_dtype(dtype, torch_device)
     model = os.fspath(model)
+    if model == DEMO_MODEL:
+        model = str(demo_model_folder())
     folder = Path(model).expanduser()
     if _looks_like_path(model):
         if not folder.is_dir():
@@ -213,6 +250,8 @@ def load_editing_model(
             )
         model = str(folder)
     offline = bool(local_files_only) or hub_constants.HF_HUB_OFFLINE
+    unanswered = not offline and not folder.is_dir() and not hub_answers(model)
+    offline = offline or unanswered  # the cache alone: no retries against a hub that did not answer
     try:
         family = backbone_for(pipeline_class_of(model, offline))
         torch_dtype, autocast = choose_dtype(dtype, torch_device, family.cuda_dtype)
@@ -223,7 +262,7 @@ def load_editing_model(
     except UnknownPipelineError:
         raise
     except Exception as error:  # every loader and weight format fails its own way; the user needs one line
-        raise _load_error(error, model, folder.is_dir(), offline, allow_pickle) from None
+        raise _load_error(error, model, folder.is_dir(), offline, allow_pickle, unanswered) from None
     loaded = family(pipe=pipe, source=model, device=torch_device, dtype=torch_dtype, autocast=autocast)
     if dtype == "auto" and bf16_pays_off(torch_device, loaded.denoiser):
         loaded.dtype = torch.bfloat16

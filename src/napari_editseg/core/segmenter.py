@@ -139,6 +139,7 @@ class EditSegmenter:
         baseline a forward ran on those latents is reused.
         """
         self._rgb, self._guide, self._latents = None, None, {}  # a refused image leaves no stale one behind
+        self._image_timings = {"encode_image": 0.0}  # given latents: no encode runs (not the last image's time)
         image = np.asarray(image)
         settings = self.resolve_settings()
         if image.ndim in (2, 3) and min(image.shape[:2]) > 0:
