@@ -32,6 +32,8 @@ EFFECTS = {
     "token_reduce": ("mean", "max", ATTENTION, "prior", False),
     "affinity_resolution": (4, 8, {}, "prior", False),
     "propagation_steps": (0, 2, {}, "prior", False),
+    "restart": (0.0, 0.5, {}, "prior", False),
+    "decoys": (0, 4, {}, "confidence", False),
     "feature_blocks": (("up_blocks.1",), ("up_blocks.1", "up_blocks.2"), {}, "features", False),
     "work_resolution": (8, 16, {}, "prior_work", False),
     "fg_select": ("quantile", "otsu", {}, "fg_prototypes", True),

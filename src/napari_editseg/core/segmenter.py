@@ -24,7 +24,7 @@ from .discriminate import Point, pixel_features
 from .edges import ImageGuide
 from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
-from .instruction import Instruction, build_instruction
+from .instruction import Instruction, build_instruction, decoy_expressions
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
@@ -202,13 +202,15 @@ class EditSegmenter:
         baseline = relevance_baseline(settings) if relevance else None
         shape = self._require_image().shape[:2]
         size = self._model_size(settings, shape)
-        key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS))
+        key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS if name != "decoys"))
         cached = None if baseline is None or size not in self._latents else self.baselines.get(self._latents[size], key)
-        rows = len(instructions) + (baseline is not None and cached is None)
+        decoys = self._decoys(instructions, settings) if baseline is not None else []
+        rows = len(instructions) + len(decoys) + (baseline is not None and cached is None)
         self._check_memory(settings, plan, size, rows * settings.noise_samples, len(instructions),
                            image_needs(*shape, len(instructions)), encodes=int(size not in self._latents))
         latents = self._image_latents(settings)
-        result = run_forward(self.model, settings, plan, [Rows(instructions, latents, cached)], early_exit, baseline)[0]
+        result = run_forward(self.model, settings, plan, [Rows(instructions, latents, cached, decoys)], early_exit,
+                             baseline)[0]
         if baseline is not None and cached is None:  # kept for the next expression on these latents
             self.baselines.put(latents, key, result.baseline)
         return result
@@ -222,6 +224,17 @@ class EditSegmenter:
         if settings.token_norm == "contrast" and not instructions[0].template_positions:
             raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
         return instructions
+
+    def _decoys(self, instructions: Sequence[Instruction], settings: SegmentationSettings) -> list[Instruction]:
+        """The ``decoys`` setting's rows: that many decoy expressions per word count among ``instructions``."""
+        if not settings.decoys:
+            return []
+        by_length: dict[int, str] = {}
+        for instruction in instructions:
+            by_length.setdefault(len(instruction.expression.split()), instruction.expression)
+        texts = [d for e in by_length.values() for d in
+                 decoy_expressions(self.model.tokenizer, e, settings.decoys, settings.seed)]
+        return self._instructions(texts, settings)
 
     def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, size: tuple[int, int], rows: int,
                       expressions: int, host: list, encodes: int) -> None:
@@ -278,14 +291,16 @@ class EditSegmenter:
             by_size.setdefault(self._model_size(settings, rgb.shape), []).append(j)
         results: list[list[Segmentation]] = [[] for _ in prepared]
         for size, members in by_size.items():
+            decoys = {j: self._decoys(prepared[j][1], settings) if baseline is not None else [] for j in members}
             count = sum(len(prepared[j][1]) for j in members)
-            rows = (count + len(members) * (baseline is not None)) * settings.noise_samples
+            rows = (count + sum(map(len, decoys.values())) + len(members) * (baseline is not None)) \
+                * settings.noise_samples
             host = [n for j in members for n in image_needs(*prepared[j][0].shape[:2], len(prepared[j][1]))]
             self._check_memory(settings, plan, size, rows, count, host, encodes=len(members))
             start = time.perf_counter()
             latents = self._encode([prepared[j][0] for j in members], size)
             encode = {"encode_image": (time.perf_counter() - start) / len(members)}  # per image
-            pictures = [Rows(prepared[j][1], latents[k:k + 1]) for k, j in enumerate(members)]
+            pictures = [Rows(prepared[j][1], latents[k:k + 1], decoys=decoys[j]) for k, j in enumerate(members)]
             for j, forward in zip(members, run_forward(self.model, settings, plan, pictures, True, baseline)):
                 rgb = prepared[j][0]
                 results[j] = self._segment_forward(forward, rgb.shape[:2], ImageGuide(rgb), encode, None)

@@ -152,9 +152,9 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
     if prior is None:
         p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
-        prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps),
-                                   box, shape)
-        confidence = peak_dominance(p0)
+        prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps,
+                                             settings.restart), box, shape)
+        confidence = peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
     else:
         prior_work, confidence = confine_prior(fit_prior(prior, work_grid), box, shape), 1.0
     prior_time = time.perf_counter() - start
