@@ -131,7 +131,8 @@ def decide(tuning: dict, metric: str) -> dict:
             continue
         gains, worse = [], []
         for result in tuning.values():
-            diff = np.asarray(result["rows"][name][metric], float) - np.asarray(result["rows"][DEFAULT_ROW][metric], float)
+            row, default = (np.asarray(result["rows"][r][metric], float) for r in (name, DEFAULT_ROW))
+            diff = row - default
             gains.append(float(diff.mean()) * (100.0 if metric != "iou" else 1.0))
             worse.append(bootstrap(diff)[1] < 0)
         verdicts[name] = {"mean gain": float(np.mean(gains)) if gains else 0.0, "worse on some model": any(worse),
@@ -197,8 +198,9 @@ def write_doc(doc: Path = DOC) -> None:
                   "default |", "|---|---|---|---|"]
         on_object, iou = decide(tuning_tune, "own"), decide(tuning_tune, "iou")
         for row in on_object:
+            adopted = on_object[row]["replaces the default"] and iou[row]["replaces the default"]
             lines.append(f"| {row} | {on_object[row]['mean gain']:+.1f} | {iou[row]['mean gain']:+.1f} | "
-                         f"{'yes' if on_object[row]['replaces the default'] and iou[row]['replaces the default'] else 'no'} |")
+                         f"{'yes' if adopted else 'no'} |")
         lines.append("")
     if test:
         lines += [f"Confidence: present vs absent expressions; min_confidence chosen on the tuning members' tuning "

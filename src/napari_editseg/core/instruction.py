@@ -111,3 +111,16 @@ def decoy_expressions(tokenizer: Any, expression: str, count: int, seed: int) ->
         return [" ".join(rng.choice(common, size=len(own), replace=False)) for _ in range(count)]
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     return [" ".join("".join(rng.choice(letters, size=len(w))) for w in own) for _ in range(count)]
+
+
+def decoy_instructions(instructions: Sequence[Instruction], count: int, seed: int, template: str, tokenizer: Any,
+                       max_length: int) -> list[Instruction]:
+    """The ``decoys`` setting's rows: ``count`` decoy expressions (:func:`decoy_expressions`) for each
+    word count among ``instructions``, in the same template."""
+    if not count:
+        return []
+    by_length: dict[int, str] = {}
+    for instruction in instructions:
+        by_length.setdefault(len(instruction.expression.split()), instruction.expression)
+    return [build_instruction(decoy, template, tokenizer, max_length) for expression in by_length.values()
+            for decoy in decoy_expressions(tokenizer, expression, count, seed)]

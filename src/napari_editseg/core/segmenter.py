@@ -24,7 +24,7 @@ from .discriminate import Point, pixel_features
 from .edges import ImageGuide
 from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
-from .instruction import Instruction, build_instruction, decoy_expressions
+from .instruction import Instruction, build_instruction, decoy_instructions
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
@@ -71,6 +71,15 @@ def _points(name: str, points: Iterable[Point]) -> tuple[Point, ...]:
         ):
             raise ValueError(f"{expected}; {pair!r} is not a (row, col) pair of numbers")
     return tuple(tuple(v.item() if isinstance(v, np.generic) else v for v in pair) for pair in pairs)
+
+
+def _decoy_rows(model: EditingModel, instructions: Sequence[Instruction], settings: SegmentationSettings,
+                baseline: Optional[str]) -> list[Instruction]:
+    """The ``decoys`` setting's rows; none without a baseline to measure their effects against."""
+    if baseline is None:
+        return []
+    return decoy_instructions(instructions, settings.decoys, settings.seed, settings.instruction_template,
+                              model.tokenizer, model.max_tokens)
 
 
 class EditSegmenter:
@@ -204,7 +213,7 @@ class EditSegmenter:
         size = self._model_size(settings, shape)
         key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS if name != "decoys"))
         cached = None if baseline is None or size not in self._latents else self.baselines.get(self._latents[size], key)
-        decoys = self._decoys(instructions, settings) if baseline is not None else []
+        decoys = _decoy_rows(self.model, instructions, settings, baseline)
         rows = len(instructions) + len(decoys) + (baseline is not None and cached is None)
         self._check_memory(settings, plan, size, rows * settings.noise_samples, len(instructions),
                            image_needs(*shape, len(instructions)), encodes=int(size not in self._latents))
@@ -224,17 +233,6 @@ class EditSegmenter:
         if settings.token_norm == "contrast" and not instructions[0].template_positions:
             raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
         return instructions
-
-    def _decoys(self, instructions: Sequence[Instruction], settings: SegmentationSettings) -> list[Instruction]:
-        """The ``decoys`` setting's rows: that many decoy expressions per word count among ``instructions``."""
-        if not settings.decoys:
-            return []
-        by_length: dict[int, str] = {}
-        for instruction in instructions:
-            by_length.setdefault(len(instruction.expression.split()), instruction.expression)
-        texts = [d for e in by_length.values() for d in
-                 decoy_expressions(self.model.tokenizer, e, settings.decoys, settings.seed)]
-        return self._instructions(texts, settings)
 
     def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, size: tuple[int, int], rows: int,
                       expressions: int, host: list, encodes: int) -> None:
@@ -291,7 +289,7 @@ class EditSegmenter:
             by_size.setdefault(self._model_size(settings, rgb.shape), []).append(j)
         results: list[list[Segmentation]] = [[] for _ in prepared]
         for size, members in by_size.items():
-            decoys = {j: self._decoys(prepared[j][1], settings) if baseline is not None else [] for j in members}
+            decoys = {j: _decoy_rows(self.model, prepared[j][1], settings, baseline) for j in members}
             count = sum(len(prepared[j][1]) for j in members)
             rows = (count + sum(map(len, decoys.values())) + len(members) * (baseline is not None)) \
                 * settings.noise_samples
