@@ -319,7 +319,7 @@ def replay_outputs(args: argparse.Namespace, records: list[dict]) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     from .record import read_records
-    from .replay import check_image, load_recorded_model, replay_labels, version_notes
+    from .replay import check_image, load_recorded_model, replay_labels
 
     content = read_records(args.records)
     records = content["records"]
@@ -337,8 +337,6 @@ def run_replay(args: argparse.Namespace) -> int:
             models[key] = load_recorded_model(record, args.model, args.device)
         return models[key]
 
-    for note in sorted({note for record in records for note in version_notes(record)}):
-        print(printable(f"napari-editseg: note: {note}; bit-for-bit needs the same versions"), file=sys.stderr)
     labels = replay_labels(records, image, segmenter_for, content.get("shape"))
     if args.output:
         write_labels(Path(args.output), labels)
