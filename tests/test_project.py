@@ -32,9 +32,6 @@ def test_the_torch_requirement_is_met_by_the_cpu_build_on_disk():
     assert torch and torch[0].specifier.contains("2.13.0")
 
 
-# Files other engineers are rewriting in parallel (issue 22, item 5: the widget from panel functions,
-# the CLI's parser, the evaluation loop): checked once they land; everything else in src/ is checked now.
-PENDING = {"_widget.py": ("EditSegWidget", "__init__"), "cli.py": ("build_parser",), "eval/run.py": ("evaluate",)}
 MAX_CLASS, MAX_FUNCTION = 300, 60
 
 
@@ -54,8 +51,6 @@ def test_no_class_over_300_lines_and_no_function_over_60_in_src():
     package = ROOT / "src" / "napari_editseg"
     found = {str(p.relative_to(package)): oversized(p) for p in sorted(package.rglob("*.py"))}
     found = {name: names for name, names in found.items() if names}
-    for name, names in PENDING.items():
-        assert set(found.pop(name, ())) <= set(names), f"{name} grew new oversized definitions"
     assert found == {}, f"over {MAX_CLASS} lines per class or {MAX_FUNCTION} per function: {found}"
 
 

@@ -25,7 +25,16 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QTextOption
-from qtpy.QtWidgets import QAbstractSpinBox, QFileDialog, QFrame, QScrollArea, QSizePolicy, QTextEdit, QWidget
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QScrollArea,
+    QSizePolicy,
+    QTextEdit,
+    QWidget,
+)
 
 from . import _controls
 
@@ -281,6 +290,14 @@ def set_quietly(controls: dict, values: dict) -> None:
         elif control is not None:
             with control.changed.blocked():
                 control.value = value
+
+
+def narrow(panel: Container, characters: int = 8) -> None:
+    """Let ``panel`` shrink to the dock's width: a combo box asks for ``characters`` characters, not for its
+    longest item (a model id, a layer name), so nothing is cut off at the dock's right edge."""
+    for combo in panel.native.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(characters)
 
 
 def hint(text: str) -> Label:
