@@ -806,6 +806,18 @@ def test_no_run_paints_an_empty_label(make_widget, picture, qtbot):
     assert widget.session.run is None
 
 
+def test_the_canvas_keys_reach_a_widget_docked_from_the_plugins_menu(make_napari_viewer, qtbot):
+    """napari hands a plugin's widget the viewer inside a ``PublicOnlyProxy``; the keys' action gets the
+    viewer itself, so the widget was never found and the canvas keys did nothing (issue 23's tryout)."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((16, 16)), name="pic")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-editseg", "Segment by words")
+    canvas_key(viewer, qtbot, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    assert "Nothing to commit" in widget.status.value
+
+
 def test_the_canvas_keys_segment_commit_and_clear_and_napari_lists_them(make_widget, picture, qtbot):
     from napari._qt.widgets.qt_keyboard_settings import ShortcutEditor
     from qtpy.QtCore import Qt

@@ -38,11 +38,13 @@ def _command(what: str):
 
 def register(widget, viewer) -> None:
     """Route the keys pressed in ``viewer`` to ``widget``; register the actions once per process (a
-    shortcut the user changed in the preferences is kept)."""
+    shortcut the user changed in the preferences is kept). A widget docked from napari's Plugins menu
+    gets the viewer inside napari's ``PublicOnlyProxy``, while the keys' action gets the viewer itself:
+    the table is keyed on the viewer the proxy wraps."""
     from napari.components import ViewerModel
     from napari.utils.action_manager import action_manager
 
-    _WIDGETS[id(viewer)] = widget
+    _WIDGETS[id(getattr(viewer, "__wrapped__", viewer))] = widget  # napari docks plugins with a proxy
     for what, description in DESCRIPTIONS.items():
         name = action_name(what)
         if name in _REGISTERED:
