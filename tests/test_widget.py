@@ -17,6 +17,8 @@ import pytest
 if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
     pytest.skip("no X display: run the suite with tools/run-tests (it uses Xvfb)", allow_module_level=True)
 
+from napari.utils._proxies import PublicOnlyProxy  # noqa: E402
+
 from napari_editseg import _controls, _layers, hub  # noqa: E402
 from napari_editseg._widget import (  # noqa: E402
     ALL,
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_widget(make_napari_viewer, segmenter, tiny_model_dir):
     def make(model_loaded=True, show=False):
         viewer = make_napari_viewer(show=show)
-        widget = EditSegWidget(viewer)
+        widget = EditSegWidget(PublicOnlyProxy(viewer))  # as napari's Plugins menu makes it
         widget.dock = viewer.window.add_dock_widget(widget)
         widget.use_model(str(tiny_model_dir))
         widget.device.value = "cpu"
@@ -922,7 +924,7 @@ def test_the_demo_model_is_listed_and_long_names_elide_in_the_middle(make_widget
     widget.use_model(folder)
     combo = widget.model.native
     shown = combo.currentText()
-    assert "…" in shown and shown.endswith("my-model-v2)") and len(shown) <= 30
+    assert "…" in shown and shown.endswith("my-model-v2)") and len(shown) <= 24
     assert combo.itemData(combo.currentIndex(), Qt.ItemDataRole.ToolTipRole) == folder
     assert widget.width() == DOCK_WIDTH
 

@@ -63,7 +63,8 @@ def app(out: Path) -> None:
         state = {
             "status": widget.status.value, "busy": widget._worker is not None, "model_value": widget.model.value,
             "held_keys": [str(k) for k in qt.canvas._key_map_handler._key_release_generators],
-            "focus": type(QApplication.focusWidget()).__name__,
+            "focus": type(QApplication.focusWidget()).__name__, "area": where(area),
+            "present": {layer.name: sorted(int(k) for k in widget.session.present(layer)) for layer in labels},
             "layers": [layer.name for layer in viewer.layers], "rows": rows,
             "labels": {layer.name: {str(int(v)): int((layer.data == v).sum()) for v in np.unique(layer.data) if v}
                        for layer in labels},
@@ -149,14 +150,15 @@ class Person:
             time.sleep(0.1)
 
     def see(self, name: str, control: str) -> None:
-        """Scroll the dock with the mouse wheel until ``control`` is on the screen."""
-        for _ in range(30):
+        """Scroll the dock with the mouse wheel (over its left margin, where no control takes the wheel)
+        until ``control`` is on the screen."""
+        for _ in range(40):
             state = self.state()
             if state[control][4]:
                 return
-            dock = state["dock"]
-            self.xdo("mousemove", dock[0] + dock[2] // 2, dock[1] + dock[3] // 2)
-            self.xdo("click", 5)  # wheel down
+            area = state["area"]
+            self.xdo("mousemove", area[0] + 4, area[1] + area[3] // 2)
+            self.xdo("click", 5 if state[control][1] > area[1] else 4)  # wheel down, or up
             time.sleep(0.3)
         raise RuntimeError(f"{name}: {control} never came into view")
 
@@ -164,8 +166,8 @@ class Person:
         state = self.state()
         alive = self.napari.poll() is None
         raw = [word for word in RAW if word in state["status"]]
-        empty = [f"{layer}:{label}" for layer, records in state["records"].items() for label in records
-                 if str(label) not in state["labels"].get(layer, {})]
+        empty = [f"{layer}:{label}" for layer, records in state["present"].items() for label in records
+                 if str(label) not in state["labels"].get(layer, {})]  # what export would write
         claims = {"napari alive": alive, "no raw exception text in the status": not raw,
                   "no recorded label is empty": not empty, **claims}
         self.steps.append({"step": step, "seconds": round(time.time() - started, 1), "status": state["status"],
@@ -195,7 +197,7 @@ def tryout(out: Path) -> bool:
     raw = [word for word in RAW if word in terminal]
     me.steps.append({"step": "end", "checks": {"napari alive at the end": alive,
                                                 "no raw exception text in the terminal": not raw}})
-    ok = all(all(step["checks"].values()) for step in me.steps)
+    ok = all(all(step.get("checks", {}).values()) for step in me.steps)
     (out / "tryout.json").write_text(json.dumps({"ok": ok, "steps": me.steps}, indent=1))
     print(f"tryout: {'every check holds' if ok else 'FAILED'}; terminal: {raw or 'clean'}")
     return ok
@@ -377,7 +379,7 @@ def advanced_open(me: Person) -> None:
             me.see(fold, fold)
             me.click(me.state()[fold])
     s = me.state()
-    me.xdo("mousemove", s["dock"][0] + s["dock"][2] // 2, s["dock"][1] + s["dock"][3] // 2)
+    me.xdo("mousemove", s["area"][0] + 4, s["area"][1] + s["area"][3] // 2)
     for _ in range(60):
         me.xdo("click", 5)
     time.sleep(0.5)

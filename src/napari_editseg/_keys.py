@@ -38,13 +38,12 @@ def _command(what: str):
 
 def register(widget, viewer) -> None:
     """Route the keys pressed in ``viewer`` to ``widget``; register the actions once per process (a
-    shortcut the user changed in the preferences is kept). A widget docked from napari's Plugins menu
-    gets the viewer inside napari's ``PublicOnlyProxy``, while the keys' action gets the viewer itself:
-    the table is keyed on the viewer the proxy wraps."""
+    shortcut the user changed in the preferences is kept). ``viewer`` is the viewer itself, not napari's
+    ``PublicOnlyProxy`` of it (the keys' action gets the viewer itself)."""
     from napari.components import ViewerModel
     from napari.utils.action_manager import action_manager
 
-    _WIDGETS[id(getattr(viewer, "__wrapped__", viewer))] = widget  # napari docks plugins with a proxy
+    _WIDGETS[id(viewer)] = widget
     for what, description in DESCRIPTIONS.items():
         name = action_name(what)
         if name in _REGISTERED:

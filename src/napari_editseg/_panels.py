@@ -265,7 +265,8 @@ class ModelList:
         self.combo.value = model
 
     def _tips(self) -> None:
-        full = {value: text for text, value in self.named} | {m: m for m in self.local}
+        full = {value: text if value in text else f"{text}: {value}" for text, value in self.named} | {
+            m: m for m in self.local}
         for i in range(self.combo.native.count()):
             value = self.combo.native.itemData(i)
             self.combo.native.setItemData(i, full.get(value, str(value)), Qt.ItemDataRole.ToolTipRole)
