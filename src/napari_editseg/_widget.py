@@ -58,7 +58,8 @@ class EditSegWidget(RunFlow, QWidget):
         super().__init__()
         # napari hands a plugin's widget the viewer inside a PublicOnlyProxy, which wraps every layer it
         # returns in a new proxy: "is" and weak references to layers (the current object, the run's target)
-        # would never match, so Segment again made an empty label and the canvas keys found no widget
+        # would never match (Segment again then painted nothing and the canvas keys found no widget); the
+        # widget's reads of the window's Qt parts would also warn as private access
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.session = Session()
         self.slot = WorkerSlot(self._busy)
