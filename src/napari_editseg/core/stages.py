@@ -21,6 +21,7 @@ from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .forward import CapturedMaps, Grid
 from .image import resize
+from .instances import Instance, describe, split_instances
 from .mask import make_mask, to_image_size
 from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
 from .prompts import Box, box_mask, box_prototypes, confine_prior
@@ -77,6 +78,10 @@ class Segmentation:
     # the prototypes the prior alone gives, with the settings that chose them: a re-threshold or
     # a click reuses them instead of clustering the background again
     prior_prototypes: Optional[tuple] = field(default=None, repr=False, compare=False)
+    # with the ``instances`` setting: int32 H×W, 0 = none, one id per object (1…n by decreasing
+    # score), and each id's score in [0, 1] (core/instances.py); None and () otherwise
+    labels: Optional[np.ndarray] = field(default=None, repr=False)
+    instance_scores: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.timings, Timings):
@@ -91,6 +96,12 @@ class Segmentation:
     def area(self) -> float:
         """Share of the image inside the mask."""
         return float(self.mask.mean())
+
+    @property
+    def instances(self) -> list[Instance]:
+        """Id, area (pixels), centroid ((row, col) pixels) and score of each object, with the
+        ``instances`` setting; an empty list without it."""
+        return [] if self.labels is None else describe(self.labels, self.instance_scores)
 
     @property
     def found(self) -> bool:
@@ -198,14 +209,20 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
         cell = max(shape[0] / grid[0], shape[1] / grid[1])  # picture pixels per work-grid cell
         scores = base.guide.refine(scores, settings.edge_refine, cell, settings.edge_radius, settings.edge_eps)
     edges = time.perf_counter()
-    mask = make_mask(scores, to_image_size(prior_work, shape), settings.mask_threshold, settings.keep,
-                     settings.fill_holes)
+    prior_image = to_image_size(prior_work, shape)
+    keep = "all" if settings.instances else settings.keep  # every object the words name, not one
+    mask = make_mask(scores, prior_image, settings.mask_threshold, keep, settings.fill_holes)
     if base.box is not None:
         mask &= box_mask(base.box, shape)
+    labels, instance_scores = None, ()
+    if settings.instances:
+        labels, instance_scores = split_instances(mask, scores, prior_image, settings.instance_split,
+                                                  settings.split_depth, settings.min_instance_size)
+        mask = labels > 0
     end = time.perf_counter()
     timings = {**base.timings, "discriminate": middle - start, "edges": edges - middle, "mask": end - edges}
     return replace(
         base, mask=mask, scores=scores, settings=settings, timings=timings,
         fg_prototypes=fg.numpy(), bg_prototypes=bg.numpy(), positive=positive, negative=negative,
-        prior_prototypes=from_prior,
+        prior_prototypes=from_prior, labels=labels, instance_scores=instance_scores,
     )
