@@ -72,12 +72,12 @@ def box_prototypes(
     Zero prior outside a small box would otherwise pull the foreground quantile to zero
     and make the foreground prototype the mean of the whole image.
     """
-    args = (settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed, settings.fg_select)
+    args = (settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed, settings.fg_select,
+            settings.instances)
     fg, bg = prototypes(features, prior_work, *args)
     if box is not None:
         rows, cols = box_cells(box, image_shape, tuple(prior_work.shape))
-        fg, _ = prototypes(features[:, rows, cols], prior_work[rows, cols], *args[:2], 1, settings.seed,
-                           settings.fg_select)
+        fg, _ = prototypes(features[:, rows, cols], prior_work[rows, cols], *args[:2], 1, *args[3:])
     return fg, bg
 
 

@@ -191,6 +191,7 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     shape = base.mask.shape
     grid = tuple(prior_work.shape)
     key = (settings.fg_select, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed,
+           settings.instances,
            hash(base.prior_work.tobytes()), id(base.features), base.box)
     if base.prior_prototypes is not None and base.prior_prototypes[0] == key:
         fg, bg = (torch.from_numpy(p) for p in base.prior_prototypes[1:])
