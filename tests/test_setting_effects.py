@@ -50,6 +50,7 @@ EFFECTS = {
     "instance_split": ("components", "watershed", {"instances": True}, "labels", "touching"),
     "split_depth": (0.1, 0.9, {"instances": True}, "labels", "touching"),
     "min_instance_size": (1, 5000, {"instances": True}, "labels", "touching"),
+    "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
 }
 
 
@@ -120,7 +121,9 @@ def touching(result):
 def test_each_setting_changes_what_its_stage_produces(segmenter, picture, name, count_calls):
     a, b, shared, output, refine_only = EFFECTS[name]
     segmenter.set_image(picture)
-    if refine_only:
+    if refine_only == "everything":
+        first, second = (segmenter.segment_everything(**{**shared, name: v}) for v in (a, b))
+    elif refine_only:
         base = segmenter.segment("the disc", edge_refine="none")
         if refine_only in ("planted", "touching"):
             base = (planted if refine_only == "planted" else touching)(base)

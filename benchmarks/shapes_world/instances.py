@@ -95,6 +95,52 @@ def instance_runs(segmenter, scenes: list, union_prior: bool, phrase: bool = Fal
     return report
 
 
+GRANULARITIES = (8, 16, 32, 64)
+
+
+def exemplar_runs(segmenter, scenes: list, count: int, words: bool) -> dict:
+    """The first ``count`` named objects painted as labels 1…count; the others must be found."""
+    runs = []
+    for s in scenes:
+        if len(s.named) <= count:
+            continue
+        labels = np.zeros(s.image.shape[:2], np.int32)
+        for k, mask in enumerate(s.named_masks[:count], start=1):
+            labels[mask] = k
+        segmenter.set_image(s.image)
+        result = segmenter.segment_like(labels, range(1, count + 1), s.expression if words else None)
+        assert (result.labels[labels > 0] == 0).all()  # no painted pixel is claimed
+        runs.append(match(result.labels, result.instance_scores, s.named_masks[count:]))
+    return summary(runs) | {"scenes": len(runs)}
+
+
+def everything_runs(segmenter, scenes: list, **overrides) -> dict:
+    """Mean best IoU per object, the share found at IoU ≥ 0.5 and the regions per scene."""
+    best, regions = [], []
+    for s in scenes:
+        segmenter.set_image(s.image)
+        result = segmenter.segment_everything(**overrides)
+        ious = iou_matrix(result.labels, s.masks)
+        best += list(ious.max(axis=0)) if len(ious) else [0.0] * len(s.masks)
+        regions.append(int(result.labels.max()))
+    return {"mean best IoU": float(np.mean(best)), "found %": 100.0 * float(np.mean(np.asarray(best) >= IOU)),
+            "regions": float(np.mean(regions))}
+
+
+def exemplar_lines(rows: dict) -> str:
+    return "\n".join(f"| {name} | {v['scenes']} | **{100 * v['recall']:.0f} %** | **{v['precision']:.2f}** | "
+                     f"{v['AP@0.5']:.2f} | {v['count exact %']:.0f} % |" for name, v in rows.items())
+
+
+def everything_lines(rows: dict) -> str:
+    return "\n".join(f"| {k} | {v['mean best IoU']:.2f} | {v['found %']:.0f} % | {v['regions']:.1f} |"
+                     for k, v in rows.items())
+
+
+def everything_line(rows: dict) -> str:
+    return ", ".join(f"granularity {g}: {v['mean best IoU']:.2f}" for g, v in rows.items())
+
+
 INSTANCE_ROWS = {  # name: (true union as prior?, the typed phrase instead of the model's words?, overrides)
     "true union as prior, defaults": (True, False, {}),
     "true union as prior, instance_split=components": (True, False, {"instance_split": "components"}),
@@ -111,7 +157,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "benchmarks" / "shapes_world" / "checkpoint"))
     parser.add_argument("--scenes", type=int, default=100)
-    parser.add_argument("--tune-scenes", type=int, default=40, help="tuning scenes (their own seeds) for mask_threshold")
+    parser.add_argument("--tune-scenes", type=int, default=40,
+                        help="tuning scenes (seeds of their own) for mask_threshold and granularity")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "shapes_world" / "instances.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "shapes-world.md"))
     args = parser.parse_args(argv)
@@ -130,15 +177,14 @@ def main(argv=None) -> dict:
     for name, (union, phrase, overrides) in rows.items():
         results["instances"][name] = instance_runs(segmenter, scenes, union, phrase, **overrides)
         print(name, results["instances"][name]["all"], flush=True)
-    extra = sys.modules.get("benchmarks.shapes_world.prompts_eval")
-    if extra is None:
-        sys.path.insert(0, str(ROOT))
-        try:
-            from benchmarks.shapes_world import prompts_eval as extra
-        except ImportError:
-            extra = None
-    if extra is not None:
-        results.update(extra.measure(segmenter, scenes))
+    results["exemplars"] = {f"{k} exemplar{'s' * (k > 1)}, {'the kind in words' if words else 'no words'}":
+                            exemplar_runs(segmenter, scenes, k, words) for k in (1, 3) for words in (False, True)}
+    for name, row in results["exemplars"].items():
+        print(name, row, flush=True)
+    results["everything_tuning"] = {g: everything_runs(segmenter, tune, granularity=g) for g in GRANULARITIES}
+    results["everything"] = {f"granularity={g}": everything_runs(segmenter, scenes, granularity=g)
+                             for g in GRANULARITIES}
+    print("everything", results["everything"], flush=True)
     results["wall_time_s"] = time.perf_counter() - start
     Path(args.json).write_text(json.dumps(results, indent=1))
     write_doc(Path(args.doc), results)
@@ -157,8 +203,24 @@ def instance_table(rows: dict, kinds=shapes_world.COUNT_KINDS) -> str:
 
 
 def write_doc(doc: Path, r: dict) -> None:
-    extra = sys.modules.get("benchmarks.shapes_world.prompts_eval")
-    more = extra.doc_tables(r) if extra is not None and "exemplars" in r else ""
+    more = f"""
+**Existing labels as prompts** (`segment_like(labels, ids)`): in each scene with more named objects
+than exemplars, the first 1 or 3 named objects painted as labels; found: the other named objects
+matched at IoU ≥ 0.5 by an instance (recall) and the share of returned instances that match one
+(precision); painted pixels are never returned (tested).
+
+| exemplars | scenes | recall of the other same-kind objects | precision | AP@0.5 | count exact |
+|---|---|---|---|---|---|
+{exemplar_lines(r['exemplars'])}
+
+**Segment everything** (`segment_everything()`, no words): mean over every object of the scenes (named
+or not) of the best IoU any region reaches (the metric SAM reports for automatic masks), and the
+regions per scene; `granularity` = feature clusters (tuning scenes: {everything_line(r['everything_tuning'])}):
+
+| granularity | mean best IoU per object | objects with best IoU ≥ 0.5 | regions per scene |
+|---|---|---|---|
+{everything_lines(r['everything'])}
+"""
     section = f"""<!-- measured:instances:start -->
 Measured {time.strftime('%Y-%m-%d')} by `benchmarks/shapes_world/instances.py` on the shipped checkpoint,
 CPU (2 shared cores, hence a small run), {r['scenes']} held-out counting scenes

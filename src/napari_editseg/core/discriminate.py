@@ -69,7 +69,10 @@ def prototypes(
             peak = torch.from_numpy(peak_region(chosen.reshape(prior.shape).numpy(), prior.numpy())).reshape(-1)
             chosen, rivals = peak, chosen & ~peak
         bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
-    fg = part_means(flat, chosen.reshape(prior.shape)) if fg_parts else (flat @ chosen.to(flat.dtype) / chosen.sum())[None]
+    if fg_parts:
+        fg = part_means(flat, chosen.reshape(prior.shape))
+    else:
+        fg = (flat @ chosen.to(flat.dtype) / chosen.sum())[None]
     in_background = (p <= bg_limit) | rivals
     if bg_prototypes == 1 or int(in_background.sum()) <= bg_prototypes:
         return fg, (flat @ in_background.to(flat.dtype) / in_background.sum())[None]

@@ -103,3 +103,22 @@ def describe(labels: np.ndarray, instance_scores: tuple[float, ...]) -> list[Ins
     centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, ids)
     return [Instance(int(i), int(a), (float(c[0]), float(c[1])), float(s))
             for i, a, c, s in zip(ids, areas, centroids, instance_scores)]
+
+
+def without_painted(labels: np.ndarray, instance_scores: tuple[float, ...], painted: np.ndarray, min_size: int
+                    ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Instances that leave every painted pixel as it was: one lying mostly (half or more) on painted
+    pixels is an object the user has labelled already and is dropped; the others lose their painted
+    pixels, then those under ``min_size`` pixels. Ids renumbered 1…n, order kept."""
+    kept_ids, kept_scores = [], []
+    out = np.zeros_like(labels)
+    for i, value in enumerate(instance_scores, start=1):
+        where = labels == i
+        area = int(where.sum())
+        free = where & ~painted
+        if area == 0 or free.sum() * 2 <= area or free.sum() < min_size:
+            continue
+        kept_ids.append(i)
+        kept_scores.append(value)
+        out[free] = len(kept_ids)
+    return out, tuple(kept_scores)

@@ -176,6 +176,10 @@ class SegmentationSettings:
     )
     min_instance_size: int = _setting(20, "instances: objects of fewer pixels are dropped", DISCRIMINATE,
                                       minimum=1)
+    granularity: int = _setting(
+        32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
+        DISCRIMINATE, minimum=1, maximum=64,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

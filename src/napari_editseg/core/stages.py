@@ -21,7 +21,7 @@ from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .forward import CapturedMaps, Grid
 from .image import resize
-from .instances import Instance, describe, split_instances
+from .instances import Instance, describe, split_instances, without_painted
 from .mask import make_mask, to_image_size
 from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
 from .prompts import Box, box_mask, box_prototypes, confine_prior
@@ -82,6 +82,8 @@ class Segmentation:
     # score), and each id's score in [0, 1] (core/instances.py); None and () otherwise
     labels: Optional[np.ndarray] = field(default=None, repr=False)
     instance_scores: tuple[float, ...] = ()
+    # bool H×W: pixels the user has painted (segment_like); every mask and instance leaves them out
+    painted: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.timings, Timings):
@@ -150,14 +152,15 @@ def initial_prior(maps: CapturedMaps, settings: SegmentationSettings, work_grid:
 def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
                  prior: Optional[Any] = None, box: Optional[Box] = None, guide: Optional[ImageGuide] = None,
                  timings: Optional[Mapping[str, float]] = None, positive: tuple[Point, ...] = (),
-                 negative: tuple[Point, ...] = ()) -> Segmentation:
+                 negative: tuple[Point, ...] = (), painted: Optional[np.ndarray] = None) -> Segmentation:
     """Steps 5-7 for one expression's captured maps, on a picture of ``shape`` (H, W) pixels.
 
     ``prior``: supplied instead of step 5's (see :func:`fit_prior` for what it may be); it is used
     as given (no propagation) and the confidence is 1, the caller's. ``box``: (row0, col0, row1,
     col1) pixels the prior and the mask are confined to; ``guide``: the picture, for ``edge_refine``;
     ``timings``: seconds of the earlier stages, carried into the result's; ``positive`` /
-    ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them.
+    ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them; ``painted``: bool H×W
+    pixels no mask or instance may claim (labels the user painted).
     """
     start = time.perf_counter()
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
@@ -176,7 +179,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         truncated=maps.instruction.truncated, mask=np.zeros(shape, bool), scores=np.zeros(shape, np.float32),
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
-        guide=guide, box=box,
+        guide=guide, box=box, painted=painted,
     )
     return delineate(base, settings, positive, negative)
 
@@ -219,7 +222,12 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     if settings.instances:
         labels, instance_scores = split_instances(mask, scores, prior_image, settings.instance_split,
                                                   settings.split_depth, settings.min_instance_size)
+        if base.painted is not None:
+            labels, instance_scores = without_painted(labels, instance_scores, base.painted,
+                                                      settings.min_instance_size)
         mask = labels > 0
+    elif base.painted is not None:
+        mask &= ~base.painted
     end = time.perf_counter()
     timings = {**base.timings, "discriminate": middle - start, "edges": edges - middle, "mask": end - edges}
     return replace(
