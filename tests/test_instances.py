@@ -107,3 +107,78 @@ def test_the_union_of_two_objects_as_prior_gives_two_instances(segmenter, pictur
     assert result.labels.max() == 2, np.unique(result.labels)
     for obj in objects:
         assert max(iou(result.labels == i, obj) for i in (1, 2)) >= 0.7
+
+
+def test_without_painted_drops_labelled_objects_and_trims_the_rest():
+    from napari_editseg.core.instances import without_painted
+
+    labels = np.zeros((10, 20), np.int32)
+    labels[:, :8] = 1  # lies on a painted object
+    labels[:, 10:18] = 2  # overlaps painted pixels a little
+    painted = np.zeros((10, 20), bool)
+    painted[:, :7] = True
+    painted[:2, 10:18] = True
+    out, values = without_painted(labels, (0.9, 0.8), painted, 5)
+    assert values == (0.8,) and out.max() == 1
+    assert not out[painted].any() and (out[2:, 10:18] == 1).all()
+
+
+def test_one_foreground_prototype_per_part_in_instance_mode():
+    import torch
+
+    from napari_editseg.core.discriminate import prototypes
+
+    features = torch.zeros(3, 8, 8)
+    features[0] = 1.0
+    prior = torch.zeros(8, 8)
+    for (r, c), direction in (((1, 1), 1), ((5, 5), 2)):  # two objects of different kinds
+        features[:, r:r + 2, c:c + 2] = 0.0
+        features[direction, r:r + 2, c:c + 2] = 1.0
+        prior[r:r + 2, c:c + 2] = 1.0
+    one, _ = prototypes(features, prior, 0.9, 0.5, 1, 0, "otsu")
+    parts, _ = prototypes(features, prior, 0.9, 0.5, 1, 0, "otsu", fg_parts=True)
+    assert one.shape[0] == 1 and parts.shape[0] == 2
+    assert {int(p.argmax()) for p in parts} == {1, 2}
+
+
+def painted_labels(shape):
+    """Three painted objects: ids 4 and 9 are the exemplars, 7 is another painted label."""
+    labels = np.zeros(shape, np.int32)
+    labels[5:15, 5:15] = 4
+    labels[25:35, 40:50] = 9
+    labels[5:12, 45:58] = 7
+    return labels
+
+
+def test_exemplars_never_claim_a_painted_pixel_also_after_refine(segmenter, picture):
+    segmenter.set_image(picture)
+    labels = painted_labels(picture.shape[:2])
+    before = labels.copy()
+    for words in (None, "the disc"):
+        result = segmenter.segment_like(labels, [4, 9], words, min_instance_size=1, mask_threshold=0.0)
+        assert result.labels is not None and result.labels.max() >= 1  # it found something
+        assert not result.mask[labels != 0].any() and not result.labels[labels != 0].any()
+        again = segmenter.refine(result, mask_threshold=0.0, positive=[(8, 8)])
+        assert not again.mask[labels != 0].any() and not again.labels[labels != 0].any()
+    assert np.array_equal(labels, before)  # the caller's labels are not written to
+
+
+def test_bad_exemplars_are_refused_in_one_line(segmenter, picture):
+    segmenter.set_image(picture)
+    labels = painted_labels(picture.shape[:2])
+    for bad_labels, ids, message in ((labels[:-1], [4], "size"), (labels, [5], r"\[5\] not painted"),
+                                     (labels, [], "none given"), (labels, ["x"], "label ids"),
+                                     (labels.astype(float), [4], "integer label image")):
+        with pytest.raises(ValueError, match=message) as error:
+            segmenter.segment_like(bad_labels, ids)
+        assert "\n" not in str(error.value)
+
+
+def test_segment_everything_labels_regions_by_score(segmenter, picture):
+    segmenter.set_image(picture)
+    result = segmenter.segment_everything(min_instance_size=1)
+    n = int(result.labels.max())
+    assert n >= 2 and set(np.unique(result.labels)) <= set(range(n + 1))
+    assert np.array_equal(result.mask, result.labels > 0) and len(result.instance_scores) == n
+    assert list(result.instance_scores) == sorted(result.instance_scores, reverse=True)
+    assert (result.labels > 0).mean() > 0.9  # every pixel joins a region unless its region is too small
