@@ -57,7 +57,7 @@ def test_objects_like_exemplars_leaves_every_painted_label_out(tiny_model_dir, p
     ([], "give an expression"),
     (["the disc", "--everything"], "takes no expression"),
     (["--like", "x.png"], "go together"),
-    (["--like", "x.png", "--ids", "a"], "--ids 'a'"),
+    (["--like", "x.png", "--ids", "a"], "label ids 'a'"),
     (["the disc", "-o", "o.jpg"], "lossless"),
 ])
 def test_objects_refuses_contradictions_in_one_line(tiny_model_dir, picture_file, tmp_path, args, message, capsys):

@@ -43,16 +43,6 @@ def add_objects_command(commands, command, add_picture_arguments, add_model_argu
     objects.set_defaults(run=run_objects)
 
 
-def parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--ids {text!r}: give label ids as integers, e.g. --ids 3,7") from None
-    if not ids:
-        raise ValueError("--ids: give at least one label id, e.g. --ids 3,7")
-    return ids
-
-
 def mode_of(args: argparse.Namespace) -> str:
     """words, like or everything, refusing contradictions before anything loads."""
     if args.everything and (args.expression or args.like):
@@ -79,9 +69,10 @@ def write_table(path: Path, instances) -> None:
 
 def run_objects(args: argparse.Namespace) -> int:
     from .cli import parse_settings, picture_options
+    from .core.automatic import parse_label_ids
 
     mode = mode_of(args)
-    ids = parse_ids(args.ids) if mode == "like" else None
+    ids = parse_label_ids(args.ids) if mode == "like" else None
     overrides = parse_settings(args.settings)
     SegmentationSettings().replace(**overrides)  # bad settings fail before the model loads
     output = Path(args.output)

@@ -43,6 +43,17 @@ def check_exemplars(labels: Any, ids: Any, shape: tuple[int, int]) -> tuple[np.n
     return array, chosen
 
 
+def parse_label_ids(text: str) -> list[int]:
+    """Label ids as typed ("3, 7" or "3,7"); one line saying what is expected otherwise."""
+    try:
+        ids = [int(part) for part in str(text).replace(" ", ",").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"label ids {text!r}: give whole numbers, e.g. 3, 7") from None
+    if not ids:
+        raise ValueError("give the exemplars' label ids, e.g. 3, 7")
+    return ids
+
+
 class PromptModes:
     """Mixed into EditSegmenter: segment from exemplar labels, or everything. Each holds the model's
     lock for its whole run, as every call of the segmenter does."""
