@@ -182,3 +182,19 @@ def test_segment_everything_labels_regions_by_score(segmenter, picture):
     assert np.array_equal(result.mask, result.labels > 0) and len(result.instance_scores) == n
     assert list(result.instance_scores) == sorted(result.instance_scores, reverse=True)
     assert (result.labels > 0).mean() > 0.9  # every pixel joins a region unless its region is too small
+
+
+def test_one_label_segmented_again_stays_in_its_box_and_off_the_others(segmenter, picture):
+    segmenter.set_image(picture)
+    labels = painted_labels(picture.shape[:2])
+    labels[14:20, 5:15] = 5  # another label touching label 4's box
+    result = segmenter.segment_label(labels, 4, mask_threshold=0.0)
+    # label 4 now holds rows 5-13, columns 5-14: grown by 25 % of its size a side, outward to whole pixels
+    assert result.mask.any() and result.box == (2, 2, 17, 18)
+    assert not result.mask[(labels != 0) & (labels != 4)].any()
+    rows, cols = np.nonzero(result.mask)
+    assert rows.min() >= 2 and rows.max() < 17 and cols.min() >= 2 and cols.max() < 18
+    shrunk = segmenter.refine(result, mask_threshold=0.0, negative=[(8, 8)])
+    assert not shrunk.mask[(labels != 0) & (labels != 4)].any() and shrunk.box == result.box
+    with pytest.raises(ValueError, match="not painted"):
+        segmenter.segment_label(labels, 6)

@@ -5,7 +5,8 @@ points that need no words: :meth:`~PromptModes.segment_like` (existing labels as
 features become the foreground prototypes, the other objects like them come back as instances,
 and no painted pixel is ever claimed) and :meth:`~PromptModes.segment_everything` (the image split
 into regions by clusters of its features, then the same delineation and edge step, each region a
-label). :func:`everything` is the latter as a function over data.
+label). :meth:`~PromptModes.segment_label` segments one existing label again inside its box without
+touching the others. :func:`everything` is segment-everything as a function over data.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .edges import ImageGuide
 from .forward import CapturedMaps
 from .instances import split_instances
 from .mask import to_image_size
-from .prompts import NEUTRAL_INSTRUCTION, exemplar_prior
+from .prompts import NEUTRAL_INSTRUCTION, check_box, exemplar_prior
 from .settings import SegmentationSettings
 from .stages import Segmentation, segment_maps, work_grid_of
 
@@ -82,6 +83,24 @@ class PromptModes:
             maps, settings, features, timings = self._wordless(expression, {**overrides, "instances": True})
             return segment_maps(maps, settings, shape, exemplar_prior(features, labels, ids), None, self._guide,
                                 timings, painted=labels != 0)
+
+    def segment_label(self, labels: Any, label_id: int, expression: Optional[str] = None, margin: float = 0.25,
+                      **overrides: Any) -> Segmentation:
+        """One existing label segmented again inside its bounding box (grown by ``margin`` of its size
+        on each side), the label itself as prior; every other painted label is left out of the mask.
+        Grow or shrink the result with clicks: ``refine(result, positive=..., negative=...)`` keeps the
+        box and the other labels out."""
+        with self.model.lock:
+            shape = self._require_image().shape[:2]
+            labels, (label_id,) = check_exemplars(labels, [label_id], shape)
+            rows, cols = np.nonzero(labels == label_id)
+            grow_r, grow_c = margin * (np.ptp(rows) + 1), margin * (np.ptp(cols) + 1)
+            box = check_box((rows.min() - grow_r, cols.min() - grow_c, rows.max() + 1 + grow_r,
+                             cols.max() + 1 + grow_c), shape)
+            maps, settings, _, timings = self._wordless(expression, overrides)
+            others = (labels != 0) & (labels != label_id)
+            return segment_maps(maps, settings, shape, labels == label_id, box, self._guide, timings,
+                                painted=others)
 
     def segment_everything(self, **overrides: Any) -> Segmentation:
         """No words, no clicks: the image split into regions (see :func:`everything`), each a label."""
