@@ -16,7 +16,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
+from screenshot_widget import pump  # the tools folder is on the path when a tool runs
 
 from napari_editseg import _objects
 from napari_editseg._widget import EditSegWidget
@@ -24,14 +24,6 @@ from napari_editseg.core.names import DEMO_MODEL
 from napari_editseg.shapes_world import counting_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pump(seconds: float = 1.0) -> None:
-    app = QApplication.instance()
-    end = time.time() + seconds
-    while time.time() < end:
-        app.processEvents()
-        time.sleep(0.02)
 
 
 def find(widget, mode: str, path: Path) -> None:
