@@ -102,6 +102,7 @@ class EditSegWidget(RunFlow, QWidget):
             layout.addWidget(fold)
         self.record_fold = self.folds["Record of the current label"]
         self.objects = _objects.ObjectsFlow(self, _objects.objects_panel())  # every object, counted (issue 25)
+        _panels.narrow(self.objects.panel)
         self.folds[_objects.TITLE] = fold = QCollapsible(_objects.TITLE)
         fold.addWidget(self.objects.panel.native)
         layout.addWidget(fold)

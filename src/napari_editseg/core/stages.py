@@ -82,7 +82,7 @@ class Segmentation:
     # score), and each id's score in [0, 1] (core/instances.py); None and () otherwise
     labels: Optional[np.ndarray] = field(default=None, repr=False)
     instance_scores: tuple[float, ...] = ()
-    # bool H×W: pixels the user has painted (segment_like); every mask and instance leaves them out
+    # bool H×W: pixels the user has painted (segment_like, segment_label); no mask or instance claims them
     painted: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
