@@ -68,6 +68,8 @@ def test_min_size_drops_small_objects_and_ids_run_by_score():
     assert labels.max() == 4
     labels, values = split_instances(mask, scores, prior, "watershed", 0.25, 20)
     assert labels.max() == 3 and list(values) == sorted(values, reverse=True)
+    only, _ = split_instances(mask, scores, prior, "watershed", 0.25, 20, min_score=0.5)
+    assert only.max() == 1 and np.array_equal(only == 1, labels == 1)  # the prior looked at one object only
     assert labels[45, 75] == 1  # where the words pointed ranks first
     table = describe(labels, values)
     assert [i.id for i in table] == [1, 2, 3]

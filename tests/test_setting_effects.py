@@ -50,6 +50,7 @@ EFFECTS = {
     "instance_split": ("components", "watershed", {"instances": True}, "labels", "touching"),
     "split_depth": (0.1, 0.9, {"instances": True}, "labels", "touching"),
     "min_instance_size": (1, 5000, {"instances": True}, "labels", "touching"),
+    "min_instance_score": (0.0, 1.0, {"instances": True}, "labels", "touching"),
     "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
 }
 

@@ -28,6 +28,7 @@ from napari_editseg import EditSegmenter, shapes_world  # noqa: E402
 
 IOU = 0.5
 THRESHOLDS = (0.5, 0.51, 0.52, 0.53, 0.55)  # mask_threshold tried on the tuning scenes, true union as prior
+CUTS = (0.0, 0.2, 0.3, 0.4)  # min_instance_score tried the same way
 
 
 def iou_matrix(labels: np.ndarray, truths: list) -> np.ndarray:
@@ -172,7 +173,14 @@ def main(argv=None) -> dict:
     best = max(THRESHOLDS, key=lambda t: (results["tuning"][t]["AP@0.5"] + results["tuning"][t]["count exact %"] / 100))
     results["tuned_threshold"] = best
     print("tuning", results["tuning"], "best", best, flush=True)
-    rows = {**INSTANCE_ROWS, **{f"{name}, mask_threshold={best} (tuned)": (union, phrase, {"mask_threshold": best})
+    results["score_tuning"] = {c: instance_runs(segmenter, tune, True, min_instance_score=c)["all"] for c in CUTS}
+    cut = max(CUTS, key=lambda c: (results["score_tuning"][c]["AP@0.5"] + results["score_tuning"][c]["count exact %"]
+                                   / 100))
+    results["tuned_min_instance_score"] = cut
+    print("score tuning", results["score_tuning"], "best", cut, flush=True)
+    tuned = {f"mask_threshold={best} (tuned)": {"mask_threshold": best},
+             f"min_instance_score={cut} (tuned)": {"min_instance_score": cut}}
+    rows = {**INSTANCE_ROWS, **{f"{name}, {what}": (union, phrase, overrides) for what, overrides in tuned.items()
                                 for name, (union, phrase, _) in INSTANCE_ROWS.items() if name.endswith("defaults")}}
     for name, (union, phrase, overrides) in rows.items():
         results["instances"][name] = instance_runs(segmenter, scenes, union, phrase, **overrides)

@@ -33,14 +33,16 @@ class Instance:
 
 
 def split_instances(mask: np.ndarray, scores: np.ndarray, prior: np.ndarray, split: str = "watershed",
-                    split_depth: float = 0.25, min_size: int = 20) -> tuple[np.ndarray, tuple[float, ...]]:
+                    split_depth: float = 0.25, min_size: int = 20, min_score: float = 0.0
+                    ) -> tuple[np.ndarray, tuple[float, ...]]:
     """An instance label image (int32 H×W, 0 = none, ids 1…n) and one score per id.
 
     ``mask``: bool H×W; ``scores``: S, float H×W in [0, 1]; ``prior``: P at the same size.
     ``split``: ``"components"`` (each connected part is one object) or ``"watershed"`` (touching
     objects inside a part split as the module says); ``split_depth``: in [0, 1], how deep a saddle
     between two peaks must be, as a share of the part's highest peak, for them to be two objects;
-    ``min_size``: objects of fewer pixels are dropped. Ids run by decreasing score.
+    ``min_size``: objects of fewer pixels are dropped, and so are those scoring under ``min_score``.
+    Ids run by decreasing score.
     """
     parts, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
     labels = np.zeros(mask.shape, np.int32)
@@ -52,7 +54,7 @@ def split_instances(mask: np.ndarray, scores: np.ndarray, prior: np.ndarray, spl
         for piece in range(1, int(pieces.max()) + 1):
             labels[where][pieces == piece] = next_id
             next_id += 1
-    return _ranked(labels, scores, prior, min_size)
+    return _ranked(labels, scores, prior, min_size, min_score)
 
 
 def _split_part(part: np.ndarray, landscape: np.ndarray, split_depth: float) -> np.ndarray:
@@ -75,9 +77,9 @@ def _split_part(part: np.ndarray, landscape: np.ndarray, split_depth: float) -> 
     return watershed(-inside, markers, mask=part).astype(np.int32)
 
 
-def _ranked(labels: np.ndarray, scores: np.ndarray, prior: np.ndarray, min_size: int
+def _ranked(labels: np.ndarray, scores: np.ndarray, prior: np.ndarray, min_size: int, min_score: float
             ) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Drop instances under ``min_size`` pixels; the rest renumbered 1…n by decreasing score."""
+    """Drop instances under ``min_size`` pixels or ``min_score``; the rest renumbered 1…n by decreasing score."""
     count = int(labels.max())
     if count == 0:
         return labels, ()
@@ -87,7 +89,7 @@ def _ranked(labels: np.ndarray, scores: np.ndarray, prior: np.ndarray, min_size:
     top = float(prior.max())
     looked = ndimage.maximum(prior, labels, ids) / top if top > 0 else np.ones(count)
     values = np.asarray(mean_s) * np.asarray(looked)
-    kept = [i for i in np.argsort(-values, kind="stable") if areas[i] >= min_size]
+    kept = [i for i in np.argsort(-values, kind="stable") if areas[i] >= min_size and values[i] >= min_score]
     lookup = np.zeros(count + 1, np.int32)
     lookup[[ids[i] for i in kept]] = np.arange(1, len(kept) + 1)
     return lookup[labels], tuple(float(np.clip(values[i], 0.0, 1.0)) for i in kept)

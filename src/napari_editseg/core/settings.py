@@ -176,6 +176,11 @@ class SegmentationSettings:
     )
     min_instance_size: int = _setting(20, "instances: objects of fewer pixels are dropped", DISCRIMINATE,
                                       minimum=1)
+    min_instance_score: float = _setting(
+        0.0, "instances: objects scoring lower are dropped (score: mean S inside x the prior's maximum inside over "
+        "its maximum; with a prior you trust, e.g. 0.3 drops the background between close objects)", DISCRIMINATE,
+        minimum=0, maximum=1,
+    )
     granularity: int = _setting(
         32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
         DISCRIMINATE, minimum=1, maximum=64,

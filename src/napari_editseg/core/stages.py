@@ -221,7 +221,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     labels, instance_scores = None, ()
     if settings.instances:
         labels, instance_scores = split_instances(mask, scores, prior_image, settings.instance_split,
-                                                  settings.split_depth, settings.min_instance_size)
+                                                  settings.split_depth, settings.min_instance_size,
+                                                  settings.min_instance_score)
         if base.painted is not None:
             labels, instance_scores = without_painted(labels, instance_scores, base.painted,
                                                       settings.min_instance_size)
