@@ -134,8 +134,7 @@ def everything(maps: CapturedMaps, features: torch.Tensor, settings: Segmentatio
     labels, values = np.zeros(shape, np.int32), []
     for c in range(len(means)):
         part, part_values = split_instances(best == c, winning, winning, settings.instance_split,
-                                            settings.split_depth, settings.min_instance_size,
-                                            settings.min_instance_score)
+                                            settings.split_depth, settings.min_instance_size)  # no prior: no score cut
         labels[part > 0] = part[part > 0] + len(values)
         values += part_values
     order = np.argsort(-np.asarray(values), kind="stable")
