@@ -70,8 +70,8 @@ def test_matching_ap_and_the_count():
 
 @pytest.mark.skipif(benchmark_missing is not None, reason=str(benchmark_missing))
 def test_the_instance_stage_with_the_true_union_as_prior_on_the_shipped_model():
-    """docs/shapes-world.md: AP@0.5 0.97 and count exact 81 % at mask_threshold=0.51 on 100 scenes;
-    here 24 scenes with a margin."""
+    """docs/shapes-world.md, 100 scenes with every default: AP@0.5 0.89, count exact 89 %; these 24
+    scenes give 0.85 and 79 %: checked with a margin."""
     if not (CHECKPOINT / "model_index.json").is_file():
         pytest.skip("the trained shapes-world checkpoint ships with the repository, not the sdist")
     from napari_editseg import EditSegmenter
@@ -80,7 +80,7 @@ def test_the_instance_stage_with_the_true_union_as_prior_on_the_shipped_model():
     scenes = []
     for s in counting_scenes(24):
         segmenter.set_image(s.image)
-        result = segmenter.segment(s.expression, prior=s.union, instances=True, mask_threshold=0.51)
+        result = segmenter.segment(s.expression, prior=s.union, instances=True)
         scenes.append(match(result.labels, result.instance_scores, s.named_masks))
     figures = summary(scenes)
-    assert figures["AP@0.5"] >= 0.85 and figures["count exact %"] >= 65, figures
+    assert figures["AP@0.5"] >= 0.75 and figures["count exact %"] >= 65, figures
