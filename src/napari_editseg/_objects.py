@@ -125,7 +125,9 @@ class ObjectsFlow:
         layer = target if target is not None else widget._new_labels(source)
         painted = paint_instances(layer, index, result.labels)
         widget.viewer.layers.selection.active = layer
+        if not painted:
+            widget._say("Every object found lies on painted labels: nothing painted.")
+            return
         span = f"label {painted[0]}" if len(painted) == 1 else f"labels {painted[0]}–{painted[-1]}"
         widget._say(f"{len(painted)} object(s) found, painted as {span} in {layer.name!r} (one undo step: "
-                    f"Ctrl+Z takes them back)." if painted else "Every object found lies on painted labels: "
-                    "nothing painted.")
+                    f"Ctrl+Z takes them back).")

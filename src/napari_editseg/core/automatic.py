@@ -1,7 +1,7 @@
 """Runs that start from labels or from nothing: "more like this one", and segment everything.
 
-:class:`PromptModes` holds :class:`~napari_editseg.core.segmenter.EditSegmenter`'s two entry
-points that need no words: :meth:`~PromptModes.segment_like` (existing labels as prompts: their
+:class:`PromptModes` holds :class:`~napari_editseg.core.segmenter.EditSegmenter`'s entry points
+that need no words: :meth:`~PromptModes.segment_like` (existing labels as prompts: their
 features become the foreground prototypes, the other objects like them come back as instances,
 and no painted pixel is ever claimed) and :meth:`~PromptModes.segment_everything` (the image split
 into regions by clusters of its features, then the same delineation and edge step, each region a
