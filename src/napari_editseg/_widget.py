@@ -22,7 +22,7 @@ from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QFileDialog, QPlainTextEdit, QProgressBar, QShortcut, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from . import _controls, _keys, _layers, _panels, hub
+from . import _controls, _keys, _layers, _objects, _panels, hub
 from ._layers import BOX_LAYER, CLICKS_LAYER, OVERLAYS, PRIOR_LAYER, SCORES_LAYER  # noqa: F401 (the API)
 from ._panels import ALL, CURRENT, LOCAL_FOLDER, NEGATIVE, NEW_LAYER, NEXT_FREE, POSITIVE, SELECTED  # noqa: F401
 from ._runflow import RunFlow
@@ -105,6 +105,11 @@ class EditSegWidget(RunFlow, QWidget):
             fold.addWidget(inside)
             layout.addWidget(fold)
         self.record_fold = self.folds["Record of the current label"]
+        self.objects = _objects.ObjectsFlow(self, _objects.objects_panel())  # every object, counted (issue 25)
+        _panels.narrow(self.objects.panel)
+        self.folds[_objects.TITLE] = fold = QCollapsible(_objects.TITLE)
+        fold.addWidget(self.objects.panel.native)
+        layout.addWidget(fold)
         layout.addStretch(1)
         QVBoxLayout(self).addWidget(_panels.scrolling(content))
         self.setFixedWidth(DOCK_WIDTH)

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (add_segment_command, add_batch_command, add_replay_command, add_eval_command):
         add(commands)
+    from .instances_cli import add_objects_command
+
+    add_objects_command(commands, command, add_picture_arguments, add_model_arguments)
     return parser
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 import numpy as np
 import torch
 
+from .automatic import PromptModes
 from .budget import check_memory, image_needs, vae_needs
 from .discriminate import Point, pixel_features
 from .edges import ImageGuide
@@ -82,7 +83,7 @@ def _decoy_rows(model: EditingModel, instructions: Sequence[Instruction], settin
                               model.tokenizer, model.max_tokens)
 
 
-class EditSegmenter:
+class EditSegmenter(PromptModes):
     """Referring segmentation from one denoiser forward of an instruction-editing model.
 
     >>> segmenter = EditSegmenter.from_pretrained()          # timbrooks/instruct-pix2pix

@@ -174,6 +174,31 @@ class SegmentationSettings:
         "peak", "all: every mask pixel; peak: only the connected parts holding the prior's maximum", DISCRIMINATE
     )
     fill_holes: bool = _setting(False, "fill holes in the mask", DISCRIMINATE)
+    instances: bool = _setting(
+        False, "one label per object: the mask split into the objects it holds, each with its own score "
+        "(keep is then read as all: every object the words name is kept)", DISCRIMINATE,
+    )
+    instance_split: Literal["watershed", "components"] = _setting(
+        "watershed", "instances: how objects are told apart: components (each connected part of the mask is one "
+        "object) or watershed (touching objects inside a part are also split, at the saddles of distance to the "
+        "mask's edge x score)", DISCRIMINATE,
+    )
+    split_depth: float = _setting(
+        0.25, "instances, watershed: how deep the saddle between two peaks must be, as a share of the part's "
+        "highest peak, for them to be two objects (larger: fewer splits)", DISCRIMINATE, minimum=0, maximum=1,
+    )
+    min_instance_size: int = _setting(20, "instances: objects of fewer pixels are dropped", DISCRIMINATE,
+                                      minimum=1)
+    min_instance_score: float = _setting(
+        0.2, "instances: objects scoring lower are dropped (score: mean S inside x the prior's maximum inside over "
+        "its maximum: what the prior never looked at scores low; 0.2 chosen on the shapes world's tuning scenes)",
+        DISCRIMINATE,
+        minimum=0, maximum=1,
+    )
+    granularity: int = _setting(
+        32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
+        DISCRIMINATE, minimum=1, maximum=64,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
