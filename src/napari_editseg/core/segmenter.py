@@ -25,11 +25,13 @@ from .edges import ImageGuide
 from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
 from .instruction import Instruction, build_instruction
+from .latent_cache import LatentCache, model_identity, picture_key
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
 from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names
 from .stages import Segmentation, delineate, fit_prior, segment_maps, work_grid_of
+from .tiling import ImageSource, segment_tiled, tiling_applies
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -98,6 +100,7 @@ class EditSegmenter:
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
         self._image_timings: dict[str, float] = {}
         self.baselines = BaselineCache()  # the relevance baseline's outputs, by image latents and settings
+        self.latent_cache: Optional[LatentCache] = None  # a disk cache of image latents, when set
 
     @classmethod
     def from_pretrained(
@@ -168,9 +171,21 @@ class EditSegmenter:
         size = self._model_size(settings, self._require_image().shape)
         if size not in self._latents:
             start = time.perf_counter()
-            self._latents[size] = self._encode([self._rgb], size)
+            self._latents[size] = self.encode_picture(self._rgb, size)
             self._image_timings = {"encode_image": time.perf_counter() - start}
         return self._latents[size]
+
+    def encode_picture(self, rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """One float RGB picture's latents at model input ``size``: from :attr:`latent_cache` when it
+        holds them (no VAE pass), else encoded and written there."""
+        if self.latent_cache is None:
+            return self._encode([rgb], size)
+        key = picture_key(rgb, model_identity(self.model), size)
+        latents = self.latent_cache.get(key)
+        if latents is None:
+            latents = self._encode([rgb], size)
+            self.latent_cache.put(key, latents)
+        return latents.to(self.device, self.model.dtype)
 
     def _encode(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """float RGB images → the latents the model conditions on at the model input ``size``, in one batch."""
@@ -252,7 +267,11 @@ class EditSegmenter:
         ``prior`` for all, as :meth:`segment` takes them)."""
         expressions = _expression_list(expressions)
         box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
-        forward = self._forward(expressions, self.resolve_settings(**overrides), True, relevance=prior is None)
+        settings = self.resolve_settings(**overrides)
+        if prior is None and self._rgb is not None and tiling_applies(settings, self.image_shape):
+            source = ImageSource(self._rgb, (0.0, 1.0))
+            return [segment_tiled(self, source, e, box, **overrides).as_segmentation() for e in expressions]
+        forward = self._forward(expressions, settings, True, relevance=prior is None)
         return self._segment_forward(forward, self.image_shape, self._guide, self._image_timings, box, prior)
 
     @_serialised
@@ -347,6 +366,9 @@ class EditSegmenter:
         (``mask_threshold``, ``fg_quantile``, ``bg_quantile``, ``temperature``, …).
         """
         check_names(overrides)
+        if segmentation.tiles:
+            raise ValueError("this result was stitched from tiles (tiling): refine re-scores one picture, so "
+                             "segment again, or segment with tiling='off' to refine it with clicks")
         for name in overrides:
             if name not in DISCRIMINATE_SETTINGS:
                 raise ValueError(
