@@ -66,6 +66,11 @@ def test_tiling_runs_the_tiles_at_full_resolution_and_stitches_one_mask(segmente
     assert np.abs(tiled.scores - resized.scores).max() > 0.05
     with pytest.raises(ValueError, match="stitched from tiles"):
         segmenter.refine(tiled, positive=[(10, 10)])
+    with pytest.raises(ValueError, match="threshold it again"):
+        segmenter.refine(tiled, fg_quantile=0.8)
+    assert segmenter.refine(tiled, fg_quantile=tiled.settings.fg_quantile) is tiled  # nothing changed
+    lower = segmenter.refine(tiled, mask_threshold=0.1, keep="all")
+    np.testing.assert_array_equal(lower.mask, tiled.scores >= 0.1)
 
 
 def test_a_box_confines_the_tiles_and_the_mask(segmenter):

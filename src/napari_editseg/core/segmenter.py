@@ -31,7 +31,7 @@ from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
 from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names
 from .stages import Segmentation, delineate, fit_prior, segment_maps, work_grid_of
-from .tiling import ImageSource, segment_tiled, tiling_applies
+from .tiling import ImageSource, refine_tiled, segment_tiled, tiling_applies
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -367,8 +367,7 @@ class EditSegmenter:
         """
         check_names(overrides)
         if segmentation.tiles:
-            raise ValueError("this result was stitched from tiles (tiling): refine re-scores one picture, so "
-                             "segment again, or segment with tiling='off' to refine it with clicks")
+            return refine_tiled(segmentation, positive, negative, prior, overrides)
         for name in overrides:
             if name not in DISCRIMINATE_SETTINGS:
                 raise ValueError(

@@ -29,7 +29,7 @@ from .forward import ForwardResult, Rows, relevance_baseline, run_forward
 from .image import data_range, model_size, resize, to_rgb_float
 from .instruction import Instruction, build_instruction
 from .mask import make_mask
-from .prompts import Box, check_box
+from .prompts import Box, box_mask, check_box
 from .settings import SegmentationSettings
 from .stages import Segmentation, expression_prior, segment_maps, work_grid_of
 
@@ -262,6 +262,27 @@ def _run_tile(segmenter, source: ImageSource, tile: Box, instruction: Instructio
     prior = own * (COARSE_FLOOR + (1.0 - COARSE_FLOOR) * weight)
     result = segment_maps(maps, settings, shape, prior, inside, ImageGuide(rgb), forward.timings)
     return result.scores, result.prior, confidence
+
+
+RETHRESHOLD = frozenset({"mask_threshold", "keep", "fill_holes", "min_confidence"})  # step 7 alone
+
+
+def refine_tiled(segmentation: Segmentation, positive: Sequence, negative: Sequence, prior: Any,
+                 overrides: dict) -> Segmentation:
+    """``refine`` on a stitched result: its full-size scores thresholded again (the settings of step 7
+    only); clicks, a new prior or settings of step 6 would need each tile again, and are refused."""
+    changed = {k for k, v in overrides.items() if getattr(segmentation.settings, k) != v}
+    if positive or negative or prior is not None or changed - RETHRESHOLD:
+        raise ValueError("this result was stitched from tiles (tiling): refine can only threshold it again "
+                         f"({', '.join(sorted(RETHRESHOLD))}); segment again for the rest, or with tiling='off'")
+    settings = segmentation.settings.replace(**overrides)
+    if not changed:
+        return segmentation
+    mask = make_mask(segmentation.scores, segmentation.prior, settings.mask_threshold, settings.keep,
+                     settings.fill_holes)
+    if segmentation.box is not None:
+        mask &= box_mask(segmentation.box, mask.shape)
+    return replace(segmentation, mask=mask, settings=settings)
 
 
 class _Stitch:
