@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,3 +105,17 @@ class LatentCache:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.folder.glob("*/*.pt"))
+
+
+def cached_latents(cache: Optional[LatentCache], model, encode: Callable[[Sequence[np.ndarray], tuple], torch.Tensor],
+                   rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``encode([rgb], size)``, or the latents ``cache`` holds for this picture, model and size (then no
+    VAE pass); what is encoded is written to the cache."""
+    if cache is None:
+        return encode([rgb], size)
+    key = picture_key(rgb, model_identity(model), size)
+    latents = cache.get(key)
+    if latents is None:
+        latents = encode([rgb], size)
+        cache.put(key, latents)
+    return latents.to(model.device, model.dtype)

@@ -25,7 +25,7 @@ from .edges import ImageGuide
 from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
 from .instruction import Instruction, build_instruction
-from .latent_cache import LatentCache, model_identity, picture_key
+from .latent_cache import LatentCache, cached_latents
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
@@ -176,16 +176,8 @@ class EditSegmenter:
         return self._latents[size]
 
     def encode_picture(self, rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """One float RGB picture's latents at model input ``size``: from :attr:`latent_cache` when it
-        holds them (no VAE pass), else encoded and written there."""
-        if self.latent_cache is None:
-            return self._encode([rgb], size)
-        key = picture_key(rgb, model_identity(self.model), size)
-        latents = self.latent_cache.get(key)
-        if latents is None:
-            latents = self._encode([rgb], size)
-            self.latent_cache.put(key, latents)
-        return latents.to(self.device, self.model.dtype)
+        """A float RGB picture's latents at model input ``size``, from :attr:`latent_cache` when it has them."""
+        return cached_latents(self.latent_cache, self.model, self._encode, rgb, size)
 
     def _encode(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """float RGB images → the latents the model conditions on at the model input ``size``, in one batch."""
@@ -268,9 +260,9 @@ class EditSegmenter:
         expressions = _expression_list(expressions)
         box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
         settings = self.resolve_settings(**overrides)
-        if prior is None and self._rgb is not None and tiling_applies(settings, self.image_shape):
-            source = ImageSource(self._rgb, (0.0, 1.0))
-            return [segment_tiled(self, source, e, box, **overrides).as_segmentation() for e in expressions]
+        if prior is None and self._rgb is not None and tiling_applies(settings, self.image_shape):  # large: tiles
+            return [segment_tiled(self, ImageSource(self._rgb, (0.0, 1.0)), e, box, **overrides).as_segmentation()
+                    for e in expressions]
         forward = self._forward(expressions, settings, True, relevance=prior is None)
         return self._segment_forward(forward, self.image_shape, self._guide, self._image_timings, box, prior)
 

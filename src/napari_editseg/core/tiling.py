@@ -6,8 +6,10 @@ band, or a pyramid level) finds where the expression points: its prior and mask.
 that matter — where that mask or the upper half of that prior lies, widened by one overlap, or
 every tile a box touches — then run at full resolution: model-size tiles overlapping by
 ``tile_overlap``, each with its own forward and steps 5-7, its prior weighted by the coarse
-prior so that tiles compare. Their scores and priors are blended in the overlaps (weights
-falling towards a tile's edge) and one mask is stitched at the image's size. Memory grows with
+prior and, in the stitched prior, by its own confidence, so that tiles compare (each tile's prior
+is scaled to its own maximum: a tile of background alone would otherwise look as sure as the
+object's). Their scores and priors are blended in the overlaps (weights falling towards a tile's
+edge) and one mask is stitched at the image's size. Memory grows with
 one tile (and the float maps over the visited tiles' bounding box), not with the image; the
 image itself is read region by region from any array that slices (numpy, dask, zarr).
 """
@@ -239,8 +241,9 @@ def segment_tiled(segmenter, image: Any, expression: str, box: Optional[Sequence
     for done, tile in enumerate(chosen, 1):
         if cancelled is not None and cancelled.is_set():
             raise Cancelled("stopped between tiles")
-        stitch.add(tile, *_run_tile(segmenter, source, tile, instruction, settings,
-                                    _crop(coarse_prior, shape, tile), box))
+        scores, prior, confidence = _run_tile(segmenter, source, tile, instruction, settings,
+                                              _crop(coarse_prior, shape, tile), box)
+        stitch.add(tile, scores, prior * confidence, confidence)  # a tile whose words compete counts less
         if progress is not None:
             progress(done, len(chosen))
     mask, scores, prior, confidence = stitch.result(settings, box, coarse.confidence)
