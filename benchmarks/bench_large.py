@@ -185,7 +185,7 @@ def stacks(count: int, depth: int) -> dict:
         })
         print(json.dumps(rows[-1]), flush=True)
     return {"rows": rows, **{key: float(np.mean([r[key] for r in rows])) for key in rows[0]
-                             if isinstance(rows[0][key], float)}}
+                             if isinstance(rows[0][key], (int, float))}}
 
 
 def cache_hit(seed: int, size: int) -> dict:

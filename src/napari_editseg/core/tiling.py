@@ -38,7 +38,7 @@ from .stages import Segmentation, expression_prior, segment_maps, work_grid_of
 TILING_AUTO_SIDE = 2048  # tiling="auto" tiles images whose long side exceeds this and 4x the resolution
 COARSE_LEVEL = 0.5  # a place matters where the coarse prior reaches this share of its maximum
 COARSE_FLOOR = 0.25  # a tile's own prior is weighted by floor + (1 - floor) x the coarse prior there
-BAND_PIXELS = 2**24  # pixels read at once when an overview is made from the full image
+BAND_PIXELS = 2**22  # pixels read at once when an overview is made from the full image (48 MiB as float RGB)
 
 
 class Cancelled(Exception):
@@ -117,8 +117,9 @@ def picture_forward(segmenter, rgb: np.ndarray, instructions: list[Instruction],
     size = model_size(*rgb.shape[:2], settings.resolution, settings.size_multiple, settings.keep_aspect)
     rows = (len(instructions) + (baseline is not None)) * settings.noise_samples
     segmenter._check_memory(settings, plan, size, rows, len(instructions), image_needs(*rgb.shape[:2]), encodes=1)
-    latents = segmenter.encode_picture(rgb, size)
-    return run_forward(segmenter.model, settings, plan, [Rows(instructions, latents)], True, baseline)[0]
+    with segmenter.model.lock:  # the capture swaps the denoiser's processors: one forward at a time per model
+        latents = segmenter.encode_picture(rgb, size)
+        return run_forward(segmenter.model, settings, plan, [Rows(instructions, latents)], True, baseline)[0]
 
 
 def instruction_for(segmenter, expression: str, settings: SegmentationSettings) -> Instruction:
