@@ -18,6 +18,8 @@ EFFECTS = {
     "resolution": (32, 64, {}, "prior_work", False),
     "keep_aspect": (True, False, {"resolution": 64}, "prior_work", False),
     "size_multiple": (16, 32, {"resolution": 64}, "prior_work", False),
+    "tiling": ("off", "always", {}, "scores", False),  # auto tiles only images far above 45x60
+    "tile_overlap": (0.0, 0.5, {"tiling": "always"}, "scores", False),
     "instruction_template": ("make the {} red", "turn the {} into gold", {}, "prior", False),
     "timestep": (999, 400, {}, "prior", False),
     "seed": (0, 1, {}, "prior", False),

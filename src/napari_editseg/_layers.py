@@ -52,7 +52,8 @@ def slice_indices(layer, world_point, axis: Optional[int]) -> list[Index]:
 
 def displayed_plane(layer, index: Index) -> np.ndarray:
     """The 2-D plane at ``index`` as the user sees it (see :func:`record.plane_as_seen`)."""
-    return plane_as_seen(layer.data, index, layer.rgb, None if layer.rgb else layer.contrast_limits)
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data  # a pyramid: its finest level
+    return plane_as_seen(data, index, layer.rgb, None if layer.rgb else layer.contrast_limits)
 
 
 def composite_plane(layers: Sequence, index: Index) -> np.ndarray:

@@ -40,7 +40,7 @@ from . import _controls
 
 NEW_LAYER = "<new labels layer>"
 NEXT_FREE, SELECTED = "next free label", "the layer's selected label"
-CURRENT, ALL = "current slice", "all slices along axis"
+CURRENT, ALL, OBJECT = "current slice", "all slices along axis", "all slices as one object"
 POSITIVE, NEGATIVE = "positive: include", "negative: exclude"
 LOCAL_FOLDER = "local folder…"
 KEYS = {"segment": "Shift+S", "commit": "Shift+C", "clear": "Shift+X"}  # on the canvas; see _keys.py
@@ -91,7 +91,7 @@ def labels_panel() -> Container:
     return Container(widgets=[
         ComboBox(name="labels", label="labels"), ComboBox(name="label_policy", label="new label id",
                                                           choices=[NEXT_FREE, SELECTED]),
-        overwrite, ComboBox(name="slices", label="slices", choices=[CURRENT, ALL]),
+        overwrite, ComboBox(name="slices", label="slices", choices=[CURRENT, ALL, OBJECT]),
         SpinBox(name="axis", label="axis", min=0, max=8, value=0),
         CheckBox(name="show_prior", text="show attention prior", value=False),
         CheckBox(name="show_scores", text="show score map", value=False),

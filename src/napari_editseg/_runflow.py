@@ -18,7 +18,7 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 
 from . import _layers, _panels, hub
-from ._panels import ALL, SELECTED
+from ._panels import ALL, OBJECT, SELECTED
 from ._runstate import Run, Source
 from ._workers import load_steps, message, record_text
 
@@ -93,7 +93,10 @@ class RunFlow:
             source = self._image_layer()
             prompt = self._prompt(source)
             indices = _layers.slice_indices(source.layer, self.viewer.dims.point,
-                                            self.axis.value if self.slices.value == ALL else None)
+                                            self.axis.value if self.slices.value in (ALL, OBJECT) else None)
+            prompt.as_object = self.slices.value == OBJECT and len(indices) > 1
+            if prompt.as_object and not prompt.expression:
+                raise ValueError("Following one object through the slices needs words: type an expression.")
             labels = self._labels_layer(source)
         except ValueError as error:
             self._say(str(error), error=True)

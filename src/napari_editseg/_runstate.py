@@ -30,10 +30,11 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from . import _layers
+from . import _layers, _lazyruns
 from .core.model import DEMO_MODEL
 from .core.segmenter import EditSegmenter, Segmentation
 from .core.settings import DISCRIMINATE_SETTINGS
+from .core.tiling import Cancelled as CoreCancelled
 from .record import first_result, make_record, plane_signature, points_entry, slice_entry
 
 CACHE_BUDGET = 1 << 30  # bytes of per-slice results a run keeps for re-scoring (about 30 slices at 512 px)
@@ -98,6 +99,7 @@ class Prompt:
     box: Optional[tuple[int, int, int, int]] = None  # (row0, col0, row1, col1) pixels of the image
     clicks: Clicks = field(default_factory=dict)  # per slice, when pressed: a word-less run's prior
     overrides: dict = field(default_factory=dict)  # settings from the controls
+    as_object: bool = False  # the slices are one object followed through the stack (core/volume.py)
 
 
 @dataclass
@@ -285,16 +287,20 @@ class Session:
         if index in run.base:
             run.base.move_to_end(index)
             return run.base[index]
-        plane = run.source.plane(index)
-        if run.cancelled.is_set():  # cancelled while the plane was read: do not even wait for the model
-            raise Cancelled
-        with self._model_lock(run.segmenter):
-            if run.cancelled.is_set():
+        if _lazyruns.tiles_this_plane(run, index):  # a large plane: read and run tile by tile
+            with self._model_lock(run.segmenter):
+                base = _lazyruns.tiled_result(run, index)
+        else:
+            plane = run.source.plane(index)
+            if run.cancelled.is_set():  # cancelled while the plane was read: do not even wait for the model
                 raise Cancelled
-            run.signatures[index] = self.set_plane(run.segmenter, plane)
-            positive, negative = run.prompt.clicks.get(index, ([], []))
-            base = first_result(run.segmenter, run.prompt.expression, run.prompt.box,
-                                points_entry(positive, negative), **run.prompt.overrides)
+            with self._model_lock(run.segmenter):
+                if run.cancelled.is_set():
+                    raise Cancelled
+                run.signatures[index] = self.set_plane(run.segmenter, plane)
+                positive, negative = run.prompt.clicks.get(index, ([], []))
+                base = first_result(run.segmenter, run.prompt.expression, run.prompt.box,
+                                    points_entry(positive, negative), **run.prompt.overrides)
         run.base[index] = base
         total = sum(result_bytes(b) for b in run.base.values())
         while total > self.cache_budget and len(run.base) > 1:  # least recently used slices go first
@@ -308,11 +314,15 @@ class Session:
     def segment(self, run: Run) -> Iterator[tuple[Index, Segmentation]]:
         """Worker body: each slice's result, one denoiser forward each; a cancel stops it before the next plane."""
         try:
+            if run.prompt.as_object and len(run.indices) > 1:
+                with self._model_lock(run.segmenter):
+                    yield from _lazyruns.volume_results(run)
+                return
             for index in run.indices:
                 if run.cancelled.is_set():
                     return
                 yield index, self._result(run, index, run.clicks, {})
-        except Cancelled:
+        except (Cancelled, CoreCancelled):
             return
 
     def collect(self, run: Run, index: Index, result: Segmentation) -> None:

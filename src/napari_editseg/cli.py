@@ -16,6 +16,7 @@ from .core.names import DEFAULT_MODEL, DEMO_MODEL
 from .core.settings import SETTING_SPECS, SegmentationSettings, parse_setting
 from .files import check_outputs, check_suffix, printable, write_labels, write_npy
 from .image_files import parse_indices, read_array, read_image
+from .large import ZARR_SUFFIXES
 from .samples import SAMPLES, check_sample, sample_image
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # lossless: a mask must read back as it was
@@ -138,6 +139,10 @@ def add_segment_command(commands) -> None:
     segment.add_argument("--overlay", help="also write the picture with the mask tinted (.png, .tif or .jpg)")
     segment.add_argument("--scores", help="also write the score map S (float32 .npy, image size)")
     segment.add_argument("--prior", help="also write the attention prior P (float32 .npy, image size)")
+    segment.add_argument("--tile", action="store_true",
+                         help="large images: read IMAGE region by region (a TIFF, or an OME-Zarr / zarr folder) and "
+                              "segment coarse to fine, the tiles that matter at full resolution; -o may be a .zarr "
+                              "folder, written tile by tile (see docs/usage.md, 'Large images')")
     add_picture_arguments(segment)
     add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
@@ -212,7 +217,10 @@ def add_eval_command(commands) -> None:
 
 def segment_outputs(args: argparse.Namespace, count: int) -> list[tuple[str, Path]]:
     """(option, path) of every file ``segment`` will write, in the order it writes them."""
-    options = (("-o", args.output, MASK_SUFFIXES, " (a mask must be lossless)"),
+    if args.tile and (args.overlay or args.scores or args.prior):
+        raise ValueError("--overlay, --scores and --prior hold the whole image in memory: leave them out with --tile")
+    masks = MASK_SUFFIXES + (ZARR_SUFFIXES if args.tile else ())
+    options = (("-o", args.output, masks, " (a mask must be lossless)" + ("" if args.tile else "; .zarr with --tile")),
                ("--overlay", args.overlay, OVERLAY_SUFFIXES, ""), ("--scores", args.scores, MAP_SUFFIXES, ""),
                ("--prior", args.prior, MAP_SUFFIXES, ""))
     outputs = []
@@ -247,7 +255,12 @@ def run_segment(args: argparse.Namespace) -> int:
     picture = picture_options(args)
     if args.sample and (picture["plane"] or picture["channels"]):
         raise ValueError("--plane and --channels choose from an IMAGE file; a sample is one RGB picture")
-    image = sample_image(args.sample) if args.sample else read_image(source, **picture)
+    if args.tile:
+        levels = [sample_image(args.sample)] if args.sample else open_input(Path(source), picture)
+    elif not args.sample and Path(source).is_dir():
+        raise ValueError(f"{source!r} is a folder: a zarr or OME-Zarr image is read region by region with --tile")
+    else:
+        image = sample_image(args.sample) if args.sample else read_image(source, **picture)
 
     from .core.segmenter import EditSegmenter
 
@@ -255,6 +268,21 @@ def run_segment(args: argparse.Namespace) -> int:
     segmenter = EditSegmenter.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                               allow_pickle=args.allow_pickle_weights, **overrides)
     loaded = time.perf_counter()
+    if args.tile:
+        segment_tiles(args, segmenter, levels, expressions, source)
+    else:
+        segment_whole(args, segmenter, image, expressions, source)
+    print(printable(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
+                    f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s"))
+    if args.model == DEMO_MODEL:
+        print(f"{DEMO_MODEL} is a 5 MB toy that knows only the shapes world. For photographs, leave out --model: "
+              f"the first run downloads {DEFAULT_MODEL} (about 4 GB) into the Hugging Face cache (or "
+              f"`hf download {DEFAULT_MODEL}` on a machine with internet and copy the cache).")
+    return 0
+
+
+def segment_whole(args: argparse.Namespace, segmenter, image: np.ndarray, expressions: list, source: str) -> None:
+    """``segment``: the image set once, each expression's mask (and overlay, scores, prior) written."""
     segmenter.set_image(image)
     for index, expression in enumerate(expressions):
         result = segmenter.segment(expression)
@@ -269,13 +297,32 @@ def run_segment(args: argparse.Namespace) -> int:
         found = "" if result.found else f" - nothing found (below min_confidence {result.settings.min_confidence:g})"
         print(printable(f"{mask_path}: {result.area:.1%} of {source} for {expression!r}, "
                         f"confidence {result.confidence:.2f}{found}{note}"))
-    print(printable(f"model {args.model} on {segmenter.device} loaded in {loaded - start:.1f} s; "
-                    f"{len(expressions)} expression(s) in {time.perf_counter() - loaded:.1f} s"))
-    if args.model == DEMO_MODEL:
-        print(f"{DEMO_MODEL} is a 5 MB toy that knows only the shapes world. For photographs, leave out --model: "
-              f"the first run downloads {DEFAULT_MODEL} (about 4 GB) into the Hugging Face cache (or "
-              f"`hf download {DEFAULT_MODEL}` on a machine with internet and copy the cache).")
-    return 0
+
+
+def open_input(path: Path, picture: dict) -> list:
+    """A TIFF or zarr folder as lazy views (finest level first); other files read whole."""
+    from .large import open_levels
+
+    if path.is_dir() or path.suffix.lower() in (".tif", ".tiff"):
+        return open_levels(path, picture["plane"], picture["channels"])
+    return [read_image(path, **picture)]
+
+
+def segment_tiles(args: argparse.Namespace, segmenter, levels: list, expressions: list, source: str) -> None:
+    """``segment --tile``: each expression coarse to fine; masks written whole, or to zarr tile by tile."""
+    from .core.tiling import segment_tiled
+    from .large import zarr_mask
+
+    for index, expression in enumerate(expressions):
+        result = segment_tiled(segmenter, levels, expression)
+        path = numbered(args.output, index, len(expressions))
+        if path.suffix.lower() in ZARR_SUFFIXES:
+            result.write(zarr_mask(path, result.shape))
+        else:
+            write_mask(path, result.full_mask())
+        area = result.mask.sum() / (result.shape[0] * result.shape[1])
+        print(printable(f"{path}: {area:.2%} of {source} for {expression!r}, confidence {result.confidence:.2f}; "
+                        f"{len(result.tiles)} tile(s) at full resolution, {result.timings['total']:.1f} s"))
 
 
 def run_batch(args: argparse.Namespace) -> int:

@@ -34,9 +34,35 @@ def plane_signature(plane: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+class LazyPlane:
+    """The plane at ``index`` of an image layer's data (or of one level of a multiscale layer), read region
+    by region and scaled as :func:`plane_as_seen` scales it: what tiled segmentation takes in place of the
+    whole plane, so a dask- or zarr-backed layer is never read whole."""
+
+    def __init__(self, data, index: Sequence[int], rgb: bool, contrast_limits: Optional[Sequence[float]]):
+        self.data, self.index, self.rgb, self.limits = data, tuple(index), rgb, contrast_limits
+        lead = len(self.index)
+        self.shape = tuple(int(n) for n in data.shape[lead:lead + 2]) + (tuple(data.shape[lead + 2:]) if rgb else ())
+        self.dtype = np.dtype(data.dtype) if rgb else np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = (key if isinstance(key, tuple) else (key, slice(None)))[:2]
+        return plane_as_seen(self.data, self.index + (rows, cols), self.rgb, self.limits)
+
+
+def streamed_signature(plane: LazyPlane, band_pixels: int = 2**22) -> str:
+    """:func:`plane_signature` of a lazy plane, read in bands of rows (the same bytes in the same order)."""
+    digest = hashlib.sha256(f"{plane.dtype.str}{plane.shape}".encode())
+    rows = max(1, band_pixels // max(1, plane.shape[1]))
+    for r in range(0, plane.shape[0], rows):
+        digest.update(np.ascontiguousarray(plane[r:r + rows, :], dtype=plane.dtype).data)
+    return digest.hexdigest()
+
+
 def paintable(current: np.ndarray, mask: np.ndarray, label_id: int, overwrite: bool) -> np.ndarray:
     """The mask pixels a label may take: all of them with ``overwrite``, else those free or already its own."""
     return mask if overwrite else mask & ((current == 0) | (current == label_id))
 
 
-__all__ = ["paintable", "plane_as_seen", "plane_signature"]
+__all__ = ["LazyPlane", "paintable", "plane_as_seen", "plane_signature", "streamed_signature"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -13,11 +15,13 @@ class ImageScalingWarning(UserWarning):
     """An integer image's values do not span its dtype's range, so it was scaled by its data."""
 
 
-def to_rgb_float(image: np.ndarray) -> np.ndarray:
+def to_rgb_float(image: np.ndarray, value_range: Optional[tuple[float, float]] = None) -> np.ndarray:
     """H×W, H×W×1, H×W×3 or H×W×4 of any real dtype → float32 H×W×3 in [0, 1].
 
     Integers are scaled by their data (:func:`integer_scale`), floats inside [0, 1] are kept
     and other floats are scaled by their own min/max; alpha is dropped, grey repeated.
+    ``value_range``: the (min, max) of the whole image this array is a tile of, so that every
+    tile is scaled as the whole image would be (:func:`data_range` reads it band by band).
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
@@ -31,7 +35,7 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
         image = image.astype(np.float32)
     elif np.issubdtype(image.dtype, np.integer):
         image = image[:, :, :3] if image.ndim == 3 else image  # alpha takes no part in the scale
-        low, scale = integer_scale(image)
+        low, scale = integer_scale(image, value_range)
         scaled = image.astype(np.float32)
         if low:
             scaled -= np.float32(low)
@@ -42,13 +46,13 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
             raise ValueError("image contains NaN or infinite values")
         with np.errstate(over="ignore"):  # float64 beyond float32's range: handled below
             narrow = image.astype(np.float32)
-        low, high = float(narrow.min()), float(narrow.max())
+        low, high = (float(narrow.min()), float(narrow.max())) if value_range is None else map(float, value_range)
         if low < 0.0 or high > 1.0:
             if high - low <= float(np.finfo(np.float32).max):
                 image = (narrow - low) / (high - low) if high > low else np.zeros_like(narrow)
             else:  # the range overflows float32 (values near its limit): scale in float64
                 wide = image.astype(np.float64)
-                low, high = float(wide.min()), float(wide.max())
+                low, high = (float(wide.min()), float(wide.max())) if value_range is None else map(float, value_range)
                 image = ((wide - low) / (high - low)).astype(np.float32) if high > low else np.zeros_like(narrow)
         else:
             image = narrow
@@ -62,7 +66,7 @@ def to_rgb_float(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def integer_scale(image: np.ndarray) -> tuple[int, int]:
+def integer_scale(image: np.ndarray, value_range: Optional[tuple[float, float]] = None) -> tuple[int, int]:
     """(offset, scale) that map an integer image to [0, 1] as ``(x - offset) / scale``.
 
     The rule (docs/method.md, step 1): non-negative data are read as recorded at the smallest
@@ -70,8 +74,9 @@ def integer_scale(image: np.ndarray) -> tuple[int, int]:
     4095, 0–255 values in an int64 array (a Python list) by 255, full-range uint16 by 65535;
     data with negative values are scaled by their own minimum and maximum. An
     :class:`ImageScalingWarning` says so when this differs from the dtype's own range.
+    ``value_range``: the whole image's (min, max) when ``image`` is a tile of it.
     """
-    low, high = int(image.min()), int(image.max())
+    low, high = (int(image.min()), int(image.max())) if value_range is None else (int(v) for v in value_range)
     info = np.iinfo(image.dtype)
     if low < 0:
         warnings.warn(
@@ -121,3 +126,16 @@ def normalise01(x: torch.Tensor) -> torch.Tensor:
     """Min-max scale to [0, 1]; a constant map becomes zeros."""
     low, high = x.min(), x.max()
     return (x - low) / (high - low) if high > low else torch.zeros_like(x)
+
+
+def data_range(data: Any, band_pixels: int = 2**24) -> tuple[float, float]:
+    """(min, max) of an array-like image (numpy, dask, zarr: anything that slices), read in bands of
+    rows of about ``band_pixels`` pixels, so a slide is never held whole; alpha is left out."""
+    height, width = data.shape[:2]
+    rows = max(1, band_pixels // max(1, width))
+    low, high = math.inf, -math.inf
+    for r in range(0, height, rows):
+        band = np.asarray(data[r:r + rows])
+        band = band[..., :3] if band.ndim == 3 and band.shape[2] == 4 else band
+        low, high = min(low, float(band.min())), max(high, float(band.max()))
+    return low, high

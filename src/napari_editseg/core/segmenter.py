@@ -26,11 +26,13 @@ from .edges import ImageGuide
 from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
 from .instruction import Instruction, build_instruction, decoy_instructions
+from .latent_cache import LatentCache, cached_latents
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
 from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names
 from .stages import Segmentation, delineate, fit_prior, segment_maps, work_grid_of
+from .tiling import ImageSource, refine_tiled, segment_tiled, tiling_applies
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -108,6 +110,7 @@ class EditSegmenter(PromptModes):
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
         self._image_timings: dict[str, float] = {}
         self.baselines = BaselineCache()  # the relevance baseline's outputs, by image latents and settings
+        self.latent_cache: Optional[LatentCache] = None  # a disk cache of image latents, when set
 
     @classmethod
     def from_pretrained(
@@ -178,9 +181,13 @@ class EditSegmenter(PromptModes):
         size = self._model_size(settings, self._require_image().shape)
         if size not in self._latents:
             start = time.perf_counter()
-            self._latents[size] = self._encode([self._rgb], size)
+            self._latents[size] = self.encode_picture(self._rgb, size)
             self._image_timings = {"encode_image": time.perf_counter() - start}
         return self._latents[size]
+
+    def encode_picture(self, rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """A float RGB picture's latents at model input ``size``, from :attr:`latent_cache` when it has them."""
+        return cached_latents(self.latent_cache, self.model, self._encode, rgb, size)
 
     def _encode(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """float RGB images → the latents the model conditions on at the model input ``size``, in one batch."""
@@ -264,7 +271,11 @@ class EditSegmenter(PromptModes):
         ``prior`` for all, as :meth:`segment` takes them)."""
         expressions = _expression_list(expressions)
         box = None if box is None or self.image_shape is None else check_box(box, self.image_shape)
-        forward = self._forward(expressions, self.resolve_settings(**overrides), True, relevance=prior is None)
+        settings = self.resolve_settings(**overrides)
+        if prior is None and self._rgb is not None and tiling_applies(settings, self.image_shape):  # large: tiles
+            return [segment_tiled(self, ImageSource(self._rgb, (0.0, 1.0)), e, box, **overrides).as_segmentation()
+                    for e in expressions]
+        forward = self._forward(expressions, settings, True, relevance=prior is None)
         return self._segment_forward(forward, self.image_shape, self._guide, self._image_timings, box, prior)
 
     @_serialised
@@ -361,6 +372,8 @@ class EditSegmenter(PromptModes):
         (``mask_threshold``, ``fg_quantile``, ``bg_quantile``, ``temperature``, …).
         """
         check_names(overrides)
+        if segmentation.tiles:
+            return refine_tiled(segmentation, positive, negative, prior, overrides)
         for name in overrides:
             if name not in DISCRIMINATE_SETTINGS:
                 raise ValueError(

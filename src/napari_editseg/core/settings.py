@@ -65,6 +65,15 @@ class SegmentationSettings:
         minimum=1, maximum=8192,
     )
     keep_aspect: bool = _setting(True, "keep the aspect ratio when resizing (False: square)", FORWARD)
+    tiling: Literal["auto", "off", "always"] = _setting(
+        AUTO, "large images, coarse to fine: a pass on the whole image at resolution, then the tiles where it "
+        "points run at full resolution and are stitched (always), or only the whole-image pass (off); auto = "
+        "tiles when the long side exceeds 2048 pixels and 4x resolution", FORWARD,
+    )
+    tile_overlap: float = _setting(
+        0.25, "tiling: share of a tile's side that overlaps its neighbour (context, and where their maps are "
+        "blended)", FORWARD, minimum=0, maximum=0.5,
+    )
     size_multiple: Union[int, Auto] = _setting(
         AUTO, "both sides are rounded to a multiple of this; auto = VAE factor x 2^(levels-1) (64)", FORWARD,
         minimum=1, maximum=8192,

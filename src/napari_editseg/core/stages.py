@@ -84,6 +84,9 @@ class Segmentation:
     instance_scores: tuple[float, ...] = ()
     # bool H×W: pixels the user has painted (segment_like, segment_label); no mask or instance claims them
     painted: Optional[np.ndarray] = field(default=None, repr=False)
+    # foreground prototypes brought from elsewhere (a volume's start plane): they join every re-score
+    carried: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    tiles: tuple = ()  # (row0, col0, row1, col1) image boxes run at full resolution (a tiled result)
 
     def __post_init__(self) -> None:
         if not isinstance(self.timings, Timings):
@@ -149,10 +152,21 @@ def initial_prior(maps: CapturedMaps, settings: SegmentationSettings, work_grid:
     return source.combine(attention, relevance)
 
 
+def expression_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
+                     box: Optional[Box] = None) -> tuple[torch.Tensor, float]:
+    """Step 5: the propagated prior on the work grid (confined to ``box``) and its confidence."""
+    work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
+    p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
+    prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps,
+                                         settings.restart), box, shape)
+    return prior_work, peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
+
+
 def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
                  prior: Optional[Any] = None, box: Optional[Box] = None, guide: Optional[ImageGuide] = None,
                  timings: Optional[Mapping[str, float]] = None, positive: tuple[Point, ...] = (),
-                 negative: tuple[Point, ...] = (), painted: Optional[np.ndarray] = None) -> Segmentation:
+                 negative: tuple[Point, ...] = (), painted: Optional[np.ndarray] = None,
+                 carried: Optional[np.ndarray] = None) -> Segmentation:
     """Steps 5-7 for one expression's captured maps, on a picture of ``shape`` (H, W) pixels.
 
     ``prior``: supplied instead of step 5's (see :func:`fit_prior` for what it may be); it is used
@@ -160,15 +174,13 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     col1) pixels the prior and the mask are confined to; ``guide``: the picture, for ``edge_refine``;
     ``timings``: seconds of the earlier stages, carried into the result's; ``positive`` /
     ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them; ``painted``: bool H×W
-    pixels no mask or instance may claim (labels the user painted).
+    pixels no mask or instance may claim (labels the user painted); ``carried``: K×D foreground
+    prototypes found elsewhere (a volume's start plane) that join this picture's own.
     """
     start = time.perf_counter()
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
     if prior is None:
-        p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
-        prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps,
-                                             settings.restart), box, shape)
-        confidence = peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
+        prior_work, confidence = expression_prior(maps, settings, shape, box)
     else:
         prior_work, confidence = confine_prior(fit_prior(prior, work_grid), box, shape), 1.0
     prior_time = time.perf_counter() - start
@@ -179,7 +191,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         truncated=maps.instruction.truncated, mask=np.zeros(shape, bool), scores=np.zeros(shape, np.float32),
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
-        guide=guide, box=box, painted=painted,
+        guide=guide, box=box, painted=painted, carried=carried,
     )
     return delineate(base, settings, positive, negative)
 
@@ -201,6 +213,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     else:
         fg, bg = box_prototypes(features, prior_work, base.box, shape, settings)
     from_prior = (key, fg.numpy(), bg.numpy())
+    if base.carried is not None:
+        fg = torch.cat([fg, torch.from_numpy(base.carried).to(fg)])
     fg = torch.cat([fg, features_at(features, to_grid(positive, shape, grid))])
     bg = torch.cat([bg, features_at(features, to_grid(negative, shape, grid))])
     scores_work = score(features, fg, bg, settings.temperature)

@@ -1,0 +1,124 @@
+"""Large images, coarse to fine (core/tiling.py): which tiles run, what comes back, and that the image
+is read region by region. Real forwards of the tiny model; nothing is mocked."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_editseg.core import tiling
+from napari_editseg.core.image import to_rgb_float
+from napari_editseg.core.tiling import Cancelled, ImageSource, segment_tiled, tile_boxes, tiling_applies
+from napari_editseg.testing import tiny_picture
+
+
+def big_picture() -> np.ndarray:
+    """135×180: the tiny picture three times down and across (tiles of 32 pixels for the tiny model)."""
+    return np.tile(tiny_picture(), (3, 3, 1))
+
+
+class Recorded:
+    """An array that slices like numpy and records each region read; reading it whole is refused."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, index):
+        part = self.data[index]
+        self.reads.append(part.shape[:2])
+        return part
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole array was read")
+
+
+def test_tiles_cover_the_image_and_share_the_overlap():
+    tiles = tile_boxes((100, 70), 32, 8)
+    covered = np.zeros((100, 70), int)
+    for r0, c0, r1, c1 in tiles:
+        assert (r1 - r0, c1 - c0) == (32, 32)
+        covered[r0:r1, c0:c1] += 1
+    assert covered.min() >= 1
+    assert {t[0] for t in tiles} == {0, 24, 48, 68}  # stride 24, the last flush with the edge
+    assert tile_boxes((20, 30), 32, 8) == [(0, 0, 20, 30)]
+
+
+def test_auto_tiles_only_large_images(segmenter):
+    settings = segmenter.resolve_settings()
+    assert settings.tiling == "auto"
+    assert not tiling_applies(settings, (2048, 2048)) and tiling_applies(settings, (2049, 100))
+    assert tiling_applies(segmenter.resolve_settings(tiling="always"), (10, 10))
+    assert not tiling_applies(segmenter.resolve_settings(tiling="off"), (99999, 99999))
+
+
+def test_tiling_runs_the_tiles_at_full_resolution_and_stitches_one_mask(segmenter, count_rows):
+    image = big_picture()
+    segmenter.set_image(image)
+    with count_rows(segmenter.model.unet) as unet:
+        tiled = segmenter.segment("red disc", tiling="always", prior_source="attention")
+    assert tiled.tiles and tiled.mask.shape == tiled.scores.shape == image.shape[:2]
+    assert unet.calls == 1 + len(tiled.tiles)  # the coarse pass, then one forward per visited tile
+    assert all((r1 - r0, c1 - c0) == (32, 32) for r0, c0, r1, c1 in tiled.tiles)
+    with count_rows(segmenter.model.unet) as unet:
+        resized = segmenter.segment("red disc", tiling="off", prior_source="attention")
+    assert unet.calls == 1 and not resized.tiles
+    assert np.abs(tiled.scores - resized.scores).max() > 0.05
+    with pytest.raises(ValueError, match="stitched from tiles"):
+        segmenter.refine(tiled, positive=[(10, 10)])
+    with pytest.raises(ValueError, match="threshold it again"):
+        segmenter.refine(tiled, fg_quantile=0.8)
+    assert segmenter.refine(tiled, fg_quantile=tiled.settings.fg_quantile) is tiled  # nothing changed
+    lower = segmenter.refine(tiled, mask_threshold=0.1, keep="all")
+    np.testing.assert_array_equal(lower.mask, tiled.scores >= 0.1)
+
+
+def test_a_box_confines_the_tiles_and_the_mask(segmenter):
+    image = big_picture()
+    box = (10, 20, 50, 60)
+    everywhere = segment_tiled(segmenter, image, "red disc", tiling="always", keep="all", mask_threshold=0.0)
+    boxed = segment_tiled(segmenter, image, "red disc", box=box, tiling="always", keep="all", mask_threshold=0.0)
+    assert 0 < len(boxed.tiles) < len(tile_boxes(image.shape, 32, 8))
+    assert all(t[0] < box[2] and box[0] < t[2] and t[1] < box[3] and box[1] < t[3] for t in boxed.tiles)
+    full = boxed.full_mask()
+    assert full[10:50, 20:60].all() and full.sum() == 40 * 40  # threshold 0: the whole box, nothing outside
+    assert everywhere.full_mask().sum() > full.sum()
+
+
+def test_the_image_is_read_tile_by_tile_never_whole(segmenter, monkeypatch):
+    monkeypatch.setattr(tiling, "BAND_PIXELS", 60 * 180)  # overview bands of 60 rows
+    lazy = Recorded(big_picture())
+    result = segment_tiled(segmenter, lazy, "red disc", tiling="always")
+    assert result.full_mask().shape == (135, 180)
+    assert max(r * c for r, c in lazy.reads) <= 60 * 180
+    assert lazy.reads.count((32, 32)) == len(result.tiles)
+
+
+def test_a_pyramid_gives_the_overview_from_its_coarse_level(segmenter):
+    image = big_picture()
+    fine, coarse = Recorded(image), Recorded(image[::2, ::2])
+    result = segment_tiled(segmenter, [fine, coarse], "red disc", tiling="always")
+    assert coarse.reads and all(shape == (32, 32) for shape in fine.reads)
+    assert len(fine.reads) == len(result.tiles)
+
+
+def test_tiles_are_scaled_by_the_whole_images_range():
+    data = np.zeros((4, 4), np.uint16)
+    data[0, 0] = 4000  # 12-bit data: the tile without that pixel must not be scaled by its own maximum
+    source = ImageSource(data)
+    assert source.value_range == (0.0, 4000.0)
+    tile = data[2:4, 2:4].copy()
+    tile[0, 0] = 1000
+    assert to_rgb_float(tile, source.value_range)[0, 0, 0] == pytest.approx(1000 / 4095)
+
+
+def test_progress_per_tile_and_cancel_between_tiles(segmenter):
+    seen, cancelled = [], threading.Event()
+
+    def progress(done, total):
+        seen.append((done, total))
+        cancelled.set()
+
+    with pytest.raises(Cancelled):
+        segment_tiled(segmenter, big_picture(), "red disc", progress=progress, cancelled=cancelled, tiling="always")
+    assert len(seen) == 1 and seen[0][0] == 1
