@@ -76,6 +76,19 @@ def _points(name: str, points: Iterable[Point]) -> tuple[Point, ...]:
     return tuple(tuple(v.item() if isinstance(v, np.generic) else v for v in pair) for pair in pairs)
 
 
+def _instructions(model: EditingModel, expressions: Sequence[Any], settings: SegmentationSettings
+                  ) -> list[Instruction]:
+    """Step 3 for each expression (an Instruction is kept as it is)."""
+    instructions = [
+        e if isinstance(e, Instruction) else
+        build_instruction(e, settings.instruction_template, model.tokenizer, model.max_tokens)
+        for e in expressions
+    ]
+    if settings.token_norm == "contrast" and not instructions[0].template_positions:
+        raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
+    return instructions
+
+
 def _decoy_rows(model: EditingModel, instructions: Sequence[Instruction], settings: SegmentationSettings,
                 baseline: Optional[str]) -> list[Instruction]:
     """The ``decoys`` setting's rows; none without a baseline to measure their effects against."""
@@ -215,7 +228,7 @@ class EditSegmenter(PromptModes):
                  relevance: bool) -> ForwardResult:
         """:meth:`forward` with resolved settings; ``relevance=False``: no relevance even if the source reads it."""
         plan = self.layout.plan(settings)
-        instructions = self._instructions(expressions, settings)
+        instructions = _instructions(self.model, expressions, settings)
         baseline = relevance_baseline(settings) if relevance else None
         shape = self._require_image().shape[:2]
         size = self._model_size(settings, shape)
@@ -231,16 +244,6 @@ class EditSegmenter(PromptModes):
         if baseline is not None and cached is None:  # kept for the next expression on these latents
             self.baselines.put(latents, key, result.baseline)
         return result
-
-    def _instructions(self, expressions: Sequence[Any], settings: SegmentationSettings) -> list[Instruction]:
-        instructions = [
-            e if isinstance(e, Instruction) else
-            build_instruction(e, settings.instruction_template, self.model.tokenizer, self.model.max_tokens)
-            for e in expressions
-        ]
-        if settings.token_norm == "contrast" and not instructions[0].template_positions:
-            raise ValueError("token_norm='contrast' needs template words around '{}' in instruction_template")
-        return instructions
 
     def _check_memory(self, settings: SegmentationSettings, plan: CapturePlan, size: tuple[int, int], rows: int,
                       expressions: int, host: list, encodes: int) -> None:
@@ -294,7 +297,7 @@ class EditSegmenter(PromptModes):
                              f"{len(expressions)} list(s) of expressions")
         settings = self.resolve_settings(**overrides)
         plan, baseline = self.layout.plan(settings), relevance_baseline(settings)
-        prepared = [(to_rgb_float(image), self._instructions(_expression_list(texts), settings))
+        prepared = [(to_rgb_float(image), _instructions(self.model, _expression_list(texts), settings))
                     for image, texts in zip(images, expressions)]
         by_size: dict[tuple[int, int], list[int]] = {}
         for j, (rgb, _) in enumerate(prepared):
