@@ -74,3 +74,21 @@ def test_markers_are_declared_and_strict():
     options = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert "--strict-markers" in options["addopts"]
     assert {m.split(":")[0] for m in options["markers"]} == {"gui", "slow"}
+
+
+WINDOW_TOOLS = ("napari_delete_crash.py", "screenshot_widget.py")  # tools that open a napari window themselves
+
+
+def test_tests_that_open_a_napari_window_without_a_viewer_fixture_are_marked_gui():
+    """conftest marks ``gui`` by fixture; a test running one of the window tools in a subprocess has none."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") \
+                    and any(tool in ast.get_source_segment(text, node) for tool in WINDOW_TOOLS):
+                found.append((node.name, [ast.unparse(d) for d in node.decorator_list]))
+    assert found, "no test runs a window tool: this check has nothing to look at"
+    assert [name for name, decorators in found if "pytest.mark.gui" not in decorators] == []
