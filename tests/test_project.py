@@ -92,3 +92,18 @@ def test_tests_that_open_a_napari_window_without_a_viewer_fixture_are_marked_gui
                 found.append((node.name, [ast.unparse(d) for d in node.decorator_list]))
     assert found, "no test runs a window tool: this check has nothing to look at"
     assert [name for name, decorators in found if "pytest.mark.gui" not in decorators] == []
+
+
+def test_the_package_imports_nothing_through_records_old_names():
+    """record.py keeps replay's and the plane helpers' names (and ``first_result``) for older scripts only:
+    the package itself imports each from its home (issue 22, item 5)."""
+    import ast
+
+    from napari_editseg import planes, replay
+
+    moved = set(planes.__all__) | set(replay.__all__) | {"first_result"}
+    package = ROOT / "src" / "napari_editseg"
+    found = [f"{path.relative_to(package)}: {alias.name}" for path in sorted(package.rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+             and node.module == "record" and node.level == 1 for alias in node.names if alias.name in moved]
+    assert found == []
