@@ -333,6 +333,8 @@ EXTRA = [
     ("replay output unchecked", "cli.py", '    check_outputs([("-o", output)], inputs)\n', ""),
     ("--plane ignored by segment", "cli.py", "else read_image(source, **picture)", "else read_image(source)"),
     ("out of memory a traceback", "cli.py", "        memory = memory_error_from(error)\n", "        memory = None\n"),
+    ("widget's out of memory not the guard's line", "_workers.py", "    error = memory_error_from(error) or error\n",
+     ""),
     ("CPU allocator errors not recognised", "core/budget.py",
      '_OUT_OF_MEMORY = re.compile(r"DefaultCPUAllocator: (can\'t allocate memory|not enough memory)|out of memory"',
      '_OUT_OF_MEMORY = re.compile(r"out of memory"'),
@@ -365,6 +367,7 @@ TESTS_FOR = {  # file prefix -> test files, most targeted first (the run stops a
     "_runstate.py": ["tests/test_reliability.py", "tests/test_runstate.py", "tests/test_widget.py"],
     "_layers.py": ["tests/test_runstate.py", "tests/test_widget.py"],
     "_widget.py": ["tests/test_widget.py"],
+    "_workers.py": ["tests/test_reliability.py", "tests/test_offline.py", "tests/test_widget.py"],
 }
 
 
