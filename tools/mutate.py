@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -398,7 +399,8 @@ def run_one(name: str, file: str, old: str, new: str, tests: list[str], timeout:
             killed, output = done.returncode != 0, done.stdout + "\n" + done.stderr
         except subprocess.TimeoutExpired:
             killed, output = True, "timed out"
-        failed = [line.split(" ")[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+        # pytest's summary lines, not captured log lines ("ERROR    diffusers...: ..." also starts with ERROR)
+        failed = re.findall(r"^(?:FAILED|ERROR) (tests/\S+)", output, flags=re.M)
         return {"name": name, "file": file, "result": "killed" if killed else "survived",
                 "seconds": round(time.perf_counter() - start, 1), "killed_by": failed[0] if failed else ""}
 
