@@ -84,10 +84,10 @@ def test_the_added_family_is_one_module_and_one_line_and_shows_in_the_widgets_li
     assert type(segmenter.model) is TextToImageSD and segmenter.resolve_settings().timestep == 600
 
 
+@pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),  # before Qt starts
+                    reason="no X display: run the suite with tools/run-tests (it uses Xvfb)")
 def test_the_added_family_shows_in_a_new_widgets_model_list(tiny_sd_dir, make_napari_viewer):
     """Issue 22's "appears in the widget's list": the combo box a user picks from, not only the hub's mapping."""
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        pytest.skip("no X display: run the suite with tools/run-tests (it uses Xvfb)")
     from napari_editseg._widget import EditSegWidget
 
     widget = EditSegWidget(make_napari_viewer())
