@@ -54,6 +54,7 @@ def test_the_widget_state_says_one_line_after_one_ask(closed_hub):
     assert len(closed_hub) == 1 and closed_hub[0] <= 10  # asked once, with a short timeout
     text = message(caught.value, MISSING)
     assert "is not on this computer" in text and "Errno" not in text and "\n" not in text
+    assert "Shapes demo" in text  # the one model that works offline is suggested
 
 
 def test_the_command_line_asks_once_then_says_one_line(closed_hub, capfd, tmp_path):

@@ -126,3 +126,35 @@ def test_a_member_can_take_another_s_autoencoder(runs, tmp_path):
                                                                               source / "vae"))
     assert copied.keys() == original.keys() and all(torch.equal(copied[k], original[k].float()) for k in copied)
     assert not (tmp_path / "vae" / "state.pt").exists()  # nothing trained
+
+
+def planted_results(gains: dict, n: int = 200, seed: int = 0) -> dict:
+    """Per member: the default row and one other row whose per-scene IoU differs by ``gains[member]``."""
+    from benchmarks.shapes_world import population_eval
+
+    rng = np.random.default_rng(seed)
+    results = {}
+    for member, gain in gains.items():
+        base = rng.uniform(20, 60, n)
+        rows = {name: {"own": [True] * n, "other": [False] * n, "iou": list(base)} for name in population_eval.PRIORS}
+        rows["restart 0.3"]["iou"] = list(base + gain + rng.normal(0, 0.5, n))
+        results[member] = {"rows": rows}
+    return results
+
+
+def test_a_row_replaces_the_default_only_if_no_tuning_model_loses_beyond_noise():
+    from benchmarks.shapes_world.population_eval import decide
+
+    everywhere = decide(planted_results({"m0": 2.0, "m1": 1.0}), "iou")["restart 0.3"]
+    assert everywhere["replaces the default"] and everywhere["mean gain"] == pytest.approx(1.5, abs=0.1)
+    one_loses = decide(planted_results({"m0": 6.0, "m1": -1.0}), "iou")["restart 0.3"]
+    assert one_loses["mean gain"] > 0 and one_loses["worse on some model"] and not one_loses["replaces the default"]
+
+
+def test_min_confidence_keeps_the_asked_share_of_present_objects():
+    from benchmarks.shapes_world.population_eval import auroc, threshold_keeping
+
+    present = np.linspace(0.0, 1.0, 101)
+    tau = threshold_keeping(present, 0.95)
+    assert np.mean(present >= tau) >= 0.95 and np.mean(present >= tau + 0.011) < 0.95
+    assert auroc([0.9, 0.8], [0.1, 0.8]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)

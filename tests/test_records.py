@@ -323,7 +323,8 @@ def test_at_least_fifty_tampered_records_give_one_line_each_and_no_traceback(cas
             assert one_error_line(err), (what, err)
             named_field += "field '" in err
         else:
-            assert code in (0, 1) and all(line.startswith("napari-editseg: warning") for line in err.splitlines())
+            assert code in (0, 1) and all(line.startswith("napari-editseg: warning")
+                                          for line in err.splitlines()), (what, err)  # each thing said once
     assert len(files) >= 50 and contacts == []
     assert outcomes.get(2, 0) >= 80 and named_field >= 70, outcomes  # most changes are refused, naming the field
 

@@ -32,6 +32,8 @@ EFFECTS = {
     "token_reduce": ("mean", "max", ATTENTION, "prior", False),
     "affinity_resolution": (4, 8, {}, "prior", False),
     "propagation_steps": (0, 2, {}, "prior", False),
+    "restart": (0.0, 0.5, {}, "prior", False),
+    "decoys": (0, 4, {}, "confidence", False),
     "feature_blocks": (("up_blocks.1",), ("up_blocks.1", "up_blocks.2"), {}, "features", False),
     "work_resolution": (8, 16, {}, "prior_work", False),
     "fg_select": ("quantile", "otsu", {}, "fg_prototypes", True),
@@ -46,6 +48,12 @@ EFFECTS = {
     "min_confidence": (0.0, 1.0, {}, "found", True),
     "keep": ("all", "peak", {}, "mask", "planted"),
     "fill_holes": (False, True, {"keep": "all"}, "mask", "planted"),
+    "instances": (False, True, {}, "mask", "planted"),  # keep=peak drops the second blob; instances keep it
+    "instance_split": ("components", "watershed", {"instances": True}, "labels", "touching"),
+    "split_depth": (0.1, 0.9, {"instances": True}, "labels", "touching"),
+    "min_instance_size": (1, 5000, {"instances": True}, "labels", "touching"),
+    "min_instance_score": (0.0, 1.0, {"instances": True}, "labels", "touching"),
+    "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
 }
 
 
@@ -96,14 +104,32 @@ def planted(result):
                    prior_prototypes=None)
 
 
+def touching(result):
+    """Scores of two discs that overlap on the work grid (one connected mask with a neck), the
+    prior on both: instance settings decide whether they are one object or two."""
+    h, w = result.prior_work.shape
+    rows, cols = np.mgrid[:h, :w] + 0.5
+    radius = h / 4
+    discs = [(rows - h / 2) ** 2 + (cols - c) ** 2 <= radius ** 2 for c in (w / 2 - radius, w / 2 + radius)]
+    features = np.zeros_like(result.features)
+    features[0] = 1.0
+    region = discs[0] | discs[1]
+    features[:, region] = 0.0
+    features[1, region] = 1.0
+    return replace(result, features=features, prior_work=region.astype(np.float32),
+                   mask=np.zeros((8 * h, 8 * w), bool), guide=None, prior_prototypes=None)
+
+
 @pytest.mark.parametrize("name", list(EFFECTS))
 def test_each_setting_changes_what_its_stage_produces(segmenter, picture, name, count_calls):
     a, b, shared, output, refine_only = EFFECTS[name]
     segmenter.set_image(picture)
-    if refine_only:
+    if refine_only == "everything":
+        first, second = (segmenter.segment_everything(**{**shared, name: v}) for v in (a, b))
+    elif refine_only:
         base = segmenter.segment("the disc", edge_refine="none")
-        if refine_only == "planted":
-            base = planted(base)
+        if refine_only in ("planted", "touching"):
+            base = (planted if refine_only == "planted" else touching)(base)
         with count_calls(segmenter.model.unet) as forwards:
             first, second = (segmenter.refine(base, **{"edge_refine": "none", **shared, name: v}) for v in (a, b))
         assert forwards.calls == 0

@@ -3,17 +3,23 @@
 For a report upstream (issue 23's segfault; docs/plugin.md, "A crash that is napari's"). Under an
 X display with ``xdotool``::
 
-    xvfb-run -a -s "-screen 0 1280x800x24" python tools/napari_delete_crash.py [SECONDS] [--widget]
+    xvfb-run -a -s "-screen 0 1280x800x24" python tools/napari_delete_crash.py [SECONDS] [--widget] [--then=NAME]
 
 A napari window with an image, a Labels layer and a Points layer holding one point; then, with
 real mouse clicks (X events: Qt-level test clicks do not reproduce it): the points row, the bin,
-the labels row, the bin (SECONDS, default 0, waited after each deletion). Prints whether napari
-survived; exit 0 when it did. Seen here (napari 0.9.2, vispy 0.17.0 and 0.16.2, Mesa llvmpipe):
-SIGSEGV in ``glDrawArrays`` with 0 s, every time; alive with 2 s; alive on napari 0.5.0. The
-cause: napari's layer removal ends in ``context.finish()`` (napari pull request 8122), which runs
-vispy's queued GL deletions while another OpenGL context is current; with the canvas's context
-made current first, or without that ``finish()``, it survives. ``--widget`` docks this plugin's
-widget, which does exactly that when a layer is about to leave, and uses its clicks layer.
+then the row of NAME (``image``, the default, or ``labels``) and the bin, each row found where the
+layer list shows it after the first deletion (SECONDS, default 0, waited after each deletion).
+Prints whether napari survived and which layers are left; exit 0 when it survived and only the
+other layer is left. Seen here (napari 0.9.2, vispy 0.17.0, Mesa llvmpipe, 2026-12-06): points
+then image, SIGSEGV 3 of 3 tries with napari alone and 2 of 2 with the widget docked but its fix
+disabled, alive 3 of 3 with the fix; points then labels, alive 3 of 3 even without the fix (an
+earlier version of this script clicked the labels row's old position, which after the first
+deletion is the image's row: that was the crash it showed). Earlier: alive with 2 s; alive on
+napari 0.5.0. The cause: napari's layer removal ends in ``context.finish()`` (napari pull request
+8122), which runs vispy's queued GL deletions while another OpenGL context is current; with the
+canvas's context made current first, or without that ``finish()``, it survives. ``--widget`` docks
+this plugin's widget, which does exactly that when a layer is about to leave, and uses its clicks
+layer.
 """
 
 from __future__ import annotations
@@ -61,11 +67,13 @@ def app(state: Path, widget: bool) -> None:
             p = qt.layers.viewport().mapToGlobal(r.center())
             rows[qt.layers.model().data(index)] = [p.x(), p.y()]
         p = qt.layerButtons.deleteButton.mapToGlobal(qt.layerButtons.deleteButton.rect().center())
-        state.write_text(json.dumps({"rows": rows, "bin": [p.x(), p.y()]}))
+        partial = state.with_suffix(".part")  # written whole, then renamed: never read half-written
+        partial.write_text(json.dumps({"rows": rows, "bin": [p.x(), p.y()]}))
+        partial.replace(state)
 
     timer = QTimer()
     timer.timeout.connect(dump)
-    timer.start(200)
+    timer.start(50)  # often: the row positions after a deletion are known at once
     napari.run()
 
 
@@ -76,27 +84,41 @@ def click(x: int, y: int) -> None:
     time.sleep(0.4)
 
 
-def main(wait: float, widget: bool = False) -> int:
+def main(wait: float, widget: bool = False, then: str = "image") -> int:
     state = Path(tempfile.mkdtemp()) / "state.json"
-    napari = subprocess.Popen([sys.executable, __file__, "--app", str(state), *(["--widget"] * widget)],
-                              stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    log = state.with_name("napari.log")
+    with log.open("w") as stderr:
+        napari = subprocess.Popen([sys.executable, __file__, "--app", str(state), *(["--widget"] * widget)],
+                                  stdout=subprocess.DEVNULL, stderr=stderr,
+                                  env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     for _ in range(600):
         if state.exists():
             break
         time.sleep(0.2)
     time.sleep(2)
-    for layer in ("points", "labels"):
-        seen = json.loads(state.read_text())
-        click(*seen["rows"][layer])
-        click(*seen["bin"])
+    for layer in ("points", then):
+        shown = rows(state, lambda seen: layer in seen["rows"] and (layer == "points" or "points" not in seen["rows"]))
+        click(*shown[layer])
+        click(*json.loads(state.read_text())["bin"])
         time.sleep(wait)
     time.sleep(3)
     alive = napari.poll() is None
-    print(f"napari {'survived' if alive else f'died (exit {napari.returncode})'} (wait {wait:g} s between deletions)")
+    left = sorted(json.loads(state.read_text())["rows"])
+    print(f"napari {'survived' if alive else f'died (exit {napari.returncode})'} (wait {wait:g} s between deletions); "
+          f"layers left: {left}")
     if alive:
         napari.terminate()
-    return 0 if alive else 1
+    else:
+        print(log.read_text()[-3000:])
+    return 0 if alive and left == sorted({"image", "labels"} - {then}) else 1
+
+
+def rows(state: Path, ready, timeout: float = 10.0) -> dict:
+    """The layer list's rows (screen positions) once ``ready`` holds for the dumped state."""
+    end = time.time() + timeout
+    while not ready(json.loads(state.read_text())) and time.time() < end:
+        time.sleep(0.05)
+    return json.loads(state.read_text())["rows"]
 
 
 if __name__ == "__main__":
@@ -104,4 +126,5 @@ if __name__ == "__main__":
         app(Path(sys.argv[2]), "--widget" in sys.argv)
     else:
         numbers = [a for a in sys.argv[1:] if not a.startswith("--")]
-        sys.exit(main(float(numbers[0]) if numbers else 0.0, "--widget" in sys.argv))
+        then = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--then=")]
+        sys.exit(main(float(numbers[0]) if numbers else 0.0, "--widget" in sys.argv, *then))

@@ -11,7 +11,9 @@ would (``xdotool``), following issue 23's sequence and the annotator's loop: cho
 model in the model list, type "red circle" + Enter, Segment again with Shift+S, drag the
 threshold, Ctrl+Z, a negative click, Commit (Shift+C), "green triangle", export through the file
 dialog, copy the replay command from the status line (the clipboard, ``xclip``) and run it, then
-the delete sequence (a negative click, delete the clicks layer, delete the labels layer, Segment).
+the delete sequence (a negative click, delete the clicks layer, delete the labels layer, Segment),
+Ctrl+Z, Segment again and Commit, every fold open (the dock fits and scrolls to its end), and the
+default model with no internet and ``HF_HUB_OFFLINE`` unset (one clear line).
 It checks, at every step: no raw exception text in the status line or the terminal, no empty
 label, the napari process alive. Screenshots and ``tryout.json`` (every step, its checks, timings)
 go to OUT_DIR. Exit 0 when every check holds.
@@ -59,7 +61,10 @@ def app(out: Path) -> None:
             rows[qt.layers.model().data(index)] = [p.x(), p.y(), r.width(), r.height(), True]
         labels = [layer for layer in viewer.layers if layer._type_string == "labels"]
         state = {
-            "status": widget.status.value, "busy": widget._worker is not None, "model": widget.model.value,
+            "status": widget.status.value, "busy": widget._worker is not None, "model_value": widget.model.value,
+            "held_keys": [str(k) for k in qt.canvas._key_map_handler._key_release_generators],
+            "focus": type(QApplication.focusWidget()).__name__, "area": where(area),
+            "present": {layer.name: sorted(int(k) for k in widget.session.present(layer)) for layer in labels},
             "layers": [layer.name for layer in viewer.layers], "rows": rows,
             "labels": {layer.name: {str(int(v)): int((layer.data == v).sum()) for v in np.unique(layer.data) if v}
                        for layer in labels},
@@ -70,6 +75,12 @@ def app(out: Path) -> None:
             "slider": where(widget.settings["mask_threshold"].native.findChild(QSlider)),
             "advanced": where(widget.folds["Advanced: model and settings"]._toggle_btn),
             "status_box": where(widget.status.native),
+            "labels_fold": where(widget.folds["Labels, slices and maps"]._toggle_btn),
+            "record_fold": where(widget.folds["Record of the current label"]._toggle_btn),
+            "labels_fold_open": widget.folds["Labels, slices and maps"].isExpanded(),
+            "record_fold_open": widget.folds["Record of the current label"].isExpanded(),
+            "last_setting": where(widget.settings["instruction_template"].native),
+            "content_fits": area.widget().minimumSizeHint().width() <= area.viewport().width(),
         }
         for name in ("expression", "run_button", "commit_button", "clear_button", "clicks_button", "polarity",
                      "model", "export_button"):
@@ -139,14 +150,15 @@ class Person:
             time.sleep(0.1)
 
     def see(self, name: str, control: str) -> None:
-        """Scroll the dock with the mouse wheel until ``control`` is on the screen."""
-        for _ in range(30):
+        """Scroll the dock with the mouse wheel (over its left margin, where no control takes the wheel)
+        until ``control`` is on the screen."""
+        for _ in range(40):
             state = self.state()
             if state[control][4]:
                 return
-            dock = state["dock"]
-            self.xdo("mousemove", dock[0] + dock[2] // 2, dock[1] + dock[3] // 2)
-            self.xdo("click", 5)  # wheel down
+            area = state["area"]
+            self.xdo("mousemove", area[0] + 4, area[1] + area[3] // 2)
+            self.xdo("click", 5 if state[control][1] > area[1] else 4)  # wheel down, or up
             time.sleep(0.3)
         raise RuntimeError(f"{name}: {control} never came into view")
 
@@ -154,8 +166,8 @@ class Person:
         state = self.state()
         alive = self.napari.poll() is None
         raw = [word for word in RAW if word in state["status"]]
-        empty = [f"{layer}:{label}" for layer, records in state["records"].items() for label in records
-                 if str(label) not in state["labels"].get(layer, {})]
+        empty = [f"{layer}:{label}" for layer, records in state["present"].items() for label in records
+                 if str(label) not in state["labels"].get(layer, {})]  # what export would write
         claims = {"napari alive": alive, "no raw exception text in the status": not raw,
                   "no recorded label is empty": not empty, **claims}
         self.steps.append({"step": step, "seconds": round(time.time() - started, 1), "status": state["status"],
@@ -166,7 +178,9 @@ class Person:
 
 def tryout(out: Path) -> bool:
     log = open(out / "napari.log", "w")
-    napari = subprocess.Popen([sys.executable, __file__, "--app", str(out)], stdout=log, stderr=subprocess.STDOUT)
+    online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    napari = subprocess.Popen([sys.executable, __file__, "--app", str(out)], stdout=log, stderr=subprocess.STDOUT,
+                              env=online)  # the hub is asked as on a fresh machine: the network decides
     me = Person(out, napari)
     try:
         sequence(me, out)
@@ -183,7 +197,7 @@ def tryout(out: Path) -> bool:
     raw = [word for word in RAW if word in terminal]
     me.steps.append({"step": "end", "checks": {"napari alive at the end": alive,
                                                 "no raw exception text in the terminal": not raw}})
-    ok = all(all(step["checks"].values()) for step in me.steps)
+    ok = all(all(step.get("checks", {}).values()) for step in me.steps)
     (out / "tryout.json").write_text(json.dumps({"ok": ok, "steps": me.steps}, indent=1))
     print(f"tryout: {'every check holds' if ok else 'FAILED'}; terminal: {raw or 'clean'}")
     return ok
@@ -202,11 +216,10 @@ def sequence(me: Person, out: Path) -> None:
     me.xdo("type", "--delay", "40", "Shap")
     me.key("Return")
     for _ in range(20):
-        if me.state()["model"] == "shapes-world-demo":
+        if me.state()["model_value"] == "shapes-world-demo":
             break
         time.sleep(0.2)
-    s = me.check("demo model chosen in the list", t, chosen=me.state()["model"] == "shapes-world-demo")
-    me.steps[-1]["model"] = s["model"]
+    s = me.check("demo model chosen in the list", t, chosen=me.state()["model_value"] == "shapes-world-demo")
     me.shoot("tryout-advanced")
     t = time.time()
     me.see("expression", "expression")
@@ -290,6 +303,8 @@ def sequence(me: Person, out: Path) -> None:
              replay_exits_0=replay.returncode == 0, identical="identical" in replay.stdout,
              no_hidden_characters="\u200b" not in command)
     delete_sequence(me)
+    advanced_open(me)
+    default_model_offline(me)
 
 
 def copy_replay(me: Person) -> str:
@@ -323,6 +338,57 @@ def delete_sequence(me: Person) -> None:
     me.check("delete sequence: negative click, delete clicks, delete labels, Segment", t,
              new_labels_layer="1" in s["labels"].get("editseg shapes", {}))
     me.shoot("tryout-after-delete")
+    t = time.time()  # Ctrl+Z takes that run back, Shift+S makes it again, Shift+C commits it
+    me.click(s["canvas"], 200, 200)
+    me.key("ctrl+z")
+    s = me.idle()
+    me.check("Ctrl+Z after the delete sequence", t, undone=not s["labels"].get("editseg shapes"),
+             says_undone="undone" in s["status"])
+    t = time.time()
+    me.key("shift+s")
+    s = me.idle()
+    me.key("shift+c")
+    s = me.idle()
+    me.check("Shift+S, Shift+C: segment again and commit", t, committed="committed" in s["status"],
+             label_1="1" in s["labels"].get("editseg shapes", {}))
+
+
+def default_model_offline(me: Person) -> None:
+    """The default model (the real one, not on this computer) with no internet and HF_HUB_OFFLINE unset:
+    Segment must end in one clear line, with no raw exception text."""
+    t = time.time()
+    me.see("model", "model")
+    me.click(me.state()["model"])
+    me.key("Home", "Return")  # the first item: the default model
+    time.sleep(0.5)
+    me.see("segment", "run_button")
+    me.click(me.state()["run_button"])
+    s = me.idle()
+    me.shoot("tryout-default-model-offline")
+    me.check("the default model, no internet: Segment", t, default_chosen=s["model_value"] != "shapes-world-demo",
+             one_line="\n" not in s["status"].strip(), says_not_here="not on this computer" in s["status"],
+             no_labels_changed=s["labels"] == me.steps[-1]["labels"])
+
+
+def advanced_open(me: Person) -> None:
+    """Every fold open: the dock still fits the 1280×800 screen and scrolls to its last setting."""
+    t = time.time()
+    s = me.state()
+    for fold in ("labels_fold", "record_fold"):
+        if not s[fold + "_open"]:
+            me.see(fold, fold)
+            me.click(me.state()[fold])
+    s = me.state()
+    me.xdo("mousemove", s["area"][0] + 4, s["area"][1] + s["area"][3] // 2)
+    for _ in range(60):
+        me.xdo("click", 5)
+    time.sleep(0.5)
+    s = me.state()
+    me.shoot("tryout-advanced-open-bottom")
+    me.check("every fold open: the dock fits and scrolls to the end", t, window_fits=s["window"][3] <= 800,
+             dock_fits=s["dock"][1] + s["dock"][3] <= 800, scrolls=s["scroll"][1] > 0,
+             at_the_end=s["scroll"][0] == s["scroll"][1], last_setting_visible=s["last_setting"][4],
+             nothing_cut_at_the_sides=s["content_fits"])
 
 
 if __name__ == "__main__":

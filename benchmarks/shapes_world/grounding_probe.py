@@ -216,9 +216,7 @@ def prior_choice(prior: np.ndarray, masks: list) -> int:
 
 def mask_of(segmenter, base, prior_work: torch.Tensor):
     """Steps 6-7 of the defaults on a given work-grid prior (no forward)."""
-    shape = base.mask.shape
-    return segmenter.refine(replace(base, prior_work=prior_work.numpy(), prior=to_image_size(prior_work, shape),
-                                    prior_prototypes=None)).mask
+    return segmenter.refine(replace(base, prior_work=prior_work.numpy(), prior_prototypes=None)).mask
 
 
 # -- confidence candidates --------------------------------------------------------------------------

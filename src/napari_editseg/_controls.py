@@ -116,7 +116,7 @@ def position_of(ranked: np.ndarray, threshold: float) -> int:
     return int(round(below / max(1, ranked.size - 1) * SLIDER_STEPS)) if ranked.size > 1 else 0
 
 
-def elide_middle(text: str, width: int = 30) -> str:
+def elide_middle(text: str, width: int = 24) -> str:
     """``text`` cut to ``width`` characters in the middle (both ends of a long id or path stay readable)."""
     if len(text) <= width:
         return text

@@ -38,7 +38,8 @@ def _command(what: str):
 
 def register(widget, viewer) -> None:
     """Route the keys pressed in ``viewer`` to ``widget``; register the actions once per process (a
-    shortcut the user changed in the preferences is kept)."""
+    shortcut the user changed in the preferences is kept). ``viewer`` is the viewer itself, not napari's
+    ``PublicOnlyProxy`` of it (the keys' action gets the viewer itself)."""
     from napari.components import ViewerModel
     from napari.utils.action_manager import action_manager
 

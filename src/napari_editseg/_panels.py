@@ -25,7 +25,16 @@ from magicgui.widgets import (
 )
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QTextOption
-from qtpy.QtWidgets import QAbstractSpinBox, QFileDialog, QFrame, QScrollArea, QSizePolicy, QTextEdit, QWidget
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QScrollArea,
+    QSizePolicy,
+    QTextEdit,
+    QWidget,
+)
 
 from . import _controls
 
@@ -256,7 +265,8 @@ class ModelList:
         self.combo.value = model
 
     def _tips(self) -> None:
-        full = {value: text for text, value in self.named} | {m: m for m in self.local}
+        full = {value: text if value in text else f"{text}: {value}" for text, value in self.named} | {
+            m: m for m in self.local}
         for i in range(self.combo.native.count()):
             value = self.combo.native.itemData(i)
             self.combo.native.setItemData(i, full.get(value, str(value)), Qt.ItemDataRole.ToolTipRole)
@@ -281,6 +291,14 @@ def set_quietly(controls: dict, values: dict) -> None:
         elif control is not None:
             with control.changed.blocked():
                 control.value = value
+
+
+def narrow(panel: Container, characters: int = 8) -> None:
+    """Let ``panel`` shrink to the dock's width: a combo box asks for ``characters`` characters, not for its
+    longest item (a model id, a layer name), so nothing is cut off at the dock's right edge."""
+    for combo in panel.native.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(characters)
 
 
 def hint(text: str) -> Label:

@@ -22,7 +22,7 @@ from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QFileDialog, QPlainTextEdit, QProgressBar, QShortcut, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from . import _controls, _keys, _layers, _panels, hub
+from . import _controls, _keys, _layers, _objects, _panels, hub
 from ._layers import BOX_LAYER, CLICKS_LAYER, OVERLAYS, PRIOR_LAYER, SCORES_LAYER  # noqa: F401 (the API)
 from ._panels import ALL, CURRENT, LOCAL_FOLDER, NEGATIVE, NEW_LAYER, NEXT_FREE, POSITIVE, SELECTED  # noqa: F401
 from ._runflow import RunFlow
@@ -31,7 +31,7 @@ from ._workers import WorkerSlot, export_labels, load_steps, message, record_tex
 from .core.names import DEMO_MODEL
 from .samples import SAMPLE_MENU, SAMPLES
 
-DEMO_TITLE = "Shapes-world demo (offline; for the shapes sample)"
+DEMO_TITLE = "Shapes demo (offline)"  # short: the model list is narrow; the tooltip says more
 DOCK_WIDTH = 380  # pixels; long messages wrap inside it instead of widening the dock
 GESTURE_MS = 500  # re-scores closer together than this are one undo step
 EXAMPLES = " · ".join(f"{SAMPLES[n].expression} ({n})" for n in ("astronaut", "coffee", "chelsea"))
@@ -56,13 +56,17 @@ class EditSegWidget(RunFlow, QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands a plugin's widget the viewer inside a PublicOnlyProxy, which wraps every layer it
+        # returns in a new proxy: "is" and weak references to layers (the current object, the run's target)
+        # would never match (Segment again then painted nothing and the canvas keys found no widget); the
+        # widget's reads of the window's Qt parts would also warn as private access
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.session = Session()
         self.slot = WorkerSlot(self._busy)
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._build()
         self._connect()
-        _keys.register(self, napari_viewer)
+        _keys.register(self, self.viewer)
 
     @property
     def _worker(self):
@@ -101,6 +105,11 @@ class EditSegWidget(RunFlow, QWidget):
             fold.addWidget(inside)
             layout.addWidget(fold)
         self.record_fold = self.folds["Record of the current label"]
+        self.objects = _objects.ObjectsFlow(self, _objects.objects_panel())  # every object, counted (issue 25)
+        _panels.narrow(self.objects.panel)
+        self.folds[_objects.TITLE] = fold = QCollapsible(_objects.TITLE)
+        fold.addWidget(self.objects.panel.native)
+        layout.addWidget(fold)
         layout.addStretch(1)
         QVBoxLayout(self).addWidget(_panels.scrolling(content))
         self.setFixedWidth(DOCK_WIDTH)

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (add_segment_command, add_batch_command, add_replay_command, add_eval_command):
         add(commands)
+    from .instances_cli import add_objects_command
+
+    add_objects_command(commands, command, add_picture_arguments, add_model_arguments)
     return parser
 
 
@@ -319,7 +322,7 @@ def replay_outputs(args: argparse.Namespace, records: list[dict]) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     from .record import read_records
-    from .replay import check_image, load_recorded_model, replay_labels, version_notes
+    from .replay import check_image, load_recorded_model, replay_labels
 
     content = read_records(args.records)
     records = content["records"]
@@ -337,8 +340,6 @@ def run_replay(args: argparse.Namespace) -> int:
             models[key] = load_recorded_model(record, args.model, args.device)
         return models[key]
 
-    for note in sorted({note for record in records for note in version_notes(record)}):
-        print(printable(f"napari-editseg: note: {note}; bit-for-bit needs the same versions"), file=sys.stderr)
     labels = replay_labels(records, image, segmenter_for, content.get("shape"))
     if args.output:
         write_labels(Path(args.output), labels)

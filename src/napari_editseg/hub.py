@@ -155,7 +155,7 @@ def not_available_message(model: str) -> str:
         return f"The model folder {model!r} does not exist. Choose 'local folder…' under model to pick another."
     return (f"Model {model!r} is not on this computer and could not be downloaded (no internet, or the hub is "
             "unreachable). Connect and press Load model again, or choose 'local folder…' under model to use "
-            "a downloaded copy.")
+            "a downloaded copy; the Shapes demo in the model list works offline (on the shapes sample).")
 
 
 __all__ = ["KNOWN_MODELS", "DownloadCancelled", "ModelNotAvailableError", "cached_revision", "check_identity",

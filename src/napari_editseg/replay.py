@@ -37,7 +37,7 @@ def load_recorded_model(record: dict, model: Optional[str] = None, device: Optio
 def version_notes(record: dict) -> list[str]:
     """Differences that may change results (bit-for-bit holds only on the same device and versions)."""
     now = versions()
-    return [f"recorded with {name} {then}, running {now.get(name)}"
+    return [f"recorded with {name} {then}, running {now.get(name)}; bit-for-bit needs the same versions"
             for name, then in (record.get("versions") or {}).items() if now.get(name) != then]
 
 

@@ -81,13 +81,13 @@ def render(objects: list, colours: list, size: int, rng_state: int) -> np.ndarra
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def _place(rng, shapes_colours, size, radii, tries=200) -> Optional[list]:
-    """Non-overlapping positions (with a margin) for the given shapes, or None."""
+def _place(rng, shapes_colours, size, radii, tries=200, margin: float = 3) -> Optional[list]:
+    """Non-overlapping positions (``margin`` pixels between bounding circles) for the shapes, or None."""
     placed: list = []
     for (shape, colour), radius in zip(shapes_colours, radii):
         for _ in range(tries):
             row, col = rng.uniform(radius + 1, size - radius - 1, 2)
-            if all((row - o.row) ** 2 + (col - o.col) ** 2 > (radius + o.radius + 3) ** 2 for o in placed):
+            if all((row - o.row) ** 2 + (col - o.col) ** 2 > (radius + o.radius + margin) ** 2 for o in placed):
                 placed.append(Shape(shape, colour, float(row), float(col), float(radius)))
                 break
         else:
@@ -195,3 +195,82 @@ def with_absent_expressions(samples: list, seed: int = 0, colours=COLOURS, shape
         colour, shape = options[int(rng.integers(len(options)))]
         absent.append(replace(s, expression=f"{colour} {shape}", instruction=f"make the {colour} {shape} red"))
     return absent
+
+
+# -- counting scenes: "every red circle", "all squares" ----------------------------------------
+COUNT_KINDS = ("colour+shape", "shape", "colour")
+COUNT_TUNE_SEEDS = 11_000_000  # a range of their own: the scenes above stay as they were, bit for bit
+COUNT_TEST_SEEDS = 12_000_000
+
+
+@dataclass
+class CountingSample:
+    """A scene with 2-6 objects of the named kind among 0-2 others, drawn close (1 px apart at the
+    closest, so that masks on the work grid run together).
+
+    ``phrase`` is what a user types ("every red circle", "all squares"); ``expression`` is the kind
+    in the trained model's own words ("red circle", "square"), which has no "every", "all" or
+    plurals: the instance mode is what says "every".
+    """
+
+    image: np.ndarray  # uint8 H×W×3
+    expression: str
+    phrase: str
+    kind: str  # one of COUNT_KINDS
+    masks: list  # bool H×W of every object
+    named: list  # indices (into masks) of the objects the phrase names
+    objects: list
+
+    @property
+    def named_masks(self) -> list:
+        return [self.masks[i] for i in self.named]
+
+    @property
+    def union(self) -> np.ndarray:
+        """The true union of the named objects (the instance stage's ceiling as prior)."""
+        return np.any(self.named_masks, axis=0)
+
+
+def _counting_pairs(rng, kind: str, named: int, others: int) -> tuple[list, str, str]:
+    """(shape, colour) of the named objects then the others, the model's words and the phrase."""
+    shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
+    other_shapes, other_colours = [x for x in SHAPES if x != shape], [c for c in COLOURS if c != colour]
+    if kind == "colour+shape":
+        pairs = [(shape, colour)] * named
+        rest = [(s, c) for s in SHAPES for c in COLOURS if (s, c) != (shape, colour)]
+        pairs += [rest[int(rng.integers(len(rest)))] for _ in range(others)]
+        return pairs, f"{colour} {shape}", f"every {colour} {shape}"
+    if kind == "shape":
+        pairs = [(shape, str(rng.choice(list(COLOURS)))) for _ in range(named)]
+        pairs += [(str(rng.choice(other_shapes)), str(rng.choice(list(COLOURS)))) for _ in range(others)]
+        return pairs, shape, f"all {shape}s"
+    pairs = [(str(rng.choice(SHAPES)), colour) for _ in range(named)]
+    pairs += [(str(rng.choice(SHAPES)), str(rng.choice(other_colours))) for _ in range(others)]
+    return pairs, colour, f"every {colour} object"
+
+
+def make_counting_sample(seed: int, size: int = 64, kind: Optional[str] = None) -> CountingSample:
+    """One counting scene from ``seed`` (deterministic): 2-6 named objects, 0-2 others, radius 5-8 px."""
+    rng = np.random.default_rng(seed)
+    kind = kind or str(rng.choice(COUNT_KINDS))
+    if kind not in COUNT_KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(COUNT_KINDS)}")
+    for _ in range(1000):
+        named, others = int(rng.integers(2, 7)), int(rng.integers(0, 3))
+        pairs, expression, phrase = _counting_pairs(rng, kind, named, others)
+        objects = _place(rng, pairs, size, rng.uniform(5.0, 8.0, len(pairs)), margin=1)
+        if objects is not None:
+            break
+    else:  # pragma: no cover - the loop finds a scene within a few tries
+        raise RuntimeError("could not build a counting scene")
+    order = rng.permutation(len(objects))
+    objects = [objects[i] for i in order]
+    named_indices = sorted(int(np.flatnonzero(order == i)[0]) for i in range(named))
+    image = render(objects, [o.colour for o in objects], size, int(rng.integers(2 ** 31)))
+    return CountingSample(image=image, expression=expression, phrase=phrase, kind=kind,
+                          masks=[shape_mask(o, size) for o in objects], named=named_indices, objects=objects)
+
+
+def counting_scenes(n: int, start: int = COUNT_TEST_SEEDS, size: int = 64) -> list:
+    """``n`` counting scenes, the kinds in turn (balanced)."""
+    return [make_counting_sample(start + i, size, COUNT_KINDS[i % len(COUNT_KINDS)]) for i in range(n)]

@@ -32,8 +32,11 @@ def prototypes(
     bg_prototypes: int = 1,
     seed: int = 0,
     fg_select: str = "quantile",
+    fg_parts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground (1×D) and background (K×D) prototypes picked by the prior.
+    """Foreground (1×D) and background (K×D) prototypes picked by the prior; ``fg_parts``: one
+    foreground prototype per connected part of the chosen cells (instance mode: each object the
+    words name is its own sample, a red and a blue circle are not averaged into a purple one).
 
     ``fg_select="quantile"``: foreground where P ≥ its ``fg_quantile``, a fixed share of the
     grid whatever the object's size (and every cell when more than that share ties at the
@@ -66,11 +69,24 @@ def prototypes(
             peak = torch.from_numpy(peak_region(chosen.reshape(prior.shape).numpy(), prior.numpy())).reshape(-1)
             chosen, rivals = peak, chosen & ~peak
         bg_limit = torch.minimum(bg_limit, torch.as_tensor(threshold, dtype=p.dtype))
-    fg = (flat @ chosen.to(flat.dtype) / chosen.sum())[None]
+    if fg_parts:
+        fg = part_means(flat, chosen.reshape(prior.shape))
+    else:
+        fg = (flat @ chosen.to(flat.dtype) / chosen.sum())[None]
     in_background = (p <= bg_limit) | rivals
     if bg_prototypes == 1 or int(in_background.sum()) <= bg_prototypes:
         return fg, (flat @ in_background.to(flat.dtype) / in_background.sum())[None]
     return fg, kmeans_means(flat[:, in_background], bg_prototypes, seed)
+
+
+def part_means(flat: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """k×D mean features of the k connected parts (8-connected) of the chosen cells (h×w bool)."""
+    from scipy import ndimage
+
+    parts, count = ndimage.label(chosen.numpy(), structure=np.ones((3, 3), bool))
+    one_hot = torch.nn.functional.one_hot(torch.from_numpy(parts.reshape(-1)).long(), count + 1)[:, 1:]
+    one_hot = one_hot.to(flat.dtype)
+    return (flat @ one_hot / one_hot.sum(dim=0).clamp(min=1)).T
 
 
 CLUSTER_DIMS = 32  # k-means runs on this many principal components: refine stays fast at denoiser widths

@@ -53,6 +53,7 @@ class CapturedMaps:
     affinity_grid: Grid
     features: tuple[torch.Tensor, ...]
     relevance: Optional[torch.Tensor] = None
+    decoy_rank: Optional[float] = None  # share of the decoy rows whose effect is below this expression's
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ForwardResult:
     timings: dict[str, float] = field(default_factory=dict)
     relevance: Optional[torch.Tensor] = None  # n×h×w on the latent grid, when the prior source needs it
     baseline: Optional[tuple[torch.Tensor, ...]] = field(default=None, repr=False)
+    decoy_rank: Optional[torch.Tensor] = None  # (n,) when decoy rows ran: see :func:`decoy_ranks`
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -98,6 +100,7 @@ class ForwardResult:
             cross=tuple(c[i] for c in cross), cross_grids=tuple((h >> lv, w >> lv) for lv in self.plan.cross_levels),
             affinity=affinity[i], affinity_grid=(h >> self.plan.affinity_level, w >> self.plan.affinity_level),
             features=tuple(b[i] for b in features), relevance=None if self.relevance is None else self.relevance[i],
+            decoy_rank=None if self.decoy_rank is None else float(self.decoy_rank[i]),
         )
 
 
@@ -105,11 +108,13 @@ class ForwardResult:
 class Rows:
     """One picture's part of a batched forward: its instructions and latents (1×C×h×w), and the
     relevance baseline's outputs when a copy is cached (then its row does not run again;
-    :func:`run_forward` fills them in where it ran the row)."""
+    :func:`run_forward` fills them in where it ran the row). ``decoys``: instructions run beside
+    them only to rank the instructions' effects among theirs (the ``decoys`` setting)."""
 
     instructions: list[Instruction]
     latents: torch.Tensor
     baseline: Optional[tuple[torch.Tensor, ...]] = None
+    decoys: list[Instruction] = field(default_factory=list)
 
 
 class BaselineCache:
@@ -144,8 +149,9 @@ class BaselineCache:
 
 
 def relevance_baseline(settings: SegmentationSettings) -> Optional[str]:
-    """The text the relevance prior compares the instruction with; None when the prior source reads no relevance."""
-    if not PRIOR_SOURCES[settings.prior_source].relevance:
+    """The text the relevance prior and the decoys' ranking compare the instruction with; None when
+    neither is asked for."""
+    if not PRIOR_SOURCES[settings.prior_source].relevance and not settings.decoys:
         return None
     return baseline_text(settings.instruction_template, settings.relevance_baseline)
 
@@ -156,6 +162,31 @@ def relevance_of(outputs: Sequence[torch.Tensor], baseline: Sequence[torch.Tenso
     feature blocks) against the baseline's rows of the same output, averaged over the outputs."""
     maps = [resize(relevance_map(o[i * samples:(i + 1) * samples], b), grid) for o, b in zip(outputs, baseline)]
     return torch.stack(maps).mean(dim=0)
+
+
+def effect_sizes(outputs: Sequence[torch.Tensor], baseline: Sequence[torch.Tensor], rows: int, samples: int
+                 ) -> torch.Tensor:
+    """rows × outputs: each row's raw effect on each output against the baseline text (|difference|
+    summed over channels, averaged over positions and noise draws); unscaled, so rows compare."""
+    return torch.stack([
+        torch.stack([(o[r * samples:(r + 1) * samples].float() - b.float()).abs().sum(dim=1).mean()
+                     for o, b in zip(outputs, baseline)])
+        for r in range(rows)])
+
+
+def decoy_ranks(effects: torch.Tensor, instructions: Sequence[Instruction], decoys: Sequence[Instruction]
+                ) -> torch.Tensor:
+    """(n,): for each instruction (the first n rows of ``effects``; the decoys' rows follow), the
+    share of the decoys of as many words whose effect is below its own (ties half), averaged over
+    the outputs. A rank, not a size: no scale to calibrate per model."""
+    n = len(instructions)
+    ranks = []
+    for i, instruction in enumerate(instructions):
+        words = len(instruction.expression.split())
+        rows = [n + j for j, d in enumerate(decoys) if len(d.expression.split()) == words]
+        own, others = effects[i], effects[rows]
+        ranks.append(((others < own).float() + 0.5 * (others == own).float()).mean())
+    return torch.stack(ranks)
 
 
 def run_forward(model: EditingModel, settings: SegmentationSettings, plan: CapturePlan, pictures: list[Rows],
@@ -171,7 +202,7 @@ def run_forward(model: EditingModel, settings: SegmentationSettings, plan: Captu
     whole = baseline_text is not None and settings.relevance_from == "noise"
     samples, timings = settings.noise_samples, {"encode_text": 0.0, "denoiser": 0.0}
     with torch.inference_mode(), model.compute():
-        texts = [([i.text for i in p.instructions], p.latents) for p in pictures]
+        texts = [([i.text for i in [*p.instructions, *p.decoys]], p.latents) for p in pictures]
         noise, store = _denoise(model, settings, plan, texts, early_exit and not whole, timings)
         missing = [p for p in pictures if baseline_text is not None and p.baseline is None]
         if missing:
@@ -182,18 +213,22 @@ def run_forward(model: EditingModel, settings: SegmentationSettings, plan: Captu
                 p.baseline = tuple(_outputs(base_noise, base_store, plan, whole, taken))
         results, offset = [], 0
         for p in pictures:
-            taken = slice(offset, offset + len(p.instructions) * samples)
-            offset = taken.stop
-            part = store.take_rows(taken) if len(pictures) > 1 else store
+            n = len(p.instructions)
+            taken, every = slice(offset, offset + n * samples), slice(offset, offset + (n + len(p.decoys)) * samples)
+            offset = every.stop
+            part = store.take_rows(taken) if len(pictures) > 1 or p.decoys else store
             part_noise = None if noise is None else noise[taken]
-            relevance = None
+            relevance = ranks = None
             if baseline_text is not None:
                 outputs = _outputs(part_noise, part, plan, whole, slice(None))
                 grid = tuple(p.latents.shape[-2:])
-                relevance = torch.stack([relevance_of(outputs, p.baseline, i, samples, grid)
-                                         for i in range(len(p.instructions))])
+                relevance = torch.stack([relevance_of(outputs, p.baseline, i, samples, grid) for i in range(n)])
+            if baseline_text is not None and p.decoys:
+                effects = effect_sizes(_outputs(noise, store, plan, whole, every), p.baseline,
+                                       n + len(p.decoys), samples)
+                ranks = decoy_ranks(effects, p.instructions, p.decoys)
             results.append(ForwardResult(p.instructions, settings, plan, tuple(p.latents.shape[-2:]), part,
-                                         part_noise, timings, relevance, p.baseline))
+                                         part_noise, timings, relevance, p.baseline, ranks))
     return results
 
 

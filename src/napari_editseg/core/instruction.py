@@ -79,3 +79,48 @@ def baseline_text(template: str, baseline: str) -> str:
     """What the instruction is compared with for the relevance prior: the empty text, or the
     template with the expression left out ("make the {} red" → "make the red")."""
     return "" if baseline == "empty" else " ".join(template.replace("{}", " ").split())
+
+
+DECOY_VOCABULARY = 2000  # decoy words come from the tokenizer's first whole-word entries (its most frequent)
+_WORD_MARKS = ("</w>", "▁", "Ġ")  # CLIP's word end, sentencepiece's and byte-level BPE's word start
+
+
+def decoy_expressions(tokenizer: Any, expression: str, count: int, seed: int) -> list[str]:
+    """``count`` expressions of as many words as ``expression``, none of its words: what "an
+    expression of this kind that names nothing in particular" is for any model (the confidence
+    ranks the expression's effect among theirs). Words are whole-word vocabulary entries of three
+    letters or more among the tokenizer's first :data:`DECOY_VOCABULARY` (BPE and sentencepiece
+    vocabularies come roughly in order of frequency); a vocabulary without such words (a tiny test
+    tokenizer) gives random letters of the expression's word lengths. Drawn from ``seed``, so the
+    same expression gets the same decoys."""
+    import numpy as np
+
+    own = normalise_expression(expression).split()
+    vocabulary = tokenizer.get_vocab()
+    words = {}
+    for token, index in vocabulary.items():
+        word = token
+        for mark in _WORD_MARKS:
+            word = word.replace(mark, "")
+        if word != token and len(word) >= 3 and word.isascii() and word.isalpha() and word.islower() \
+                and word not in own:
+            words[word] = min(index, words.get(word, index))
+    common = sorted(words, key=words.get)[:DECOY_VOCABULARY]
+    rng = np.random.default_rng([seed, len(own)])
+    if len(common) >= 2 * len(own):
+        return [" ".join(rng.choice(common, size=len(own), replace=False)) for _ in range(count)]
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return [" ".join("".join(rng.choice(letters, size=len(w))) for w in own) for _ in range(count)]
+
+
+def decoy_instructions(instructions: Sequence[Instruction], count: int, seed: int, template: str, tokenizer: Any,
+                       max_length: int) -> list[Instruction]:
+    """The ``decoys`` setting's rows: ``count`` decoy expressions (:func:`decoy_expressions`) for each
+    word count among ``instructions``, in the same template."""
+    if not count:
+        return []
+    by_length: dict[int, str] = {}
+    for instruction in instructions:
+        by_length.setdefault(len(instruction.expression.split()), instruction.expression)
+    return [build_instruction(decoy, template, tokenizer, max_length) for expression in by_length.values()
+            for decoy in decoy_expressions(tokenizer, expression, count, seed)]

@@ -77,21 +77,35 @@ def expression_attention(
     return torch.stack(layers).mean(dim=0)
 
 
+RESTART_TOLERANCE = 1e-6  # the random walk with restart stops when no value moves more than this
+RESTART_MAX_STEPS = 500
+
+
 def propagate(
-    prior: torch.Tensor, affinity: torch.Tensor, affinity_grid: tuple[int, int], steps: int
+    prior: torch.Tensor, affinity: torch.Tensor, affinity_grid: tuple[int, int], steps: int, restart: float = 0.0
 ) -> torch.Tensor:
     """P = A^k · P0 on the affinity grid, back on the prior's grid, scaled to [0, 1].
 
     Each step replaces a position's value by the attention-weighted mean of the
     positions it attends to, so the prior spreads over what the model sees as one
-    region and isolated peaks fade.
+    region and isolated peaks fade. On some models a few steps carry a good P0 off the object;
+    ``restart`` > 0 instead iterates P ← (1−restart)·A·P + restart·P0 to its fixed point
+    (personalised PageRank), which stays tied to where P0 is ((1-restart)^n shrinks each step, so
+    it converges; ``steps`` only has to be above 0).
     """
     if steps == 0:
         return normalise01(prior)
     work_grid = tuple(prior.shape)
-    p = resize(prior, affinity_grid).reshape(-1, 1)
-    for _ in range(steps):
-        p = affinity @ p
+    start = resize(prior, affinity_grid).reshape(-1, 1)
+    p = start
+    if restart == 0:
+        for _ in range(steps):
+            p = affinity @ p
+    else:
+        for _ in range(RESTART_MAX_STEPS):
+            p, previous = (1 - restart) * (affinity @ p) + restart * start, p
+            if float((p - previous).abs().max()) <= RESTART_TOLERANCE * max(float(start.max()), 1e-12):
+                break
     return normalise01(resize(p.reshape(affinity_grid), work_grid))
 
 

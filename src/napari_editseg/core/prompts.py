@@ -72,12 +72,12 @@ def box_prototypes(
     Zero prior outside a small box would otherwise pull the foreground quantile to zero
     and make the foreground prototype the mean of the whole image.
     """
-    args = (settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed, settings.fg_select)
+    args = (settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed, settings.fg_select,
+            settings.instances)
     fg, bg = prototypes(features, prior_work, *args)
     if box is not None:
         rows, cols = box_cells(box, image_shape, tuple(prior_work.shape))
-        fg, _ = prototypes(features[:, rows, cols], prior_work[rows, cols], *args[:2], 1, settings.seed,
-                           settings.fg_select)
+        fg, _ = prototypes(features[:, rows, cols], prior_work[rows, cols], *args[:2], 1, *args[3:])
     return fg, bg
 
 
@@ -97,3 +97,22 @@ def points_prior(
     else:
         prior = torch.ones(grid, dtype=features.dtype)
     return confine_prior(prior, box, image_shape)
+
+
+def exemplar_prior(features: torch.Tensor, labels: np.ndarray, ids: Sequence[int]) -> torch.Tensor:
+    """A prior from labelled objects instead of words: how much each cell looks like the most similar
+    exemplar, scaled to [0, 1]. ``labels``: H×W integer label image; ``ids``: the exemplars' labels.
+    Each exemplar's prototype is its cells' mean feature, weighted by how much of each cell it covers;
+    similarities are cosines of the features less their mean over the image (a denoiser's features
+    share a large common part that makes every cell look alike)."""
+    from .image import resize
+
+    grid = tuple(features.shape[1:])
+    flat = features.reshape(features.shape[0], -1)
+    flat = F.normalize(flat - flat.mean(dim=1, keepdim=True), dim=0)  # what all cells share says nothing
+    found = []
+    for i in ids:
+        cover = resize(torch.from_numpy((labels == i).astype(np.float32)), grid).clamp(min=0).reshape(-1)
+        found.append(F.normalize(flat @ cover / cover.sum().clamp(min=1e-12), dim=0))
+    similarity = (torch.stack(found) @ flat).max(dim=0).values
+    return normalise01(similarity.reshape(grid))

@@ -19,12 +19,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 import numpy as np
 import torch
 
+from .automatic import PromptModes
 from .budget import check_memory, image_needs, vae_needs
 from .discriminate import Point, pixel_features
 from .edges import ImageGuide
 from .forward import BaselineCache, CapturedMaps, ForwardResult, Rows, relevance_baseline, run_forward
 from .image import model_size, to_model_input, to_rgb_float
-from .instruction import Instruction, build_instruction
+from .instruction import Instruction, build_instruction, decoy_instructions
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
@@ -73,7 +74,16 @@ def _points(name: str, points: Iterable[Point]) -> tuple[Point, ...]:
     return tuple(tuple(v.item() if isinstance(v, np.generic) else v for v in pair) for pair in pairs)
 
 
-class EditSegmenter:
+def _decoy_rows(model: EditingModel, instructions: Sequence[Instruction], settings: SegmentationSettings,
+                baseline: Optional[str]) -> list[Instruction]:
+    """The ``decoys`` setting's rows; none without a baseline to measure their effects against."""
+    if baseline is None:
+        return []
+    return decoy_instructions(instructions, settings.decoys, settings.seed, settings.instruction_template,
+                              model.tokenizer, model.max_tokens)
+
+
+class EditSegmenter(PromptModes):
     """Referring segmentation from one denoiser forward of an instruction-editing model.
 
     >>> segmenter = EditSegmenter.from_pretrained()          # timbrooks/instruct-pix2pix
@@ -202,13 +212,15 @@ class EditSegmenter:
         baseline = relevance_baseline(settings) if relevance else None
         shape = self._require_image().shape[:2]
         size = self._model_size(settings, shape)
-        key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS))
+        key = (baseline, plan, tuple(getattr(settings, name) for name in FORWARD_SETTINGS if name != "decoys"))
         cached = None if baseline is None or size not in self._latents else self.baselines.get(self._latents[size], key)
-        rows = len(instructions) + (baseline is not None and cached is None)
+        decoys = _decoy_rows(self.model, instructions, settings, baseline)
+        rows = len(instructions) + len(decoys) + (baseline is not None and cached is None)
         self._check_memory(settings, plan, size, rows * settings.noise_samples, len(instructions),
                            image_needs(*shape, len(instructions)), encodes=int(size not in self._latents))
         latents = self._image_latents(settings)
-        result = run_forward(self.model, settings, plan, [Rows(instructions, latents, cached)], early_exit, baseline)[0]
+        result = run_forward(self.model, settings, plan, [Rows(instructions, latents, cached, decoys)], early_exit,
+                             baseline)[0]
         if baseline is not None and cached is None:  # kept for the next expression on these latents
             self.baselines.put(latents, key, result.baseline)
         return result
@@ -278,14 +290,16 @@ class EditSegmenter:
             by_size.setdefault(self._model_size(settings, rgb.shape), []).append(j)
         results: list[list[Segmentation]] = [[] for _ in prepared]
         for size, members in by_size.items():
+            decoys = {j: _decoy_rows(self.model, prepared[j][1], settings, baseline) for j in members}
             count = sum(len(prepared[j][1]) for j in members)
-            rows = (count + len(members) * (baseline is not None)) * settings.noise_samples
+            rows = (count + sum(map(len, decoys.values())) + len(members) * (baseline is not None)) \
+                * settings.noise_samples
             host = [n for j in members for n in image_needs(*prepared[j][0].shape[:2], len(prepared[j][1]))]
             self._check_memory(settings, plan, size, rows, count, host, encodes=len(members))
             start = time.perf_counter()
             latents = self._encode([prepared[j][0] for j in members], size)
             encode = {"encode_image": (time.perf_counter() - start) / len(members)}  # per image
-            pictures = [Rows(prepared[j][1], latents[k:k + 1]) for k, j in enumerate(members)]
+            pictures = [Rows(prepared[j][1], latents[k:k + 1], decoys=decoys[j]) for k, j in enumerate(members)]
             for j, forward in zip(members, run_forward(self.model, settings, plan, pictures, True, baseline)):
                 rgb = prepared[j][0]
                 results[j] = self._segment_forward(forward, rgb.shape[:2], ImageGuide(rgb), encode, None)

@@ -113,6 +113,12 @@ class SegmentationSettings:
         minimum=1, maximum=4096,
     )
     propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", PRIOR, minimum=0, maximum=64)
+    restart: float = _setting(
+        0.0, "random walk with restart: P <- (1-restart)·A·P + restart·P0 iterated to its fixed point "
+        "(personalised PageRank), so propagation spreads the prior over what the self-attention joins to P0's "
+        "places but cannot carry it off them; 0 = the paper's P = A^k P0 (propagation_steps)", PRIOR,
+        minimum=0, maximum=1,
+    )
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "blocks whose outputs are the features; auto = the family's choice (InstructPix2Pix: the two "
         "up-blocks before the last)", FORWARD
@@ -153,6 +159,13 @@ class SegmentationSettings:
                                   above=True)
     edge_eps: float = _setting(1e-3, "guided filter regularisation: larger follows only stronger edges",
                                DISCRIMINATE, minimum=0, above=True)
+    decoys: int = _setting(
+        0, "confidence from decoys: this many expressions of common words (as many as the expression has, drawn "
+        "from the tokenizer's vocabulary with the seed) run as extra rows of the same forward; the confidence is "
+        "the share of decoys whose raw effect on the features (against the baseline text) is below the "
+        "expression's. 0 = how much P0's highest region dominates the next (peak dominance)", FORWARD,
+        minimum=0, maximum=64,
+    )
     min_confidence: float = _setting(
         0.0, "below this confidence a result says nothing was found (Segmentation.found); the mask is kept",
         DISCRIMINATE, minimum=0, maximum=1,
@@ -161,6 +174,31 @@ class SegmentationSettings:
         "peak", "all: every mask pixel; peak: only the connected parts holding the prior's maximum", DISCRIMINATE
     )
     fill_holes: bool = _setting(False, "fill holes in the mask", DISCRIMINATE)
+    instances: bool = _setting(
+        False, "one label per object: the mask split into the objects it holds, each with its own score "
+        "(keep is then read as all: every object the words name is kept)", DISCRIMINATE,
+    )
+    instance_split: Literal["watershed", "components"] = _setting(
+        "watershed", "instances: how objects are told apart: components (each connected part of the mask is one "
+        "object) or watershed (touching objects inside a part are also split, at the saddles of distance to the "
+        "mask's edge x score)", DISCRIMINATE,
+    )
+    split_depth: float = _setting(
+        0.25, "instances, watershed: how deep the saddle between two peaks must be, as a share of the part's "
+        "highest peak, for them to be two objects (larger: fewer splits)", DISCRIMINATE, minimum=0, maximum=1,
+    )
+    min_instance_size: int = _setting(20, "instances: objects of fewer pixels are dropped", DISCRIMINATE,
+                                      minimum=1)
+    min_instance_score: float = _setting(
+        0.2, "instances: objects scoring lower are dropped (score: mean S inside x the prior's maximum inside over "
+        "its maximum: what the prior never looked at scores low; 0.2 chosen on the shapes world's tuning scenes)",
+        DISCRIMINATE,
+        minimum=0, maximum=1,
+    )
+    granularity: int = _setting(
+        32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
+        DISCRIMINATE, minimum=1, maximum=64,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -355,6 +393,8 @@ class Combination:
 COMBINATIONS = (
     Combination(("fg_quantile", "bg_quantile"), lambda s: s.fg_quantile > s.bg_quantile,
                 "fg_quantile must lie above bg_quantile, or the foreground and background pixel sets overlap"),
+    Combination(("restart", "propagation_steps"), lambda s: s.restart == 0 or s.propagation_steps > 0,
+                "a random walk with restart is a propagation: propagation_steps=0 turns propagation off"),
 )
 
 # The paper's method and our reference design as the first version shipped them; the defaults

@@ -21,6 +21,7 @@ from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .forward import CapturedMaps, Grid
 from .image import resize
+from .instances import Instance, describe, split_instances, without_painted
 from .mask import make_mask, to_image_size
 from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
 from .prompts import Box, box_mask, box_prototypes, confine_prior
@@ -77,6 +78,12 @@ class Segmentation:
     # the prototypes the prior alone gives, with the settings that chose them: a re-threshold or
     # a click reuses them instead of clustering the background again
     prior_prototypes: Optional[tuple] = field(default=None, repr=False, compare=False)
+    # with the ``instances`` setting: int32 H×W, 0 = none, one id per object (1…n by decreasing
+    # score), and each id's score in [0, 1] (core/instances.py); None and () otherwise
+    labels: Optional[np.ndarray] = field(default=None, repr=False)
+    instance_scores: tuple[float, ...] = ()
+    # bool H×W: pixels the user has painted (segment_like, segment_label); no mask or instance claims them
+    painted: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.timings, Timings):
@@ -91,6 +98,12 @@ class Segmentation:
     def area(self) -> float:
         """Share of the image inside the mask."""
         return float(self.mask.mean())
+
+    @property
+    def instances(self) -> list[Instance]:
+        """Id, area (pixels), centroid ((row, col) pixels) and score of each object, with the
+        ``instances`` setting; an empty list without it."""
+        return [] if self.labels is None else describe(self.labels, self.instance_scores)
 
     @property
     def found(self) -> bool:
@@ -139,22 +152,23 @@ def initial_prior(maps: CapturedMaps, settings: SegmentationSettings, work_grid:
 def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
                  prior: Optional[Any] = None, box: Optional[Box] = None, guide: Optional[ImageGuide] = None,
                  timings: Optional[Mapping[str, float]] = None, positive: tuple[Point, ...] = (),
-                 negative: tuple[Point, ...] = ()) -> Segmentation:
+                 negative: tuple[Point, ...] = (), painted: Optional[np.ndarray] = None) -> Segmentation:
     """Steps 5-7 for one expression's captured maps, on a picture of ``shape`` (H, W) pixels.
 
     ``prior``: supplied instead of step 5's (see :func:`fit_prior` for what it may be); it is used
     as given (no propagation) and the confidence is 1, the caller's. ``box``: (row0, col0, row1,
     col1) pixels the prior and the mask are confined to; ``guide``: the picture, for ``edge_refine``;
     ``timings``: seconds of the earlier stages, carried into the result's; ``positive`` /
-    ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them.
+    ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them; ``painted``: bool H×W
+    pixels no mask or instance may claim (labels the user painted).
     """
     start = time.perf_counter()
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
     if prior is None:
         p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
-        prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps),
-                                   box, shape)
-        confidence = peak_dominance(p0)
+        prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps,
+                                             settings.restart), box, shape)
+        confidence = peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
     else:
         prior_work, confidence = confine_prior(fit_prior(prior, work_grid), box, shape), 1.0
     prior_time = time.perf_counter() - start
@@ -165,7 +179,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         truncated=maps.instruction.truncated, mask=np.zeros(shape, bool), scores=np.zeros(shape, np.float32),
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
-        guide=guide, box=box,
+        guide=guide, box=box, painted=painted,
     )
     return delineate(base, settings, positive, negative)
 
@@ -180,6 +194,7 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     shape = base.mask.shape
     grid = tuple(prior_work.shape)
     key = (settings.fg_select, settings.fg_quantile, settings.bg_quantile, settings.bg_prototypes, settings.seed,
+           settings.instances,
            hash(base.prior_work.tobytes()), id(base.features), base.box)
     if base.prior_prototypes is not None and base.prior_prototypes[0] == key:
         fg, bg = (torch.from_numpy(p) for p in base.prior_prototypes[1:])
@@ -198,14 +213,26 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
         cell = max(shape[0] / grid[0], shape[1] / grid[1])  # picture pixels per work-grid cell
         scores = base.guide.refine(scores, settings.edge_refine, cell, settings.edge_radius, settings.edge_eps)
     edges = time.perf_counter()
-    mask = make_mask(scores, to_image_size(prior_work, shape), settings.mask_threshold, settings.keep,
-                     settings.fill_holes)
+    prior_image = to_image_size(prior_work, shape)
+    keep = "all" if settings.instances else settings.keep  # every object the words name, not one
+    mask = make_mask(scores, prior_image, settings.mask_threshold, keep, settings.fill_holes)
     if base.box is not None:
         mask &= box_mask(base.box, shape)
+    labels, instance_scores = None, ()
+    if settings.instances:
+        labels, instance_scores = split_instances(mask, scores, prior_image, settings.instance_split,
+                                                  settings.split_depth, settings.min_instance_size,
+                                                  settings.min_instance_score)
+        if base.painted is not None:
+            labels, instance_scores = without_painted(labels, instance_scores, base.painted,
+                                                      settings.min_instance_size)
+        mask = labels > 0
+    elif base.painted is not None:
+        mask &= ~base.painted
     end = time.perf_counter()
     timings = {**base.timings, "discriminate": middle - start, "edges": edges - middle, "mask": end - edges}
     return replace(
         base, mask=mask, scores=scores, settings=settings, timings=timings,
         fg_prototypes=fg.numpy(), bg_prototypes=bg.numpy(), positive=positive, negative=negative,
-        prior_prototypes=from_prior,
+        prior_prototypes=from_prior, labels=labels, instance_scores=instance_scores,
     )

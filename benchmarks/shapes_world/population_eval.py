@@ -1,0 +1,239 @@
+"""Grounding choices and the confidence, measured on every member of the proxy population.
+
+    python -m benchmarks.shapes_world.population_eval --split tune --scenes 300   # decisions
+    python -m benchmarks.shapes_world.population_eval --split test --scenes 300   # the report
+    python -m benchmarks.shapes_world.population_eval --doc-only                  # rewrite the doc
+
+A default tuned on one model is a fit to that model, so every row is reported per member, with the
+mean and the WORST member; the held-out member (population.py) takes part in no decision and is
+reported last. Per scene ONE forward holds the scene's own expression, another scene's expression
+(the control) and an expression naming nothing in the scene (absent), plus the ``decoys`` setting's
+rows; every prior row below is steps 5-7 on that same forward with other prior settings. Results
+per member and split are saved (``runs/population/eval``) so a member is measured once; the doc's
+section is written from them.
+
+The rule for a default (``decide``): a row replaces the default only where its mean over the tuning
+members is higher AND on no tuning member the paired 95 % bootstrap interval of (row − default)
+lies wholly below zero; the held-out member then confirms or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.docsection import replace_section
+from benchmarks.shapes_world.population import MEMBERS, RUNS, joined, world_module
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
+RESULTS = RUNS / "eval"
+DECOYS = 8
+KEEP_PRESENT = 0.95  # min_confidence is set to keep this share of present objects "found"
+PRIORS = {  # name: prior settings (steps 5-7 only; the forward is shared)
+    "A^2 P0 (default)": {},
+    "P0 (propagation_steps=0)": {"propagation_steps": 0},
+    "restart 0.15": {"restart": 0.15},
+    "restart 0.3": {"restart": 0.3},
+    "restart 0.5": {"restart": 0.5},
+    "A^4 P0": {"propagation_steps": 4},
+}
+DEFAULT_ROW = "A^2 P0 (default)"
+
+
+def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
+    """Per scene and prior row: prior on the named object (own words, other words), mask IoU;
+    per scene: the confidences (peak dominance, decoy rank) of the present and the absent expression."""
+    import torch
+
+    from napari_editseg import EditSegmenter
+    from napari_editseg.core.edges import ImageGuide
+    from napari_editseg.core.image import to_rgb_float
+    from napari_editseg.core.prior import peak_dominance
+    from napari_editseg.core.stages import initial_prior, segment_maps
+    from napari_editseg.eval.metrics import score_sample
+
+    from .probes import prior_choice
+
+    world = world_module(member.world)
+    samples = world.held_out(scenes, world.TUNE_SEEDS if split == "tune" else world.TEST_SEEDS)
+    others, absents = world.with_other_expressions(samples), world.with_absent_expressions(samples, seed)
+    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
+    rows = {name: {"own": [], "other": [], "iou": []} for name in PRIORS}
+    confidence = {"peak present": [], "peak absent": [], "decoys present": [], "decoys absent": []}
+    with torch.inference_mode():
+        for i, sample in enumerate(samples):
+            segmenter.set_image(sample.image)
+            forward = segmenter.forward([sample.expression, others[i].expression, absents[i].expression],
+                                        decoys=DECOYS)
+            shape, guide = sample.mask.shape, ImageGuide(to_rgb_float(sample.image))
+            for name, overrides in PRIORS.items():
+                settings = segmenter.resolve_settings(**overrides)
+                own, other, absent = (segment_maps(forward.maps(k), settings, shape, guide=guide) for k in range(3))
+                rows[name]["own"].append(bool(prior_choice(own.prior, sample.masks) == sample.index))
+                rows[name]["other"].append(bool(prior_choice(other.prior, sample.masks) == sample.index))
+                scored = score_sample(str(i), own.mask, sample.mask)
+                rows[name]["iou"].append(100.0 * scored.intersection / max(scored.union, 1))
+                if name == DEFAULT_ROW:
+                    confidence["decoys present"].append(own.confidence)
+                    confidence["decoys absent"].append(absent.confidence)
+                    work = own.prior_work.shape
+                    confidence["peak present"].append(peak_dominance(initial_prior(forward.maps(0), settings, work)))
+                    confidence["peak absent"].append(peak_dominance(initial_prior(forward.maps(2), settings, work)))
+    return {"member": member.name, "split": split, "scenes": scenes, "decoys": DECOYS, "rows": rows,
+            "confidence": confidence}
+
+
+def results_path(name: str, split: str) -> Path:
+    return RESULTS / f"{name}-{split}.json"
+
+
+def load(split: str) -> dict:
+    return {m.name: json.loads(results_path(m.name, split).read_text()) for m in MEMBERS.values()
+            if results_path(m.name, split).exists()}
+
+
+def bootstrap(values, statistic=np.mean, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of ``statistic`` over scenes resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(values, float)
+    stats = [statistic(values[rng.integers(len(values), size=len(values))]) for _ in range(n)]
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def auroc(positive, negative) -> float:
+    """P(a present expression's confidence lies above an absent one's), ties half."""
+    pos, neg = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def auroc_interval(positive, negative, n: int = 300, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
+    stats = [auroc(pos[rng.integers(len(pos), size=len(pos))], neg[rng.integers(len(neg), size=len(neg))])
+             for _ in range(n)]
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def threshold_keeping(present, share: float = KEEP_PRESENT) -> float:
+    """The highest min_confidence that still calls ``share`` of the present expressions found."""
+    return float(np.quantile(np.asarray(present, float), 1 - share, method="lower"))
+
+
+def decide(tuning: dict, metric: str) -> dict:
+    """For each prior row: the tuning members' mean of (row − default) on ``metric`` and whether the
+    rule lets it replace the default (see the module's docstring)."""
+    verdicts = {}
+    for name in PRIORS:
+        if name == DEFAULT_ROW:
+            continue
+        gains, worse = [], []
+        for result in tuning.values():
+            row, default = (np.asarray(result["rows"][r][metric], float) for r in (name, DEFAULT_ROW))
+            diff = row - default
+            gains.append(float(diff.mean()) * (100.0 if metric != "iou" else 1.0))
+            worse.append(bootstrap(diff)[1] < 0)
+        verdicts[name] = {"mean gain": float(np.mean(gains)) if gains else 0.0, "worse on some model": any(worse),
+                          "replaces the default": bool(gains) and np.mean(gains) > 0 and not any(worse)}
+    return verdicts
+
+
+def member_lines(results: dict) -> list[str]:
+    """A table per prior row: each member, the mean and the worst; the held-out member last."""
+    names = sorted(results, key=lambda n: (MEMBERS[n].held_out, n))
+    tuning = [n for n in names if not MEMBERS[n].held_out]
+    lines = ["| prior | " + " | ".join(f"{n}{' (held out)' if MEMBERS[n].held_out else ''}" for n in names)
+             + " | mean of tuning | worst of tuning |", "|---|" + "---|" * (len(names) + 2)]
+    for metric, label, scale in (("own", "on the named object %", 100.0), ("other", "other words' control %", 100.0),
+                                 ("iou", "mIoU", 1.0)):
+        for row in PRIORS:
+            cells, means = [], {}
+            for n in names:
+                values = np.asarray(results[n]["rows"][row][metric], float) * scale
+                low, high = bootstrap(values)
+                means[n] = values.mean()
+                cells.append(f"{values.mean():.1f} [{low:.1f}, {high:.1f}]")
+            worst = (max if metric == "other" else min)(means[n] for n in tuning) if tuning else float("nan")
+            mean = np.mean([means[n] for n in tuning]) if tuning else float("nan")
+            lines.append(f"| {row}: {label} | " + " | ".join(cells) + f" | {mean:.1f} | {worst:.1f} |")
+    return lines
+
+
+def confidence_lines(results: dict, thresholds: dict) -> list[str]:
+    names = sorted(results, key=lambda n: (MEMBERS[n].held_out, n))
+    lines = ["| member | confidence | AUROC [95 %] | min_confidence | present kept % | no-target accuracy % |",
+             "|---|---|---|---|---|---|"]
+    for n in names:
+        c = results[n]["confidence"]
+        for kind in ("peak", "decoys"):
+            present, absent = c[f"{kind} present"], c[f"{kind} absent"]
+            low, high = auroc_interval(present, absent)
+            tau = thresholds[kind]
+            lines.append(f"| {n}{' (held out)' if MEMBERS[n].held_out else ''} | {kind} | "
+                         f"{auroc(present, absent):.2f} [{low:.2f}, {high:.2f}] | {tau:.3f} | "
+                         f"{100 * np.mean(np.asarray(present) >= tau):.0f} | "
+                         f"{100 * np.mean(np.asarray(absent) < tau):.0f} |")
+    return lines
+
+
+def write_doc(doc: Path = DOC) -> None:
+    tune, test = load("tune"), load("test")
+    tuning_tune = {n: r for n, r in tune.items() if not MEMBERS[n].held_out}
+    pooled = {kind: [v for r in tuning_tune.values() for v in r["confidence"][f"{kind} present"]]
+              for kind in ("peak", "decoys")}
+    thresholds = {kind: threshold_keeping(v) if v else 0.0 for kind, v in pooled.items()}
+    lines = ["<!-- measured:population:start -->",
+             f"Written by `python -m benchmarks.shapes_world.population_eval` from the saved results of the "
+             f"members measured so far ({', '.join(sorted(test)) or 'none'} on the test scenes; "
+             f"{', '.join(sorted(tune)) or 'none'} on the tuning scenes). Cells: mean [95 % bootstrap interval "
+             f"over scenes]; {next(iter(test.values()))['scenes'] if test else 0} held-out scenes per member. "
+             "The held-out member takes part in no decision.", ""]
+    if test:
+        lines += ["Prior rows (steps 5-7 on one shared forward per scene):", ""] + member_lines(test) + [""]
+    if tuning_tune:
+        lines += ["Decisions on the tuning scenes of the tuning members (rule: mean gain > 0 and no member worse "
+                  "beyond noise):", "", "| row | mean gain, on the object (points) | mean gain, mIoU | replaces the "
+                  "default |", "|---|---|---|---|"]
+        on_object, iou = decide(tuning_tune, "own"), decide(tuning_tune, "iou")
+        for row in on_object:
+            adopted = on_object[row]["replaces the default"] and iou[row]["replaces the default"]
+            lines.append(f"| {row} | {on_object[row]['mean gain']:+.1f} | {iou[row]['mean gain']:+.1f} | "
+                         f"{'yes' if adopted else 'no'} |")
+        lines.append("")
+    if test:
+        lines += [f"Confidence: present vs absent expressions; min_confidence chosen on the tuning members' tuning "
+                  f"scenes to keep {KEEP_PRESENT:.0%} of present objects ({DECOYS} decoys):", ""]
+        lines += confidence_lines(test, thresholds) + [""]
+    lines.append("<!-- measured:population:end -->")
+    replace_section(doc, "population", "\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=("tune", "test"), default="test")
+    parser.add_argument("--scenes", type=int, default=300)
+    parser.add_argument("--members", help="comma-separated names (default: every joined member)")
+    parser.add_argument("--again", action="store_true", help="measure members that already have results")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--doc-only", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.doc_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        names = args.members.split(",") if args.members else [n for n, m in MEMBERS.items() if joined(m) or n == "m0"]
+        for name in names:
+            path = results_path(name, args.split)
+            if path.exists() and not args.again:
+                continue
+            result = measure(MEMBERS[name], args.split, args.scenes)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result) + "\n")
+            print(f"{name} {args.split}: measured {args.scenes} scenes")
+    write_doc()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Issue 21's settings for a prior that cannot wander off (``restart``) and a confidence that can
+say "not here" (``decoys``): on planted graphs and effects first, then through real forwards."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_editseg.core.forward import decoy_ranks
+from napari_editseg.core.instruction import Instruction, decoy_expressions
+from napari_editseg.core.prior import propagate
+
+
+def drifting_affinity(n: int = 12) -> torch.Tensor:
+    """A chain where every position attends mostly to its right neighbour: powers of A carry any
+    prior to the right, off where it started."""
+    a = torch.zeros(n, n)
+    for i in range(n):
+        a[i, min(i + 1, n - 1)] += 0.8
+        a[i, i] += 0.2
+    return a / a.sum(dim=1, keepdim=True)
+
+
+def test_a_random_walk_with_restart_keeps_the_peak_where_p0_put_it():
+    p0 = torch.zeros(1, 12)
+    p0[0, 8] = 1.0  # attending to the right means a position takes the value of its right neighbour
+    a = drifting_affinity()
+    moved = propagate(p0, a, (1, 12), steps=4)
+    anchored = propagate(p0, a, (1, 12), steps=4, restart=0.5)
+    assert int(moved.argmax()) != 8
+    assert int(anchored.argmax()) == 8
+    assert anchored[0, 7] > 0  # it still spreads to what the graph joins to the start
+    assert torch.equal(propagate(p0, a, (1, 12), steps=4, restart=1.0), p0)  # restart 1: P0 itself
+
+
+def test_the_walk_with_restart_is_the_fixed_point_of_its_equation():
+    torch.manual_seed(0)
+    a = torch.rand(16, 16).softmax(dim=1)
+    p0 = torch.rand(4, 4)
+    alpha = 0.3
+    exact = alpha * torch.linalg.solve(torch.eye(16) - (1 - alpha) * a, p0.reshape(-1, 1))
+    walked = propagate(p0, a, (4, 4), steps=1, restart=alpha)
+    scaled = (exact - exact.min()) / (exact.max() - exact.min())
+    assert torch.allclose(walked.reshape(-1, 1), scaled, atol=1e-4)
+
+
+def test_restart_without_propagation_is_refused_in_one_line(segmenter):
+    with pytest.raises(ValueError, match="restart.*propagation_steps"):
+        segmenter.resolve_settings(restart=0.3, propagation_steps=0)
+
+
+def instruction(expression: str) -> Instruction:
+    return Instruction(expression, expression, (0,), False)
+
+
+def test_decoy_ranks_rank_each_expression_among_decoys_of_as_many_words():
+    expressions = [instruction("red circle"), instruction("dog")]
+    decoys = [instruction(t) for t in ("big table", "top left", "soft bed", "cat", "sky")]
+    # effects per row (expressions, then decoys) on two outputs
+    effects = torch.tensor([[5.0, 5.0], [1.0, 3.0], [1.0, 1.0], [6.0, 6.0], [2.0, 9.0], [0.5, 4.0], [2.0, 2.0]])
+    ranks = decoy_ranks(effects, expressions, decoys)
+    assert ranks[0].item() == pytest.approx((2 / 3 + 1 / 3) / 2)  # above 2 of 3 on one output, 1 of 3 on the other
+    assert ranks[1].item() == pytest.approx((1 / 2 + 1 / 2) / 2)  # "cat", "sky" only: the one-word decoys
+
+
+def test_decoy_expressions_are_whole_words_of_the_vocabulary_and_repeatable(segmenter):
+    from transformers import CLIPTokenizer
+
+    vocab = {w + "</w>": i for i, w in enumerate(["the", "red", "circle", "table", "house", "river", "ab", "x1"])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    tokenizer = CLIPTokenizer.__new__(CLIPTokenizer)  # only get_vocab is read
+    tokenizer.get_vocab = lambda: vocab
+    decoys = decoy_expressions(tokenizer, "Red  circle", 20, seed=3)
+    assert decoys == decoy_expressions(tokenizer, "red circle", 20, seed=3)
+    assert decoys != decoy_expressions(tokenizer, "red circle", 20, seed=4)
+    words = {w for d in decoys for w in d.split()}
+    assert all(len(d.split()) == 2 for d in decoys)
+    assert words <= {"the", "table", "house", "river"}  # never the expression's own words, nor "ab" or "x1"
+    # the tiny test model's tokenizer has letters only: random letters of the words' lengths
+    letters = decoy_expressions(segmenter.model.tokenizer, "the disc", 3, seed=0)
+    assert [len(w) for d in letters for w in d.split()] == [3, 4] * 3
+
+
+def test_decoys_run_in_the_same_forward_and_become_the_confidence(segmenter, picture, count_rows):
+    segmenter.set_image(picture)
+    segmenter.segment("the disc")  # the relevance baseline is kept after this
+    with count_rows(segmenter.model.unet) as plain:
+        peak = segmenter.segment("the disc")
+    with count_rows(segmenter.model.unet) as ranked:
+        result = segmenter.segment("the disc", decoys=4)
+    assert plain.calls == ranked.calls == 1
+    assert ranked.rows == plain.rows + 4 * segmenter.settings.noise_samples
+    assert 0.0 <= result.confidence <= 1.0
+    assert (result.confidence * 8) == pytest.approx(round(result.confidence * 8))  # a share of 4 decoys × 2 blocks
+    assert np.array_equal(result.mask, peak.mask)  # decoys change the confidence, not the mask
+    forward = segmenter.forward(["the disc", "a square"], decoys=4)
+    assert len(forward) == 2 and forward.decoy_rank.shape == (2,)

@@ -1,0 +1,202 @@
+"""Instance mode: the mask split into the objects it holds (core/instances.py), on planted score
+maps where the truth is known, and end to end through segment / refine on the tiny model."""
+
+import numpy as np
+import pytest
+
+from napari_editseg.core.instances import describe, split_instances
+
+
+def discs(shape, centres, radius):
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    return [(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2 for r, c in centres]
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def planted_touching(gap=-3, radius=10, dip=1.0):
+    """Two discs whose rims overlap by ``-gap`` pixels (one connected mask), a third apart, and a
+    score map that is ``dip`` at the neck between the first two."""
+    shape = (60, 90)
+    objects = discs(shape, [(25, 20), (25, 20 + 2 * radius + gap), (45, 75)], radius)
+    mask = np.any(objects, axis=0)
+    scores = np.where(mask, 0.95, 0.05).astype(np.float32)
+    neck = objects[0] & objects[1]
+    scores[neck] = np.minimum(scores[neck], dip)
+    return objects, mask, scores
+
+
+def test_touching_objects_split_into_one_instance_each_and_components_do_not():
+    objects, mask, scores = planted_touching()
+    from scipy import ndimage
+
+    assert ndimage.label(mask, structure=np.ones((3, 3)))[1] == 2  # the first two touch: one part
+    labels, values = split_instances(mask, scores, scores, "watershed", 0.25, 20)
+    assert labels.max() == 3 and len(values) == 3
+    for obj in objects:  # each true object is one instance, IoU ≥ 0.8
+        best = max(iou(labels == i, obj) for i in range(1, 4))
+        assert best >= 0.8
+    labels, _ = split_instances(mask, scores, scores, "components", 0.25, 20)
+    assert labels.max() == 2
+
+
+def test_a_score_dip_splits_what_the_shape_alone_does_not():
+    objects, mask, scores = planted_touching(gap=-12, radius=10, dip=0.95)  # a wide neck: one blob by shape
+    merged, _ = split_instances(mask, scores, scores, "watershed", 0.25, 20)
+    dipped = scores.copy()
+    dipped[objects[0] & objects[1]] = 0.1  # the features say: two objects meet here
+    split, _ = split_instances(mask, dipped, dipped, "watershed", 0.25, 20)
+    assert merged.max() == 2 and split.max() == 3
+
+
+def test_split_depth_decides_how_deep_a_saddle_must_be():
+    _, mask, scores = planted_touching(gap=-6)
+    assert split_instances(mask, scores, scores, "watershed", 0.1, 20)[0].max() == 3
+    assert split_instances(mask, scores, scores, "watershed", 0.9, 20)[0].max() == 2
+
+
+def test_min_size_drops_small_objects_and_ids_run_by_score():
+    _, mask, scores = planted_touching(gap=4)
+    mask = mask.copy()
+    mask[2:5, 80:83] = True  # a 9-pixel speck
+    scores[2:5, 80:83] = 0.6
+    prior = np.zeros_like(scores)
+    prior[45, 75] = 1.0  # the prior looked at the third disc only
+    labels, values = split_instances(mask, scores, prior, "watershed", 0.25, 5)
+    assert labels.max() == 4
+    labels, values = split_instances(mask, scores, prior, "watershed", 0.25, 20)
+    assert labels.max() == 3 and list(values) == sorted(values, reverse=True)
+    only, _ = split_instances(mask, scores, prior, "watershed", 0.25, 20, min_score=0.5)
+    assert only.max() == 1 and np.array_equal(only == 1, labels == 1)  # the prior looked at one object only
+    assert labels[45, 75] == 1  # where the words pointed ranks first
+    table = describe(labels, values)
+    assert [i.id for i in table] == [1, 2, 3]
+    assert abs(table[0].centroid[0] - 45) < 1 and abs(table[0].centroid[1] - 75) < 1
+    assert table[0].area == int((labels == 1).sum())
+
+
+def test_an_empty_mask_has_no_instances():
+    labels, values = split_instances(np.zeros((8, 8), bool), np.zeros((8, 8)), np.zeros((8, 8)))
+    assert labels.max() == 0 and values == () and describe(labels, values) == []
+
+
+def test_segment_and_refine_return_instances(segmenter, picture, count_calls):
+    segmenter.set_image(picture)
+    plain = segmenter.segment("the disc")
+    assert plain.labels is None and plain.instances == []
+    result = segmenter.segment("the disc", instances=True, keep="peak", min_instance_size=1)
+    assert result.labels is not None and result.labels.shape == picture.shape[:2]
+    assert np.array_equal(result.mask, result.labels > 0)
+    assert len(result.instances) == result.labels.max() == len(result.instance_scores)
+    with count_calls(segmenter.model.unet) as forwards:
+        again = segmenter.refine(plain, instances=True, min_instance_size=1)
+    assert forwards.calls == 0 and np.array_equal(again.labels, result.labels)
+
+
+@pytest.mark.parametrize("gap", [-3, 4])
+def test_the_union_of_two_objects_as_prior_gives_two_instances(segmenter, picture, gap):
+    """The plumbing end to end: a supplied prior holding two discs (touching or apart) on a picture
+    that shows them gives two instances, each matching one disc."""
+    shape = picture.shape[:2]
+    objects = discs(shape, [(22, 18), (22, 18 + 24 + gap)], 12)
+    image = np.full((*shape, 3), 90, np.uint8)
+    for obj in objects:
+        image[obj] = (230, 40, 40)
+    segmenter.set_image(image)
+    result = segmenter.segment("the red discs", prior=np.any(objects, axis=0), instances=True)
+    assert result.labels.max() == 2, np.unique(result.labels)
+    for obj in objects:
+        assert max(iou(result.labels == i, obj) for i in (1, 2)) >= 0.7
+
+
+def test_without_painted_drops_labelled_objects_and_trims_the_rest():
+    from napari_editseg.core.instances import without_painted
+
+    labels = np.zeros((10, 20), np.int32)
+    labels[:, :8] = 1  # lies on a painted object
+    labels[:, 10:18] = 2  # overlaps painted pixels a little
+    painted = np.zeros((10, 20), bool)
+    painted[:, :7] = True
+    painted[:2, 10:18] = True
+    out, values = without_painted(labels, (0.9, 0.8), painted, 5)
+    assert values == (0.8,) and out.max() == 1
+    assert not out[painted].any() and (out[2:, 10:18] == 1).all()
+
+
+def test_one_foreground_prototype_per_part_in_instance_mode():
+    import torch
+
+    from napari_editseg.core.discriminate import prototypes
+
+    features = torch.zeros(3, 8, 8)
+    features[0] = 1.0
+    prior = torch.zeros(8, 8)
+    for (r, c), direction in (((1, 1), 1), ((5, 5), 2)):  # two objects of different kinds
+        features[:, r:r + 2, c:c + 2] = 0.0
+        features[direction, r:r + 2, c:c + 2] = 1.0
+        prior[r:r + 2, c:c + 2] = 1.0
+    one, _ = prototypes(features, prior, 0.9, 0.5, 1, 0, "otsu")
+    parts, _ = prototypes(features, prior, 0.9, 0.5, 1, 0, "otsu", fg_parts=True)
+    assert one.shape[0] == 1 and parts.shape[0] == 2
+    assert {int(p.argmax()) for p in parts} == {1, 2}
+
+
+def painted_labels(shape):
+    """Three painted objects: ids 4 and 9 are the exemplars, 7 is another painted label."""
+    labels = np.zeros(shape, np.int32)
+    labels[5:15, 5:15] = 4
+    labels[25:35, 40:50] = 9
+    labels[5:12, 45:58] = 7
+    return labels
+
+
+def test_exemplars_never_claim_a_painted_pixel_also_after_refine(segmenter, picture):
+    segmenter.set_image(picture)
+    labels = painted_labels(picture.shape[:2])
+    before = labels.copy()
+    for words in (None, "the disc"):
+        result = segmenter.segment_like(labels, [4, 9], words, min_instance_size=1, mask_threshold=0.0)
+        assert result.labels is not None and result.labels.max() >= 1  # it found something
+        assert not result.mask[labels != 0].any() and not result.labels[labels != 0].any()
+        again = segmenter.refine(result, mask_threshold=0.0, positive=[(8, 8)])
+        assert not again.mask[labels != 0].any() and not again.labels[labels != 0].any()
+    assert np.array_equal(labels, before)  # the caller's labels are not written to
+
+
+def test_bad_exemplars_are_refused_in_one_line(segmenter, picture):
+    segmenter.set_image(picture)
+    labels = painted_labels(picture.shape[:2])
+    for bad_labels, ids, message in ((labels[:-1], [4], "size"), (labels, [5], r"\[5\] not painted"),
+                                     (labels, [], "none given"), (labels, ["x"], "label ids"),
+                                     (labels.astype(float), [4], "integer label image")):
+        with pytest.raises(ValueError, match=message) as error:
+            segmenter.segment_like(bad_labels, ids)
+        assert "\n" not in str(error.value)
+
+
+def test_segment_everything_labels_regions_by_score(segmenter, picture):
+    segmenter.set_image(picture)
+    result = segmenter.segment_everything(min_instance_size=1)
+    n = int(result.labels.max())
+    assert n >= 2 and set(np.unique(result.labels)) <= set(range(n + 1))
+    assert np.array_equal(result.mask, result.labels > 0) and len(result.instance_scores) == n
+    assert list(result.instance_scores) == sorted(result.instance_scores, reverse=True)
+    assert (result.labels > 0).mean() > 0.9  # every pixel joins a region unless its region is too small
+
+
+def test_one_label_segmented_again_stays_in_its_box_and_off_the_others(segmenter, picture):
+    segmenter.set_image(picture)
+    labels = painted_labels(picture.shape[:2])
+    labels[14:20, 5:15] = 5  # another label touching label 4's box
+    result = segmenter.segment_label(labels, 4, mask_threshold=0.0)
+    # label 4 now holds rows 5-13, columns 5-14: grown by 25 % of its size a side, outward to whole pixels
+    assert result.mask.any() and result.box == (2, 2, 17, 18)
+    assert not result.mask[(labels != 0) & (labels != 4)].any()
+    rows, cols = np.nonzero(result.mask)
+    assert rows.min() >= 2 and rows.max() < 17 and cols.min() >= 2 and cols.max() < 18
+    shrunk = segmenter.refine(result, mask_threshold=0.0, negative=[(8, 8)])
+    assert not shrunk.mask[(labels != 0) & (labels != 4)].any() and shrunk.box == result.box
+    with pytest.raises(ValueError, match="not painted"):
+        segmenter.segment_label(labels, 6)
