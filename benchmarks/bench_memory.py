@@ -33,7 +33,6 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from docsection import publish, replace_section  # noqa: E402
 

@@ -10,6 +10,8 @@ The contract also runs a family added here as docs/method.md's recipe says — o
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -80,6 +82,17 @@ def test_the_added_family_is_one_module_and_one_line_and_shows_in_the_widgets_li
     assert set(hub.components()) >= set(TextToImageSD.components)
     segmenter = EditSegmenter.from_pretrained(str(tiny_sd_dir), device="cpu")
     assert type(segmenter.model) is TextToImageSD and segmenter.resolve_settings().timestep == 600
+
+
+@pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),  # before Qt starts
+                    reason="no X display: run the suite with tools/run-tests (it uses Xvfb)")
+def test_the_added_family_shows_in_a_new_widgets_model_list(tiny_sd_dir, make_napari_viewer):
+    """Issue 22's "appears in the widget's list": the combo box a user picks from, not only the hub's mapping."""
+    from napari_editseg._widget import EditSegWidget
+
+    widget = EditSegWidget(make_napari_viewer())
+    offered = [value for _, value in widget.models.choices()]
+    assert "example/tiny-sd-text-to-image" in offered and "timbrooks/instruct-pix2pix" in offered
 
 
 def test_the_hub_lists_what_the_families_declare():

@@ -63,6 +63,20 @@ def test_a_csv_gives_one_label_per_expression_earlier_ones_first(tmp_path, tiny_
     assert report["images"][0]["labels"] == {"1": "the red disc", "2": "the blue square"}
 
 
+def test_a_png_of_one_expression_is_0_and_255_as_segment_writes_and_its_description_says_so(
+        tmp_path, tiny_model_dir, picture, segmenter):
+    """A one-expression PNG holds 255 (a mask, as ``segment -o x.png``); a TIFF or several expressions 1, 2, …"""
+    (tmp_path / "in").mkdir()
+    io.imsave(tmp_path / "in" / "a.png", picture, check_contrast=False)
+    assert main(batch_args([str(tmp_path / "in"), "the red disc"], tmp_path / "out", tiny_model_dir,
+                           "--format", "png")) == 0
+    segmenter.set_image(picture)
+    mask = segmenter.segment("the red disc").mask
+    assert mask.any() and not mask.all()  # both values must show for the check to mean anything
+    assert np.array_equal(io.imread(tmp_path / "out" / "a.png"), np.where(mask, 255, 0).astype(np.uint8))
+    assert read_description(tmp_path / "out" / "a.png")["labels"] == {"255": "the red disc"}
+
+
 def test_new_csv_rows_for_a_labelled_image_are_reported_and_overwrite_relabels(tmp_path, tiny_model_dir, picture,
                                                                                capsys):
     io.imsave(tmp_path / "a.png", picture, check_contrast=False)

@@ -71,13 +71,14 @@ def test_no_class_over_300_lines_and_no_function_over_60_in_src():
     assert found == {}, f"over {MAX_CLASS} lines per class or {MAX_FUNCTION} per function: {found}"
 
 
-FAMILY_MODULES = {"unet.py", "instruct_pix2pix.py", "sdxl_instruct_pix2pix.py"}  # UNet families say UNet
+# UNet families say UNet; so do the tiny UNet pipelines' builders
+FAMILY_MODULES = {"unet.py", "instruct_pix2pix.py", "sdxl_instruct_pix2pix.py", "testing.py"}
 
 
-def test_family_agnostic_core_modules_say_denoiser_not_unet():
-    core = ROOT / "src" / "napari_editseg" / "core"
+def test_family_agnostic_modules_say_denoiser_not_unet():
+    package = ROOT / "src" / "napari_editseg"
     # the timings key renamed in 0.2 is spelled out once, quoted, for its alias (core/stages.py)
-    saying = [str(p.relative_to(core)) for p in sorted(core.rglob("*.py")) if p.name not in FAMILY_MODULES
+    saying = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py")) if p.name not in FAMILY_MODULES
               and re.search("unet", p.read_text().replace('"unet"', ""), flags=re.I)]
     assert saying == []
 
@@ -86,3 +87,36 @@ def test_markers_are_declared_and_strict():
     options = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert "--strict-markers" in options["addopts"]
     assert {m.split(":")[0] for m in options["markers"]} == {"gui", "slow"}
+
+
+WINDOW_TOOLS = ("napari_delete_crash.py", "screenshot_widget.py")  # tools that open a napari window themselves
+
+
+def test_tests_that_open_a_napari_window_without_a_viewer_fixture_are_marked_gui():
+    """conftest marks ``gui`` by fixture; a test running one of the window tools in a subprocess has none."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") \
+                    and any(tool in ast.get_source_segment(text, node) for tool in WINDOW_TOOLS):
+                found.append((node.name, [ast.unparse(d) for d in node.decorator_list]))
+    assert found, "no test runs a window tool: this check has nothing to look at"
+    assert [name for name, decorators in found if "pytest.mark.gui" not in decorators] == []
+
+
+def test_the_package_imports_nothing_through_records_old_names():
+    """record.py keeps replay's and the plane helpers' names (and ``first_result``) for older scripts only:
+    the package itself imports each from its home (issue 22, item 5)."""
+    import ast
+
+    from napari_editseg import planes, replay
+
+    moved = set(planes.__all__) | set(replay.__all__) | {"first_result"}
+    package = ROOT / "src" / "napari_editseg"
+    found = [f"{path.relative_to(package)}: {alias.name}" for path in sorted(package.rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+             and node.module == "record" and node.level == 1 for alias in node.names if alias.name in moved]
+    assert found == []

@@ -360,6 +360,10 @@ def connect(self, address):
     contacts.append(str(address))
     raise OSError("no network in this test")
 socket.socket.connect = connect
+def getaddrinfo(host, *args, **kwargs):  # a name lookup is a contact too (and comes first where DNS fails)
+    contacts.append(str(host))
+    raise socket.gaierror("no network in this test")
+socket.getaddrinfo = getaddrinfo
 from napari_editseg.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "contacts": contacts}))

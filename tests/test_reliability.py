@@ -230,6 +230,19 @@ def test_out_of_memory_errors_become_the_guards_one_line(error, needs, where):
     assert memory_error_from(RuntimeError("shape mismatch")) is None and memory_error_from(ValueError("x")) is None
 
 
+@pytest.mark.parametrize("error, needs", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 21474836480 bytes."), "20.0 GiB"),
+    (MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000, 1000, 1000) and data type float64"),
+     "7.4 GiB"),
+])
+def test_out_of_memory_in_the_widget_is_the_guards_line_too(error, needs):
+    """The widget's status words an error as the CLI does (was: "the run failed unexpectedly (RuntimeError)")."""
+    from napari_editseg._workers import message
+
+    text = message(error, "some/model")
+    assert text.startswith(f"out of memory: this needs one more allocation of {needs} but ") and "\n" not in text
+
+
 def test_a_real_cpu_out_of_memory_in_the_cli_is_one_line(tiny_model_dir, picture, tmp_path, capsys, monkeypatch):
     """torch's own CPU allocator error (a plain RuntimeError), raised by a real allocation of 1 PiB."""
     from skimage import io

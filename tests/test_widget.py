@@ -994,6 +994,7 @@ def test_label_1_shows_on_the_red_circle_and_clicks_leave_a_small_picture_visibl
     assert points.current_size <= 0.025 * 64 + 1e-6 and str(points.current_symbol.value) == "ring"
 
 
+@pytest.mark.gui  # a napari window in a subprocess: no viewer fixture for conftest to see
 def test_deleting_the_clicks_then_another_layer_through_the_layer_list_does_not_crash():
     """Item 4, the segfault itself, with real X mouse clicks (xdotool) on the layer list's rows and bin: the
     widget's clicks layer holding a point, then the image layer. napari 0.9 dies here without the widget's

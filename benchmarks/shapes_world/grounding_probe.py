@@ -33,6 +33,7 @@ from napari_editseg.core.image import normalise01, resize
 from napari_editseg.core.instruction import baseline_text
 from napari_editseg.core.mask import to_image_size
 from napari_editseg.core.relevance import robust_clip
+from napari_editseg.core.stages import work_grid_of
 
 ROWS = ("own", "other", "absent")  # the expression rows whose priors are studied; decoys follow them
 DECOYS = 6
@@ -80,15 +81,13 @@ def capture(segmenter, scene, other: str, absent: str, decoys: list[str]) -> Cap
     with torch.inference_mode():
         rows = segmenter.forward(texts, prior_source="attention")
         base = segmenter.forward([word], prior_source="attention", instruction_template=head + " {}")
-    effects = [(rows.store.features[name].float() - base.store.features[name].float()).abs().sum(dim=1)
-               for name in rows.plan.feature_modules]
-    h, w = rows.latent_grid
-    side = max(h, w)
-    work = (max(1, round(h * settings.work_resolution / side)), max(1, round(w * settings.work_resolution / side)))
-    return Capture(effects=effects, affinity=rows.store.affinity[:3].float().clone(),
-                   affinity_grid=(h >> rows.plan.affinity_level, w >> rows.plan.affinity_level),
-                   latent_grid=(h, w), work_grid=work, base=segmenter.segment(scene.expression),
-                   absent_base=segmenter.segment(absent))
+    maps, baseline = [rows.maps(i) for i in range(len(rows))], base.maps(0)
+    effects = [(torch.stack([m.features[k] for m in maps]).float() - baseline.features[k].float()).abs().sum(dim=1)
+               for k in range(len(baseline.features))]
+    return Capture(effects=effects, affinity=torch.stack([m.affinity for m in maps[:len(ROWS)]]).float(),
+                   affinity_grid=maps[0].affinity_grid, latent_grid=maps[0].latent_grid,
+                   work_grid=work_grid_of(rows.latent_grid, settings.work_resolution),
+                   base=segmenter.segment(scene.expression), absent_base=segmenter.segment(absent))
 
 
 # -- priors -----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .record import paintable, plane_as_seen
+from .planes import paintable, plane_as_seen
 
 COMPOSITE = "composite of visible image layers"
 Index = tuple[int, ...]

@@ -4,7 +4,7 @@
 between presses lives here, so tests can drive a whole session without a display:
 
 - models by (id or folder, device), each with its identity for records;
-- image latents by plane content (:func:`record.plane_signature`), so a second press, a new
+- image latents by plane content (:func:`planes.plane_signature`), so a second press, a new
   expression or a re-score never encodes the same plane twice (a changed plane is new);
 - the **current object** (micro-sam's loop): a run paints it; Segment again, clicks and
   sliders replace it under the same label id; :meth:`Session.commit` fixes it and the next
@@ -35,7 +35,9 @@ from .core.model import DEMO_MODEL
 from .core.segmenter import EditSegmenter, Segmentation
 from .core.settings import DISCRIMINATE_SETTINGS
 from .core.tiling import Cancelled as CoreCancelled
-from .record import first_result, make_record, plane_signature, points_entry, slice_entry
+from .planes import plane_signature
+from .prompt import segment_prompt
+from .record import make_record, points_entry, slice_entry
 
 CACHE_BUDGET = 1 << 30  # bytes of per-slice results a run keeps for re-scoring (about 30 slices at 512 px)
 LATENT_CACHE = 256  # encoded planes kept per session (about 64 kB each at 512 px)
@@ -299,8 +301,8 @@ class Session:
                     raise Cancelled
                 run.signatures[index] = self.set_plane(run.segmenter, plane)
                 positive, negative = run.prompt.clicks.get(index, ([], []))
-                base = first_result(run.segmenter, run.prompt.expression, run.prompt.box,
-                                    points_entry(positive, negative), **run.prompt.overrides)
+                base = segment_prompt(run.segmenter, run.prompt.expression, run.prompt.box,
+                                      **points_entry(positive, negative), **run.prompt.overrides)
         run.base[index] = base
         total = sum(result_bytes(b) for b in run.base.values())
         while total > self.cache_budget and len(run.base) > 1:  # least recently used slices go first

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from . import _layers, hub
+from .core.budget import memory_error_from
 from .core.model import ModelNotAvailableError
 from .record import write_export
 
@@ -29,7 +30,9 @@ def record_text(record: dict) -> str:
 
 def message(error: BaseException, model: str) -> str:
     """An error in the widget's words: the CLI's name flags, the widget names its controls; an error
-    this code did not word itself is named by its kind, never shown as raw text."""
+    this code did not word itself is named by its kind, never shown as raw text; running out of memory
+    is the memory guard's line, as on the command line."""
+    error = memory_error_from(error) or error
     if isinstance(error, ModelNotAvailableError) or hub.hub_unreachable(error):
         return hub.not_available_message(model)
     if isinstance(error, hub.DownloadCancelled):

@@ -163,7 +163,7 @@ def add_batch_command(commands) -> None:
                        help="label image format (default tif): labels 1, 2, … per expression; a PNG of one "
                             "expression is 0/255 like segment's masks")
     batch.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
-    batch.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and UNet forward "
+    batch.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and denoiser forward "
                        "(same labels; images are read in the background meanwhile). Default 1")
     add_picture_arguments(batch)
     add_model_arguments(batch)
@@ -209,8 +209,8 @@ def add_eval_command(commands) -> None:
     evaluate.add_argument("--binarise", choices=("eq1", "gt0"), default="eq1",
                           help="ground truth from summed polygons: == 1 (reference code) or > 0")
     evaluate.add_argument("--sentence", choices=("sent", "raw"), default="sent", help="refer field used as text")
-    evaluate.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and UNet forward "
-                          "(same results; images are read in the background meanwhile). Default 1")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="images per batched VAE encode and denoiser "
+                          "forward (same results; images are read in the background meanwhile). Default 1")
     add_model_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import re
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import diffusers
 import torch
@@ -142,14 +143,35 @@ def pipeline_class_of(model: str, local_files_only: bool) -> str:
     folder = Path(model)
     if folder.is_dir():
         index = folder / "model_index.json"
+    elif local_files_only:  # the cache alone: hf_hub_download would still ask the hub for its agent registry
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        cached = try_to_load_from_cache(model, "model_index.json")
+        if not isinstance(cached, str):
+            raise LocalEntryNotFoundError(f"{model!r} is not in the Hugging Face cache")
+        index = Path(cached)
     else:
         from huggingface_hub import hf_hub_download
 
-        index = Path(hf_hub_download(model, "model_index.json", local_files_only=local_files_only))
+        index = Path(hf_hub_download(model, "model_index.json"))
     try:
         return str(json.loads(index.read_text()).get("_class_name", ""))
     except (OSError, ValueError, AttributeError) as error:
         raise ValueError(f"{model!r}: its model_index.json cannot be read ({error})") from None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode while a load reads the cache alone: local_files_only stops
+    downloads, but the client still fetches its agent registry from the hub to build request headers
+    (a record's replay must not contact the hub at all)."""
+    before = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = before
 
 
 def _quietly(load: Callable[[], Any]) -> Any:
@@ -253,12 +275,13 @@ def load_editing_model(
     unanswered = not offline and not folder.is_dir() and not hub_answers(model)
     offline = offline or unanswered  # the cache alone: no retries against a hub that did not answer
     try:
-        family = backbone_for(pipeline_class_of(model, offline))
-        torch_dtype, autocast = choose_dtype(dtype, torch_device, family.cuda_dtype)
-        pipe = _quietly(lambda: getattr(diffusers, family.pipeline_class).from_pretrained(
-            model, **{_DTYPE_KEYWORD: torch_dtype}, local_files_only=offline,
-            use_safetensors=None if allow_pickle else True, **family.pipeline_options,
-        ))
+        with _hub_offline(offline):
+            family = backbone_for(pipeline_class_of(model, offline))
+            torch_dtype, autocast = choose_dtype(dtype, torch_device, family.cuda_dtype)
+            pipe = _quietly(lambda: getattr(diffusers, family.pipeline_class).from_pretrained(
+                model, **{_DTYPE_KEYWORD: torch_dtype}, local_files_only=offline,
+                use_safetensors=None if allow_pickle else True, **family.pipeline_options,
+            ))
     except UnknownPipelineError:
         raise
     except Exception as error:  # every loader and weight format fails its own way; the user needs one line

@@ -68,7 +68,7 @@ def result_masks(method: str, results: list) -> list[np.ndarray]:
 def batched_predictions(chunks: list[list[list[RefSample]]], segmenter, method: str, settings: dict
                         ) -> Iterator[tuple[list[RefSample], Callable]]:
     """``(group, predict)`` for every image group, the groups of a chunk segmented together in one
-    ``segment_images`` call (one batched VAE encode and UNet forward); the next chunk's images are
+    ``segment_images`` call (one batched VAE encode and denoiser forward); the next chunk's images are
     read and decoded in background threads meanwhile. A bad image fails alone (:func:`segment_chunk`)."""
     def recall(outcome):
         def predict(group):
