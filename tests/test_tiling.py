@@ -50,6 +50,9 @@ def test_auto_tiles_only_large_images(segmenter):
     assert not tiling_applies(settings, (2048, 2048)) and tiling_applies(settings, (2049, 100))
     assert tiling_applies(segmenter.resolve_settings(tiling="always"), (10, 10))
     assert not tiling_applies(segmenter.resolve_settings(tiling="off"), (99999, 99999))
+    # the tiny model's 32-px tiles would need over 4,096 tiles for a 3000×4000 photo (and 2049×2049):
+    # auto resizes those; 2049×100 takes 344 tiles
+    assert not tiling_applies(settings, (3000, 4000)) and not tiling_applies(settings, (2049, 2049))
 
 
 def test_tiling_runs_the_tiles_at_full_resolution_and_stitches_one_mask(segmenter, count_rows):

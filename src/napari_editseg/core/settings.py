@@ -68,7 +68,8 @@ class SegmentationSettings:
     tiling: Literal["auto", "off", "always"] = _setting(
         AUTO, "large images, coarse to fine: a pass on the whole image at resolution, then the tiles where it "
         "points run at full resolution and are stitched (always), or only the whole-image pass (off); auto = "
-        "tiles when the long side exceeds 2048 pixels and 4x resolution", FORWARD,
+        "tiles when the long side exceeds 2048 pixels and 4x resolution and at most 4096 tiles cover it",
+        FORWARD,
     )
     tile_overlap: float = _setting(
         0.25, "tiling: share of a tile's side that overlaps its neighbour (context, and where their maps are "

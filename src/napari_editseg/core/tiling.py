@@ -16,6 +16,7 @@ image itself is read region by region from any array that slices (numpy, dask, z
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from .settings import SegmentationSettings
 from .stages import Segmentation, expression_prior, segment_maps, work_grid_of
 
 TILING_AUTO_SIDE = 2048  # tiling="auto" tiles images whose long side exceeds this and 4x the resolution
+TILING_AUTO_MAX_TILES = 4096  # ... and that this many tiles cover (a 64-px model on a photo: resized instead)
 COARSE_LEVEL = 0.5  # a place matters where the coarse prior reaches this share of its maximum
 COARSE_FLOOR = 0.25  # a tile's own prior is weighted by floor + (1 - floor) x the coarse prior there
 BAND_PIXELS = 2**22  # pixels read at once when an overview is made from the full image (48 MiB as float RGB)
@@ -49,7 +51,12 @@ def tiling_applies(settings: SegmentationSettings, shape: Sequence[int]) -> bool
     """Whether ``settings.tiling`` tiles an image of ``shape`` (resolved settings: an int resolution)."""
     if settings.tiling == "off":
         return False
-    return settings.tiling == "always" or max(shape[:2]) > max(TILING_AUTO_SIDE, 4 * settings.resolution)
+    if settings.tiling == "always":
+        return True
+    side = settings.resolution
+    overlap = min(side - 1, round(side * settings.tile_overlap))
+    tiles = math.prod(len(tile_boxes((n, side), side, overlap)) for n in shape[:2])  # rows × columns
+    return max(shape[:2]) > max(TILING_AUTO_SIDE, 4 * side) and tiles <= TILING_AUTO_MAX_TILES
 
 
 def tile_boxes(shape: Sequence[int], side: int, overlap: int) -> list[Box]:

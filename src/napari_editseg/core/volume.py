@@ -103,7 +103,7 @@ def volume_planes(segmenter, planes: Any, expression: str, box: Optional[Sequenc
         prior = own if previous is None else _follow(own, previous)
         positive, negative = (tuple(map(tuple, p)) for p in clicks.get(z, ((), ())))
         result = segment_maps(maps, settings, shape, prior, box, ImageGuide(rgb), forward.timings, positive,
-                              negative, carried)
+                              negative, carried=carried)
         return result, confidence
 
     surveyed = sorted({round(v) for v in np.linspace(0, stack.depth - 1, max(1, min(survey, stack.depth)))})
