@@ -9,7 +9,7 @@ mean and the WORST member; the held-out member (population.py) takes part in no 
 reported last. Per scene ONE forward holds the scene's own expression, another scene's expression
 (the control) and an expression naming nothing in the scene (absent), plus the ``decoys`` setting's
 rows; every prior row below is steps 5-7 on that same forward with other prior settings. Results
-per member and split are saved (``runs/population/eval``) so a member is measured once; the doc's
+per member and split are saved (``benchmarks/shapes_world/population/eval``) so a member is measured once; the doc's
 section is written from them.
 
 The rule for a default (``decide``): a row replaces the default only where its mean over the tuning
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.docsection import replace_section
-from benchmarks.shapes_world.population import MEMBERS, RUNS, joined, world_module
+from benchmarks.shapes_world.population import HERE, MEMBERS, joined, world_module
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
-RESULTS = RUNS / "eval"
+RESULTS = HERE / "population" / "eval"  # committed: the doc section is rewritten from them
 DECOYS = 8
 KEEP_PRESENT = 0.95  # min_confidence is set to keep this share of present objects "found"
 PRIORS = {  # name: prior settings (steps 5-7 only; the forward is shared)
