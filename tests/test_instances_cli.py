@@ -64,3 +64,14 @@ def test_objects_refuses_contradictions_in_one_line(tiny_model_dir, picture_file
     code = main(["objects", str(picture_file), *args, "--model", str(tiny_model_dir)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_objects_takes_a_sample_picture_as_segment_does(tmp_path, capsys):
+    # a newcomer's first try after the README: the demo model on the shapes sample, no file
+    out = tmp_path / "circles.tif"
+    code = main(["objects", "--sample", "shapes", "red circle", "--model", "shapes-world-demo", "--device", "cpu",
+                 "-o", str(out)])
+    assert code == 0 and io.imread(out).shape == (64, 64) and (tmp_path / "circles.csv").exists()
+    assert main(["objects", "--sample", "shapes", str(out), "red circle", "-o", str(tmp_path / "x.tif")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["objects", "red circle", "-o", str(tmp_path / "y.tif")]) != 0  # no picture: one line, no crash

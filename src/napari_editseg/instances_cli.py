@@ -16,6 +16,7 @@ import numpy as np
 from .core.settings import SegmentationSettings
 from .files import atomic_path, check_outputs, check_suffix, printable, write_labels, write_npy
 from .image_files import read_array, read_image
+from .samples import check_sample, sample_image
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 
@@ -30,8 +31,9 @@ def add_objects_command(commands, command, add_picture_arguments, add_model_argu
         "  napari-editseg objects cells.tif --like painted.tif --ids 3,7 -o more.tif\n"
         "  napari-editseg objects photo.png --everything --set granularity=16 -o regions.tif",
     )
-    objects.add_argument("image", help="image file")
+    objects.add_argument("image", nargs="?", help="image file (without --sample)")
     objects.add_argument("expression", nargs="?", help="what to find every object of (optional with --like)")
+    objects.add_argument("--sample", help="use one of the bundled sample pictures instead of a file")
     objects.add_argument("--like", metavar="LABELS", help="label image of IMAGE holding the exemplars")
     objects.add_argument("--ids", metavar="ID[,ID...]", help="with --like: the exemplars' label ids")
     objects.add_argument("--everything", action="store_true", help="no words: every region of the image")
@@ -67,10 +69,24 @@ def write_table(path: Path, instances) -> None:
             writer.writerow([i.id, i.area, f"{i.centroid[0]:.2f}", f"{i.centroid[1]:.2f}", f"{i.score:.4f}"])
 
 
+def picture_source(args: argparse.Namespace) -> None:
+    """With --sample the one positional word is the expression, as segment reads it; refuse a file and a
+    sample together, or neither."""
+    if args.sample:
+        check_sample(args.sample)
+        if args.image and Path(args.image).is_file():
+            raise ValueError(f"give either an IMAGE file or --sample, not both ({args.image!r} is a file)")
+        if args.image and args.expression is None:
+            args.image, args.expression = None, args.image
+    elif not args.image:
+        raise ValueError("give an IMAGE file (or --sample NAME)")
+
+
 def run_objects(args: argparse.Namespace) -> int:
     from .cli import parse_settings, picture_options
     from .core.automatic import parse_label_ids
 
+    picture_source(args)
     mode = mode_of(args)
     ids = parse_label_ids(args.ids) if mode == "like" else None
     overrides = parse_settings(args.settings)
@@ -78,9 +94,9 @@ def run_objects(args: argparse.Namespace) -> int:
     output = Path(args.output)
     check_suffix("-o", output, LABEL_SUFFIXES, " (a label image must be lossless)")
     table = Path(args.csv) if args.csv else output.with_suffix(".csv")
-    inputs = [Path(args.image)] + ([("--like", Path(args.like))] if args.like else [])
+    inputs = ([Path(args.image)] if args.image else []) + ([("--like", Path(args.like))] if args.like else [])
     check_outputs([("-o", output), ("--csv", table)], inputs)
-    image = read_image(args.image, **picture_options(args))
+    image = sample_image(args.sample) if args.sample else read_image(args.image, **picture_options(args))
     painted = None if not args.like else (np.load(args.like, allow_pickle=False)
                                           if args.like.lower().endswith(".npy") else read_array(args.like))
 
