@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.docsection import replace_section
+from benchmarks.shapes_world.grounding_probe import auroc, bootstrap
 from benchmarks.shapes_world.population import HERE, MEMBERS, joined, world_module
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
@@ -93,20 +94,6 @@ def results_path(name: str, split: str) -> Path:
 def load(split: str) -> dict:
     return {m.name: json.loads(results_path(m.name, split).read_text()) for m in MEMBERS.values()
             if results_path(m.name, split).exists()}
-
-
-def bootstrap(values, statistic=np.mean, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95 % interval of ``statistic`` over scenes resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    values = np.asarray(values, float)
-    stats = [statistic(values[rng.integers(len(values), size=len(values))]) for _ in range(n)]
-    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
-
-
-def auroc(positive, negative) -> float:
-    """P(a present expression's confidence lies above an absent one's), ties half."""
-    pos, neg = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None, :]
-    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
 
 
 def auroc_interval(positive, negative, n: int = 300, seed: int = 0) -> tuple[float, float]:
