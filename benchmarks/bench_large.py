@@ -149,10 +149,22 @@ def moving_stack(seed: int, depth: int) -> tuple[np.ndarray, np.ndarray, list, s
     return np.stack(planes), np.stack(truth), others, sample.expression, sample.index
 
 
+def covered(mask: np.ndarray, objects: list) -> int:
+    """The object the mask overlaps most (-1 for an empty mask or one on no object)."""
+    overlaps = [np.logical_and(mask, m).sum() for m in objects]
+    return int(np.argmax(overlaps)) if mask.any() and max(overlaps) > 0 else -1
+
+
 def consistent(mask: np.ndarray, objects: list, index: int) -> bool:
     """The mask's largest overlap is the referred object (an empty mask is not)."""
-    overlaps = [np.logical_and(mask, m).sum() for m in objects]
-    return bool(mask.any() and max(overlaps) > 0 and int(np.argmax(overlaps)) == index)
+    return covered(mask, objects) == index
+
+
+def kept_one_object(masks: np.ndarray, objects: list, planes: list) -> float:
+    """Share of ``planes`` whose mask covers the same object as the first of them: whether ONE
+    object keeps its label through the stack, whichever object the expression led to."""
+    covers = [covered(masks[z], objects[z]) for z in planes]
+    return float(np.mean([c == covers[0] and c >= 0 for c in covers])) if covers else 0.0
 
 
 def stacks(count: int, depth: int) -> dict:
@@ -181,6 +193,10 @@ def stacks(count: int, depth: int) -> dict:
             "volume_consistency_all": float(np.mean([consistent(volume.mask[z], objects[z], index)
                                                      for z in range(depth)])),
             "slices_consistency_all": float(np.mean([consistent(alone[z], objects[z], index) for z in range(depth)])),
+            # one object through the planes, right or wrong: from the volume's start plane outwards
+            # (slice by slice: from the same start plane, its planes in the same span)
+            "volume_one_object": kept_one_object(volume.mask, objects, [volume.start, *spanned]),
+            "slices_one_object": kept_one_object(alone, objects, [volume.start, *spanned]),
             "volume_seconds": volume_seconds, "slices_seconds": slice_seconds, "stopped": volume.stopped,
         })
         print(json.dumps(rows[-1]), flush=True)
@@ -257,6 +273,9 @@ def write_doc(doc: Path, figures: dict) -> None:
               f"| one object (segment_volume) | {stack['volume_iou']:.3f} | {stack['volume_consistency_all']:.0%} "
               f"(of the planes it spans: {stack['volume_consistency_spanned']:.0%}; it spans "
               f"{stack['spanned']:.0f} of {stack['rows'][0]['planes']}) | {stack['volume_seconds']:.1f} |",
+              "", "One object through the planes, right or wrong (share of the spanned planes whose mask covers "
+              "the object the start plane's mask covers): one object (segment_volume) "
+              f"{stack['volume_one_object']:.0%}, slice by slice over the same planes {stack['slices_one_object']:.0%}.",
               "", f"**Cache**: a tiled {cache['size']}² image reopened in a new session: "
               f"{cache['first_seconds']:.1f} s and {cache['first_vae_passes']} VAE passes the first time, "
               f"{cache['reopen_seconds']:.1f} s and "
@@ -276,10 +295,17 @@ def main() -> None:
     parser.add_argument("--machine", default="CPU, 1 thread on a shared 2-core machine")
     parser.add_argument("--json")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "performance.md"))
+    parser.add_argument("--stacks-only", action="store_true",
+                        help="measure the stacks again; the other figures are read from --json")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "SEED", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_run(args.one[0], int(args.one[1]), int(args.one[2]))))
+        return
+    if args.stacks_only:
+        figures = json.loads(Path(args.json).read_text())
+        figures["stacks"] = stacks(args.stacks, args.depth)
+        publish(figures, args.json, args.doc, write_doc)
         return
     figures = {"machine": args.machine, "small": small_objects(args.scenes, args.size)}
     figures["cost"] = [in_process("always", 0, int(s)) for s in args.cost_sizes.split(",")]
