@@ -275,7 +275,8 @@ def write_doc(doc: Path, figures: dict) -> None:
               f"{stack['spanned']:.0f} of {stack['rows'][0]['planes']}) | {stack['volume_seconds']:.1f} |",
               "", "One object through the planes, right or wrong (share of the spanned planes whose mask covers "
               "the object the start plane's mask covers): one object (segment_volume) "
-              f"{stack['volume_one_object']:.0%}, slice by slice over the same planes {stack['slices_one_object']:.0%}.",
+              f"{stack['volume_one_object']:.0%}, slice by slice over the same planes "
+              f"{stack['slices_one_object']:.0%}.",
               "", f"**Cache**: a tiled {cache['size']}² image reopened in a new session: "
               f"{cache['first_seconds']:.1f} s and {cache['first_vae_passes']} VAE passes the first time, "
               f"{cache['reopen_seconds']:.1f} s and "

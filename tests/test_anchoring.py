@@ -7,6 +7,7 @@ import torch
 
 from napari_editseg.core.forward import decoy_ranks
 from napari_editseg.core.instruction import Instruction, decoy_expressions
+from napari_editseg.core.mask import score_contrast
 from napari_editseg.core.prior import propagate
 
 
@@ -46,6 +47,46 @@ def test_the_walk_with_restart_is_the_fixed_point_of_its_equation():
 def test_restart_without_propagation_is_refused_in_one_line(segmenter):
     with pytest.raises(ValueError, match="restart.*propagation_steps"):
         segmenter.resolve_settings(restart=0.3, propagation_steps=0)
+
+
+def test_smooth_steps_are_plain_steps_after_the_walks_fixed_point():
+    torch.manual_seed(1)
+    a = torch.rand(16, 16).softmax(dim=1)
+    p0 = torch.rand(4, 4)
+    walked = propagate(p0, a, (4, 4), steps=1, restart=0.3)
+    smoothed = propagate(p0, a, (4, 4), steps=1, restart=0.3, smooth_steps=2)
+    expected = a @ a @ walked.reshape(-1, 1)  # scaling to [0, 1] commutes with A up to an offset: scale again
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    assert torch.allclose(smoothed.reshape(-1, 1), expected, atol=1e-4)
+    assert not torch.allclose(smoothed, walked, atol=1e-3)
+
+
+@pytest.mark.parametrize("overrides", [{"smooth_steps": 1}, {"prior_pick": "contrast"}])
+def test_what_acts_on_the_walk_with_restart_is_refused_without_it_in_one_line(segmenter, overrides):
+    with pytest.raises(ValueError, match="restart > 0"):
+        segmenter.resolve_settings(**overrides)
+
+
+def test_score_contrast_is_how_far_the_mask_stands_out():
+    scores = np.array([[0.9, 0.8], [0.1, 0.2]], np.float32)
+    mask = np.array([[True, True], [False, False]])
+    assert score_contrast(scores, mask) == pytest.approx(0.7)
+    assert score_contrast(scores, ~mask) == pytest.approx(-0.7)
+    assert score_contrast(scores, np.zeros_like(mask)) == -1.0 and score_contrast(scores, np.ones_like(mask)) == -1.0
+
+
+def test_prior_pick_keeps_per_image_the_prior_whose_mask_stands_out_most(segmenter, picture):
+    segmenter.set_image(picture)
+    anchored = {"restart": 0.5, "smooth_steps": 1}
+    paper = segmenter.segment("the disc")
+    walk = segmenter.segment("the disc", **anchored)
+    picked = segmenter.segment("the disc", prior_pick="contrast", **anchored)
+    assert not np.allclose(paper.prior_work, walk.prior_work)  # two different candidates
+    best = max((paper, walk), key=lambda r: score_contrast(r.scores, r.mask))
+    np.testing.assert_allclose(picked.prior_work, best.prior_work, atol=1e-6)
+    np.testing.assert_array_equal(picked.mask, best.mask)
+    assert picked.settings.prior_pick == "contrast"
+    assert best is paper  # here the pick differs from the settings' own prior, so ignoring it fails
 
 
 def instruction(expression: str) -> Instruction:

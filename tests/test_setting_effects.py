@@ -35,6 +35,8 @@ EFFECTS = {
     "affinity_resolution": (4, 8, {}, "prior", False),
     "propagation_steps": (0, 2, {}, "prior", False),
     "restart": (0.0, 0.5, {}, "prior", False),
+    "smooth_steps": (0, 2, {"restart": 0.5}, "prior", False),
+    "prior_pick": ("fixed", "contrast", {"restart": 0.5, "smooth_steps": 1}, "prior", False),
     "decoys": (0, 4, {}, "confidence", False),
     "feature_blocks": (("up_blocks.1",), ("up_blocks.1", "up_blocks.2"), {}, "features", False),
     "work_resolution": (8, 16, {}, "prior_work", False),

@@ -15,6 +15,14 @@ def to_image_size(work_map: torch.Tensor, image_shape: tuple[int, int]) -> np.nd
     return resize(work_map, tuple(image_shape)).clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
+def score_contrast(scores: np.ndarray, mask: np.ndarray) -> float:
+    """How far the mask's scores stand out from the rest's: mean inside minus mean outside (-1 when
+    the mask is empty or everything)."""
+    if not mask.any() or mask.all():
+        return -1.0
+    return float(scores[mask].mean() - scores[~mask].mean())
+
+
 def make_mask(
     scores: np.ndarray, prior: np.ndarray, threshold: float, keep: str = "all", fill_holes: bool = False
 ) -> np.ndarray:

@@ -82,7 +82,8 @@ RESTART_MAX_STEPS = 500
 
 
 def propagate(
-    prior: torch.Tensor, affinity: torch.Tensor, affinity_grid: tuple[int, int], steps: int, restart: float = 0.0
+    prior: torch.Tensor, affinity: torch.Tensor, affinity_grid: tuple[int, int], steps: int, restart: float = 0.0,
+    smooth_steps: int = 0,
 ) -> torch.Tensor:
     """P = A^k · P0 on the affinity grid, back on the prior's grid, scaled to [0, 1].
 
@@ -91,7 +92,8 @@ def propagate(
     region and isolated peaks fade. On some models a few steps carry a good P0 off the object;
     ``restart`` > 0 instead iterates P ← (1−restart)·A·P + restart·P0 to its fixed point
     (personalised PageRank), which stays tied to where P0 is ((1-restart)^n shrinks each step, so
-    it converges; ``steps`` only has to be above 0).
+    it converges; ``steps`` only has to be above 0). The fixed point keeps a share ``restart`` of
+    the raw P0, noise included; ``smooth_steps`` plain steps after it (A^s times it) drop that share.
     """
     if steps == 0:
         return normalise01(prior)
@@ -106,6 +108,8 @@ def propagate(
             p, previous = (1 - restart) * (affinity @ p) + restart * start, p
             if float((p - previous).abs().max()) <= RESTART_TOLERANCE * max(float(start.max()), 1e-12):
                 break
+        for _ in range(smooth_steps):
+            p = affinity @ p
     return normalise01(resize(p.reshape(affinity_grid), work_grid))
 
 

@@ -129,6 +129,15 @@ class SegmentationSettings:
         "places but cannot carry it off them; 0 = the paper's P = A^k P0 (propagation_steps)", PRIOR,
         minimum=0, maximum=1,
     )
+    smooth_steps: int = _setting(
+        0, "with restart > 0: plain propagation steps after the walk's fixed point (A^s times it), which drops "
+        "the raw P0 the walk keeps; 0 = the fixed point as it is", PRIOR, minimum=0, maximum=64,
+    )
+    prior_pick: Literal["fixed", "contrast"] = _setting(
+        "fixed", "fixed: the prior the settings above make; contrast: per image, steps 6-7 with both the paper's "
+        "A^k P0 and the anchored prior (restart, smooth_steps), keeping the one whose mask's scores stand out "
+        "most from the rest (needs restart > 0)", PRIOR,
+    )
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "blocks whose outputs are the features; auto = the family's choice (InstructPix2Pix: the two "
         "up-blocks before the last)", FORWARD
@@ -405,6 +414,10 @@ COMBINATIONS = (
                 "fg_quantile must lie above bg_quantile, or the foreground and background pixel sets overlap"),
     Combination(("restart", "propagation_steps"), lambda s: s.restart == 0 or s.propagation_steps > 0,
                 "a random walk with restart is a propagation: propagation_steps=0 turns propagation off"),
+    Combination(("smooth_steps", "restart"), lambda s: s.smooth_steps == 0 or s.restart > 0,
+                "smooth_steps smooths the walk with restart: set restart > 0"),
+    Combination(("prior_pick", "restart"), lambda s: s.prior_pick == "fixed" or s.restart > 0,
+                "prior_pick=contrast chooses between A^k P0 and the walk with restart: set restart > 0"),
 )
 
 # The paper's method and our reference design as the first version shipped them; the defaults

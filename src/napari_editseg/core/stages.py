@@ -22,7 +22,7 @@ from .edges import ImageGuide
 from .forward import CapturedMaps, Grid
 from .image import resize
 from .instances import Instance, describe, split_instances, without_painted
-from .mask import make_mask, to_image_size
+from .mask import make_mask, score_contrast, to_image_size
 from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
 from .prompts import Box, box_mask, box_prototypes, confine_prior
 from .settings import SegmentationSettings
@@ -158,8 +158,26 @@ def expression_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: 
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
     p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
     prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps,
-                                         settings.restart), box, shape)
+                                         settings.restart, settings.smooth_steps), box, shape)
     return prior_work, peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
+
+
+def picked_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
+                 box: Optional[Box] = None, guide: Optional[ImageGuide] = None) -> tuple[torch.Tensor, float]:
+    """Step 5 as ``prior_pick`` says: the settings' own prior, or (contrast) per image the paper's
+    A^k P0 or the anchored walk, whichever steps 6-7 turn into the mask that stands out most. Which
+    propagation suits a model differs between models (docs/shapes-world.md, the proxy population)."""
+    if settings.prior_pick == "fixed":
+        return expression_prior(maps, settings, shape, box)
+    fixed = settings.replace(prior_pick="fixed")
+    best = None
+    for candidate in (fixed.replace(restart=0.0, smooth_steps=0), fixed):
+        prior_work, confidence = expression_prior(maps, candidate, shape, box)
+        result = segment_maps(maps, fixed, shape, prior_work, box, guide)
+        contrast = score_contrast(result.scores, result.mask)
+        if best is None or contrast > best[0]:
+            best = (contrast, prior_work, confidence)
+    return best[1], best[2]
 
 
 def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
@@ -180,7 +198,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     start = time.perf_counter()
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
     if prior is None:
-        prior_work, confidence = expression_prior(maps, settings, shape, box)
+        prior_work, confidence = picked_prior(maps, settings, shape, box, guide)
     else:
         prior_work, confidence = confine_prior(fit_prior(prior, work_grid), box, shape), 1.0
     prior_time = time.perf_counter() - start

@@ -34,7 +34,7 @@ from .instruction import Instruction, build_instruction
 from .mask import make_mask
 from .prompts import Box, box_mask, check_box
 from .settings import SegmentationSettings
-from .stages import Segmentation, expression_prior, segment_maps, work_grid_of
+from .stages import Segmentation, picked_prior, segment_maps, work_grid_of
 
 TILING_AUTO_SIDE = 2048  # tiling="auto" tiles images whose long side exceeds this and 4x the resolution
 TILING_AUTO_MAX_TILES = 4096  # ... and that this many tiles cover (a 64-px model on a photo: resized instead)
@@ -268,7 +268,7 @@ def _run_tile(segmenter, source: ImageSource, tile: Box, instruction: Instructio
                                                  box[3] - tile[1]), shape)
     forward = picture_forward(segmenter, rgb, [instruction], settings)
     maps = forward.maps(0)
-    own, confidence = expression_prior(maps, settings, shape, inside)
+    own, confidence = picked_prior(maps, settings, shape, inside, ImageGuide(rgb))
     weight = resize(coarse, work_grid_of(maps.latent_grid, settings.work_resolution)).clamp(0.0, 1.0)
     prior = own * (COARSE_FLOOR + (1.0 - COARSE_FLOOR) * weight)
     result = segment_maps(maps, settings, shape, prior, inside, ImageGuide(rgb), forward.timings)

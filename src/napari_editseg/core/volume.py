@@ -27,7 +27,7 @@ from .edges import ImageGuide
 from .image import resize, to_rgb_float
 from .prompts import check_box
 from .settings import SegmentationSettings
-from .stages import Segmentation, expression_prior, segment_maps
+from .stages import Segmentation, expression_prior, picked_prior, segment_maps
 from .tiling import COARSE_FLOOR, Cancelled, instruction_for, picture_forward
 
 MIN_OVERLAP = 0.3  # IoU with the previous plane's mask below which the object is taken as lost
@@ -99,7 +99,7 @@ def volume_planes(segmenter, planes: Any, expression: str, box: Optional[Sequenc
         rgb = stack.read(z)
         forward = picture_forward(segmenter, rgb, [instruction], settings)
         maps = forward.maps(0)
-        own, confidence = expression_prior(maps, settings, shape, box)
+        own, confidence = picked_prior(maps, settings, shape, box, ImageGuide(rgb))
         prior = own if previous is None else _follow(own, previous)
         positive, negative = (tuple(map(tuple, p)) for p in clicks.get(z, ((), ())))
         result = segment_maps(maps, settings, shape, prior, box, ImageGuide(rgb), forward.timings, positive,
@@ -110,7 +110,7 @@ def volume_planes(segmenter, planes: Any, expression: str, box: Optional[Sequenc
     confidences = {}
     for z in surveyed:  # the prior's confidence only: no steps 6-7
         maps = picture_forward(segmenter, stack.read(z), [instruction], settings).maps(0)
-        confidences[z] = expression_prior(maps, settings, shape, box)[1]
+        confidences[z] = expression_prior(maps, settings, shape, box)[1]  # the same for either pick
     start = max(surveyed, key=lambda z: (confidences[z], -z))
     first, confidences[start] = plane(start, None, None)
     yield start, first
