@@ -3,7 +3,9 @@ maps where the truth is known, and end to end through segment / refine on the ti
 
 import numpy as np
 import pytest
+import torch
 
+from napari_editseg.core.image import normalise01
 from napari_editseg.core.instances import describe, split_instances
 
 
@@ -163,6 +165,24 @@ def test_exemplars_never_claim_a_painted_pixel_also_after_refine(segmenter, pict
         again = segmenter.refine(result, mask_threshold=0.0, positive=[(8, 8)])
         assert not again.mask[labels != 0].any() and not again.labels[labels != 0].any()
     assert np.array_equal(labels, before)  # the caller's labels are not written to
+
+
+def test_the_colour_cue_finds_what_has_the_exemplars_colour():
+    from napari_editseg.core.prompts import exemplar_cue_prior
+
+    rgb = np.full((16, 16, 3), 0.5, np.float32)
+    rgb[2:6, 2:6] = (0.9, 0.1, 0.1)  # the exemplar: red
+    rgb[10:14, 10:14] = (0.9, 0.1, 0.1)  # another red object
+    rgb[2:6, 10:14] = (0.1, 0.1, 0.9)  # a blue one
+    labels = np.zeros((16, 16), np.int32)
+    labels[2:6, 2:6] = 1
+    features = torch.randn(8, 16, 16, generator=torch.Generator().manual_seed(0))  # features that say nothing
+    colour = exemplar_cue_prior(features, rgb, labels, [1], "colour")
+    assert colour[12, 12] > 0.9 and colour[4, 12] < 0.3
+    plain = exemplar_cue_prior(features, rgb, labels, [1], "features")
+    assert plain[12, 12] < 0.9  # the random features alone do not find it
+    both = exemplar_cue_prior(features, rgb, labels, [1], "both")
+    assert torch.allclose(both, normalise01((plain * colour).sqrt()))
 
 
 def test_bad_exemplars_are_refused_in_one_line(segmenter, picture):

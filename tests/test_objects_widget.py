@@ -68,6 +68,20 @@ def test_exemplars_never_change_a_painted_label_and_undo_restores_the_layer(dock
     assert np.array_equal(layer.data, before)
 
 
+def test_the_alike_by_choice_reaches_the_run(dock, qtbot, monkeypatch):
+    viewer, widget = dock
+    painted_layer(viewer, (45, 60))
+    widget.objects.panel.exemplar_layer.value = "painted"
+    segmenter = widget.session.segmenters[widget._key()]
+    seen = []
+    real = segmenter.segment_like
+    monkeypatch.setattr(segmenter, "segment_like", lambda *a, **k: seen.append(k["exemplar_cue"]) or real(*a, **k))
+    for cue in ("colour", "both"):
+        widget.objects.panel.exemplar_cue.value = cue
+        find(qtbot, widget, LIKE, "4, 9")
+    assert seen == ["colour", "both"]
+
+
 def test_bad_exemplar_input_says_so_and_paints_nothing(dock, qtbot):
     viewer, widget = dock
     painted_layer(viewer, (45, 60))

@@ -151,6 +151,14 @@ def test_a_row_replaces_the_default_only_if_no_tuning_model_loses_beyond_noise()
     assert one_loses["mean gain"] > 0 and one_loses["worse on some model"] and not one_loses["replaces the default"]
 
 
+def test_the_held_out_member_confirms_only_where_it_loses_nothing_beyond_noise():
+    from benchmarks.shapes_world.population_eval import held_out_gains
+
+    assert held_out_gains(planted_results({"m2": 1.0})["m2"], "restart 0.3")["confirms"]
+    lost = held_out_gains(planted_results({"m2": -3.0})["m2"], "restart 0.3")
+    assert not lost["confirms"] and lost["gains"]["iou"][0] == pytest.approx(-3.0, abs=0.2)
+
+
 def test_min_confidence_keeps_the_asked_share_of_present_objects():
     from benchmarks.shapes_world.population_eval import auroc, threshold_keeping
 

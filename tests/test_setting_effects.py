@@ -58,6 +58,7 @@ EFFECTS = {
     "min_instance_size": (1, 5000, {"instances": True}, "labels", "touching"),
     "min_instance_score": (0.0, 1.0, {"instances": True}, "labels", "touching"),
     "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
+    "exemplar_cue": ("features", "colour", {}, "prior", "exemplars"),  # segment_like's prior
 }
 
 
@@ -130,6 +131,10 @@ def test_each_setting_changes_what_its_stage_produces(segmenter, picture, name, 
     segmenter.set_image(picture)
     if refine_only == "everything":
         first, second = (segmenter.segment_everything(**{**shared, name: v}) for v in (a, b))
+    elif refine_only == "exemplars":
+        labels = np.zeros(picture.shape[:2], np.int32)
+        labels[16:24, 14:22] = 1  # inside the disc
+        first, second = (segmenter.segment_like(labels, [1], **{**shared, name: v}) for v in (a, b))
     elif refine_only:
         base = segmenter.segment("the disc", edge_refine="none")
         if refine_only in ("planted", "touching"):

@@ -17,6 +17,7 @@ from napari.qt.threading import create_worker
 
 from . import _layers
 from .core.automatic import parse_label_ids
+from .core.settings import SETTING_SPECS
 
 TITLE = "Objects: every one, counted"
 WORDS, LIKE, EVERYTHING = "every object the words name", "more like these labels", "every region (no words)"
@@ -32,9 +33,13 @@ def objects_panel() -> Container:
                             "a painted pixel")
     ids = LineEdit(name="exemplar_ids", label="exemplar ids")
     ids.native.setPlaceholderText("e.g. 3, 7")
+    cue_spec = SETTING_SPECS["exemplar_cue"]
+    cue = ComboBox(name="exemplar_cue", label="alike by", choices=list(cue_spec.choices), value=cue_spec.default)
+    cue.native.setToolTip("What makes an object look like the exemplars: the model's features, the picture's "
+                          "colour (or brightness), or both")
     button = PushButton(name="objects_button", text="Find objects")
     button.native.setToolTip("One new label per object, in one undo step (Ctrl+Z takes them all back)")
-    return Container(widgets=[mode, layer, ids, button])
+    return Container(widgets=[mode, layer, ids, cue, button])
 
 
 def paint_instances(layer, index: tuple, instances: np.ndarray) -> list[int]:
@@ -96,6 +101,7 @@ class ObjectsFlow:
             widget._say(str(error), error=True)
             return
         settings = widget.setting_values()
+        cue = self.panel.exemplar_cue.value
 
         def start(key):
             segmenter, plane = widget.session.segmenters[key], source.plane(index)
@@ -105,7 +111,8 @@ class ObjectsFlow:
                 if mode == EVERYTHING:
                     return segmenter.segment_everything(**settings)
                 if mode == LIKE:
-                    return segmenter.segment_like(*exemplars, expression or None, **settings)
+                    return segmenter.segment_like(*exemplars, expression or None,
+                                                  **{**settings, "exemplar_cue": cue})
                 return segmenter.segment(expression, instances=True, **settings)
 
             widget._say("Finding objects …")

@@ -21,7 +21,7 @@ from .edges import ImageGuide
 from .forward import CapturedMaps
 from .instances import split_instances
 from .mask import to_image_size
-from .prompts import NEUTRAL_INSTRUCTION, check_box, exemplar_prior
+from .prompts import NEUTRAL_INSTRUCTION, check_box, exemplar_cue_prior
 from .settings import SegmentationSettings
 from .stages import Segmentation, segment_maps, work_grid_of
 
@@ -74,15 +74,16 @@ class PromptModes:
         of the set image, ``ids``: the exemplars' labels in it; ``expression``: words that shape the
         features too (none: the image alone).
 
-        The prior is how much each place looks like the most similar exemplar; every painted pixel
+        The prior is how much each place looks like the most similar exemplar (by ``exemplar_cue``:
+        the model's features, the picture's colour, or both); every painted pixel
         (any label, not only the exemplars) is left out of the result, also after :meth:`refine`.
         """
         with self.model.lock:
             shape = self._require_image().shape[:2]
             labels, ids = check_exemplars(labels, ids, shape)
             maps, settings, features, timings = self._wordless(expression, {**overrides, "instances": True})
-            return segment_maps(maps, settings, shape, exemplar_prior(features, labels, ids), None, self._guide,
-                                timings, painted=labels != 0)
+            prior = exemplar_cue_prior(features, self._guide.rgb, labels, ids, settings.exemplar_cue)
+            return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0)
 
     def segment_label(self, labels: Any, label_id: int, expression: Optional[str] = None, margin: float = 0.25,
                       **overrides: Any) -> Segmentation:

@@ -116,3 +116,23 @@ def exemplar_prior(features: torch.Tensor, labels: np.ndarray, ids: Sequence[int
         found.append(F.normalize(flat @ cover / cover.sum().clamp(min=1e-12), dim=0))
     similarity = (torch.stack(found) @ flat).max(dim=0).values
     return normalise01(similarity.reshape(grid))
+
+
+def exemplar_cue_prior(features: torch.Tensor, rgb: np.ndarray, labels: np.ndarray, ids: Sequence[int],
+                       cue: str) -> torch.Tensor:
+    """:func:`exemplar_prior` on what ``cue`` names: the model's features, the picture's colour
+    (H×W×3 in [0, 1], averaged onto the features' grid; mean-centred like the features, so it
+    says which colour, or for a grey picture brighter or darker than the rest), or both (geometric
+    mean: high only where the two agree)."""
+    from .image import resize
+
+    grid = tuple(features.shape[1:])
+    priors = []
+    if cue in ("features", "both"):
+        priors.append(exemplar_prior(features, labels, ids))
+    if cue in ("colour", "both"):
+        colour = resize(torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).permute(2, 0, 1)[None], grid)[0]
+        priors.append(exemplar_prior(colour, labels, ids))
+    if not priors:
+        raise ValueError(f"exemplar_cue must be features, colour or both; got {cue!r}")
+    return normalise01(torch.stack(priors).prod(dim=0) ** (1.0 / len(priors)))
