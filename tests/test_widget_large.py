@@ -68,3 +68,14 @@ def test_a_stack_as_one_object_needs_words(make_widget, qtbot):  # noqa: F811
     run(qtbot, widget, "")
     assert "needs words" in status(widget) or "Type an expression" in status(widget)
     assert ALL != OBJECT
+
+
+def test_a_plane_too_large_to_paint_in_memory_says_what_to_do_in_one_line(make_widget, qtbot):  # noqa: F811
+    huge = da.zeros((60_000, 60_000), dtype=np.uint8, chunks=(4096, 4096))  # 13 GiB as a uint32 labels plane
+    viewer, widget = make_widget()
+    viewer.add_image(huge, name="mosaic")
+    widget.expression.value = "red disc"
+    widget.segment()
+    text = status(widget)
+    assert "--tile -o labels.zarr" in text and "GiB" in text and "\n" not in text
+    assert widget._worker is None and "editseg mosaic" not in viewer.layers  # nothing started, nothing allocated

@@ -15,6 +15,7 @@ import weakref
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from magicgui.widgets import Container, PushButton
 from napari.layers import Labels
 from qtpy.QtCore import Qt, QTimer
@@ -34,6 +35,7 @@ from .samples import SAMPLE_MENU, SAMPLES
 DEMO_TITLE = "Shapes demo (offline)"  # short: the model list is narrow; the tooltip says more
 DOCK_WIDTH = 380  # pixels; long messages wrap inside it instead of widening the dock
 GESTURE_MS = 500  # re-scores closer together than this are one undo step
+LABELS_PLANE_BUDGET = 2 * 2**30  # bytes of one uint32 labels plane the dock paints in memory (16384² is 1 GiB)
 EXAMPLES = " · ".join(f"{SAMPLES[n].expression} ({n})" for n in ("astronaut", "coffee", "chelsea"))
 
 
@@ -218,6 +220,13 @@ class EditSegWidget(RunFlow, QWidget):
 
     def _labels_layer(self, source: Source) -> Optional[Labels]:
         """The chosen Labels layer, or None for a new one (created when the run succeeds)."""
+        plane = int(np.prod(source.shape[-2:], dtype=np.int64)) * np.dtype(np.uint32).itemsize
+        if plane > LABELS_PLANE_BUDGET:
+            raise ValueError(
+                f"One labels plane of this image takes {plane / 2**30:.1f} GiB and the dock paints labels in memory "
+                f"(at most {LABELS_PLANE_BUDGET / 2**30:.0f} GiB a plane): for an image this size run "
+                "'napari-editseg segment IMAGE EXPRESSION --tile -o labels.zarr' (labels written tile by tile) "
+                "and open labels.zarr in napari.")
         if self.labels.value in (None, NEW_LAYER):
             return None
         labels = self.viewer.layers[self.labels.value]

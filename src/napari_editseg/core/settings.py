@@ -215,9 +215,9 @@ class SegmentationSettings:
         minimum=0, maximum=1,
     )
     exemplar_cue: Literal["features", "colour", "both"] = _setting(
-        "features", "existing labels as prompts: what makes a place look like the exemplars: the model's "
+        "both", "existing labels as prompts: what makes a place look like the exemplars: the model's "
         "features, the picture's colour (mean-centred: which colour, or brighter/darker in a grey picture), or "
-        "both (where the two agree)", PRIOR,
+        "both (where the two agree; chosen on the proxy population, docs/shapes-world.md)", PRIOR,
     )
     granularity: int = _setting(
         32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
