@@ -159,6 +159,24 @@ def test_the_held_out_member_confirms_only_where_it_loses_nothing_beyond_noise()
     assert not lost["confirms"] and lost["gains"]["iou"][0] == pytest.approx(-3.0, abs=0.2)
 
 
+def test_the_fusion_learns_which_signal_separates_from_the_tuning_members_only():
+    from benchmarks.shapes_world.population_eval import SIGNALS, auroc, fusion
+
+    rng = np.random.default_rng(0)
+
+    def record(shift: float, n: int = 200) -> dict:
+        present, absent = rng.normal(0, 1, (n, len(SIGNALS))), rng.normal(0, 1, (n, len(SIGNALS)))
+        present[:, 2] += shift  # one signal tells present from absent; the others are noise
+        return {"confidence": {"signals present": present.tolist(), "signals absent": absent.tolist()}}
+
+    fused, weights = fusion({"m0": record(2.0), "m1": record(2.0)})
+    assert max(weights, key=lambda k: abs(weights[k])) == SIGNALS[2]
+    present, absent = fused(record(2.0)["confidence"])
+    assert auroc(present, absent) > 0.85
+    noise = fused(record(0.0)["confidence"])  # nothing to find: chance
+    assert abs(auroc(*noise) - 0.5) < 0.1
+
+
 def test_min_confidence_keeps_the_asked_share_of_present_objects():
     from benchmarks.shapes_world.population_eval import auroc, threshold_keeping
 

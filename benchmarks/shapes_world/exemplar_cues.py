@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.docsection import replace_section
-from benchmarks.shapes_world.instances import match, summary
+from benchmarks.shapes_world.instances import exemplar_matches, summary
 from benchmarks.shapes_world.population import HERE, MEMBERS, joined
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
@@ -38,19 +38,9 @@ def runs(member, split: str, scenes: int) -> dict:
     torch.set_num_threads(1)
     seeds = shapes_world.COUNT_TUNE_SEEDS if split == "tune" else shapes_world.COUNT_TEST_SEEDS
     segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
-    found = {cue: [] for cue in CUES}
     with torch.inference_mode():
-        for s in shapes_world.counting_scenes(scenes, seeds):
-            if len(s.named) <= EXEMPLARS:
-                continue
-            labels = np.zeros(s.image.shape[:2], np.int32)
-            for k, mask in enumerate(s.named_masks[:EXEMPLARS], start=1):
-                labels[mask] = k
-            segmenter.set_image(s.image)
-            for cue in CUES:
-                result = segmenter.segment_like(labels, range(1, EXEMPLARS + 1), exemplar_cue=cue)
-                found[cue].append(match(result.labels, result.instance_scores, s.named_masks[EXEMPLARS:]))
-    return found
+        return exemplar_matches(segmenter, shapes_world.counting_scenes(scenes, seeds), EXEMPLARS, False,
+                                {cue: {"exemplar_cue": cue} for cue in CUES})
 
 
 def ap_gain_interval(row: list, default: list, n: int = 300, seed: int = 0) -> tuple[float, float]:

@@ -99,9 +99,10 @@ def instance_runs(segmenter, scenes: list, union_prior: bool, phrase: bool = Fal
 GRANULARITIES = (8, 16, 32, 64)
 
 
-def exemplar_runs(segmenter, scenes: list, count: int, words: bool) -> dict:
-    """The first ``count`` named objects painted as labels 1…count; the others must be found."""
-    runs = []
+def exemplar_matches(segmenter, scenes: list, count: int, words: bool, variants: dict) -> dict:
+    """The first ``count`` named objects painted as labels 1…count; the others must be found. Per
+    variant (name → settings), the matches of each scene with more than ``count`` named objects."""
+    runs = {name: [] for name in variants}
     for s in scenes:
         if len(s.named) <= count:
             continue
@@ -109,9 +110,17 @@ def exemplar_runs(segmenter, scenes: list, count: int, words: bool) -> dict:
         for k, mask in enumerate(s.named_masks[:count], start=1):
             labels[mask] = k
         segmenter.set_image(s.image)
-        result = segmenter.segment_like(labels, range(1, count + 1), s.expression if words else None)
-        assert (result.labels[labels > 0] == 0).all()  # no painted pixel is claimed
-        runs.append(match(result.labels, result.instance_scores, s.named_masks[count:]))
+        for name, overrides in variants.items():
+            result = segmenter.segment_like(labels, range(1, count + 1), s.expression if words else None,
+                                            **overrides)
+            assert (result.labels[labels > 0] == 0).all()  # no painted pixel is claimed
+            runs[name].append(match(result.labels, result.instance_scores, s.named_masks[count:]))
+    return runs
+
+
+def exemplar_runs(segmenter, scenes: list, count: int, words: bool) -> dict:
+    """:func:`exemplar_matches` with the defaults, summarised."""
+    runs = exemplar_matches(segmenter, scenes, count, words, {"defaults": {}})["defaults"]
     return summary(runs) | {"scenes": len(runs)}
 
 

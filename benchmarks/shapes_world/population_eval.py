@@ -85,8 +85,69 @@ def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
                     work = own.prior_work.shape
                     confidence["peak present"].append(peak_dominance(initial_prior(forward.maps(0), settings, work)))
                     confidence["peak absent"].append(peak_dominance(initial_prior(forward.maps(2), settings, work)))
+                    for key, k, result in (("signals present", 0, own), ("signals absent", 2, absent)):
+                        confidence.setdefault(key, []).append(raw_signals(forward.maps(k), result, settings))
     return {"member": member.name, "split": split, "scenes": scenes, "decoys": DECOYS, "rows": rows,
             "confidence": confidence}
+
+
+SIGNALS = ("decoy rank", "relevance peak", "attention peak", "P0 and P agree", "attention and relevance agree",
+           "score contrast", "prototype separation", "mask area", "relevance mean", "attention maximum")
+
+
+def raw_signals(maps, result, settings) -> list[float]:
+    """The issue's candidate signals for "the object is here", none min-max scaled across images:
+    in :data:`SIGNALS` order."""
+    import torch
+
+    from napari_editseg.core.mask import score_contrast
+    from napari_editseg.core.prior import peak_dominance
+    from napari_editseg.core.stages import initial_prior
+
+    work = result.prior_work.shape
+    p0 = initial_prior(maps, settings, work).numpy()
+    attention = initial_prior(maps, settings.replace(prior_source="attention"), work).numpy()
+
+    def agree(a, b) -> float:
+        a, b = np.ravel(a).astype(float), np.ravel(b).astype(float)
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+
+    def unit(v):
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    separation = 1.0 - float((unit(result.fg_prototypes) @ unit(result.bg_prototypes).T).max())
+    return [result.confidence, float(peak_dominance(torch.from_numpy(p0))),
+            float(peak_dominance(torch.from_numpy(attention))), agree(p0, result.prior_work), agree(attention, p0),
+            score_contrast(result.scores, result.mask), separation, float(result.mask.mean()), float(p0.mean()),
+            float(max(c.max() for c in maps.cross))]
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> np.ndarray:
+    """Weights (last: the bias) of an L2-regularised logistic regression, by Newton's method."""
+    xb = np.c_[x, np.ones(len(x))]
+    w, penalty = np.zeros(xb.shape[1]), l2 * np.r_[np.ones(x.shape[1]), 0.0]
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-xb @ w))
+        hessian = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(penalty)
+        w -= np.linalg.solve(hessian, xb.T @ (p - y) + penalty * w)
+    return w
+
+
+def fusion(tuning: dict):
+    """The fused confidence, fitted on the tuning members' tuning scenes only (signals standardised
+    on them): a function of a member's saved confidence record → (present, absent) scores."""
+    def signals(record, kind):
+        return np.asarray(record[f"signals {kind}"], float)
+
+    x = np.vstack([signals(r["confidence"], kind) for r in tuning.values() for kind in ("present", "absent")])
+    y = np.concatenate([np.full(len(r["confidence"][f"signals {kind}"]), kind == "present", float)
+                        for r in tuning.values() for kind in ("present", "absent")])
+    mean, spread = x.mean(axis=0), x.std(axis=0) + 1e-9
+    w = fit_logistic((x - mean) / spread, y)
+
+    def fused(record):
+        return tuple(((signals(record, kind) - mean) / spread) @ w[:-1] + w[-1] for kind in ("present", "absent"))
+    return fused, dict(zip(SIGNALS, w[:-1]))
 
 
 def results_path(name: str, split: str) -> Path:
@@ -116,7 +177,7 @@ def decide(tuning: dict, metric: str) -> dict:
     rule lets it replace the default (see the module's docstring)."""
     verdicts = {}
     for name in PRIORS:
-        if name == DEFAULT_ROW:
+        if name == DEFAULT_ROW or any(name not in r["rows"] for r in tuning.values()):
             continue
         gains, worse = [], []
         for result in tuning.values():
@@ -149,6 +210,8 @@ def member_lines(results: dict) -> list[str]:
     for metric, label, scale in (("own", "on the named object %", 100.0), ("other", "other words' control %", 100.0),
                                  ("iou", "mIoU", 1.0)):
         for row in PRIORS:
+            if any(row not in results[n]["rows"] for n in names):
+                continue  # a row added after some member was measured: measure it --again
             cells, means = [], {}
             for n in names:
                 values = np.asarray(results[n]["rows"][row][metric], float) * scale
@@ -161,13 +224,17 @@ def member_lines(results: dict) -> list[str]:
     return lines
 
 
-def confidence_lines(results: dict, thresholds: dict) -> list[str]:
+def confidence_lines(results: dict, thresholds: dict, fused=None) -> list[str]:
     names = sorted(results, key=lambda n: (MEMBERS[n].held_out, n))
     lines = ["| member | confidence | AUROC [95 %] | min_confidence | present kept % | no-target accuracy % |",
              "|---|---|---|---|---|---|"]
     for n in names:
-        c = results[n]["confidence"]
-        for kind in ("peak", "decoys"):
+        c = dict(results[n]["confidence"])
+        kinds = ["peak", "decoys"]
+        if fused is not None and "signals present" in c:
+            c["fused present"], c["fused absent"] = fused(c)
+            kinds.append("fused")
+        for kind in kinds:
             present, absent = c[f"{kind} present"], c[f"{kind} absent"]
             low, high = auroc_interval(present, absent)
             tau = thresholds[kind]
@@ -183,6 +250,10 @@ def write_doc(doc: Path = DOC) -> None:
     tuning_tune = {n: r for n, r in tune.items() if not MEMBERS[n].held_out}
     pooled = {kind: [v for r in tuning_tune.values() for v in r["confidence"][f"{kind} present"]]
               for kind in ("peak", "decoys")}
+    fused = weights = None
+    if tuning_tune and all("signals present" in r["confidence"] for r in tuning_tune.values()):
+        fused, weights = fusion(tuning_tune)
+        pooled["fused"] = [v for r in tuning_tune.values() for v in fused(r["confidence"])[0]]
     thresholds = {kind: threshold_keeping(v) if v else 0.0 for kind, v in pooled.items()}
     lines = ["<!-- measured:population:start -->",
              f"Written by `python -m benchmarks.shapes_world.population_eval` from the saved results of the "
@@ -203,18 +274,37 @@ def write_doc(doc: Path = DOC) -> None:
         on_object, iou = decide(tuning_tune, "own"), decide(tuning_tune, "iou")
         for row in on_object:
             adopted = on_object[row]["replaces the default"] and iou[row]["replaces the default"]
-            checks = [held_out_gains(test[n], row) for n in held]
-            cells = "".join(f"{c['gains']['own'][0]:+.1f} [{c['gains']['own'][1]:+.1f}, {c['gains']['own'][2]:+.1f}]"
-                            f" | {c['gains']['iou'][0]:+.1f} [{c['gains']['iou'][1]:+.1f}, "
-                            f"{c['gains']['iou'][2]:+.1f}] | " for c in checks)
-            changes = adopted and bool(checks) and all(c["confirms"] for c in checks)
+            checks = [held_out_gains(test[n], row) if row in test[n]["rows"] else None for n in held]
+            cells = "".join("– | – | " if c is None else
+                            "".join(f"{c['gains'][m][0]:+.1f} [{c['gains'][m][1]:+.1f}, {c['gains'][m][2]:+.1f}] | "
+                                    for m in ("own", "iou")) for c in checks)
+            changes = adopted and bool(checks) and all(c is not None and c["confirms"] for c in checks)
             lines.append(f"| {row} | {on_object[row]['mean gain']:+.1f} | {iou[row]['mean gain']:+.1f} | "
                          f"{'yes' if adopted else 'no'} | {cells}{'yes' if changes else 'no'} |")
         lines.append("")
     if test:
         lines += [f"Confidence: present vs absent expressions; min_confidence chosen on the tuning members' tuning "
                   f"scenes to keep {KEEP_PRESENT:.0%} of present objects ({DECOYS} decoys):", ""]
-        lines += confidence_lines(test, thresholds) + [""]
+        lines += confidence_lines(test, thresholds, fused) + [""]
+        if weights:
+            lines += ["Fused: a logistic regression on the standardised raw signals, fitted on the tuning members' "
+                      "tuning scenes only (its score is the log-odds, so min_confidence is on that scale); weights: "
+                      + ", ".join(f"{name} {w:+.2f}" for name, w in weights.items()) + ". Each signal alone, AUROC "
+                      "per member (test scenes):", "",
+                      "| signal | " + " | ".join(sorted(test, key=lambda n: (MEMBERS[n].held_out, n))) + " |",
+                      "|---|" + "---|" * len(test)]
+            members = sorted(test, key=lambda n: (MEMBERS[n].held_out, n))
+            for i, name in enumerate(SIGNALS):
+                cells = []
+                for n in members:
+                    c = test[n]["confidence"]
+                    if "signals present" not in c:
+                        cells.append("–")
+                        continue
+                    present, absent = (np.asarray(c[f"signals {kind}"])[:, i] for kind in ("present", "absent"))
+                    cells.append(f"{auroc(present, absent):.2f}")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
     lines.append("<!-- measured:population:end -->")
     replace_section(doc, "population", "\n".join(lines))
 
