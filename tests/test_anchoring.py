@@ -44,9 +44,12 @@ def test_the_walk_with_restart_is_the_fixed_point_of_its_equation():
     assert torch.allclose(walked.reshape(-1, 1), scaled, atol=1e-4)
 
 
-def test_restart_without_propagation_is_refused_in_one_line(segmenter):
-    with pytest.raises(ValueError, match="restart.*propagation_steps"):
-        segmenter.resolve_settings(restart=0.3, propagation_steps=0)
+def test_no_propagation_means_p0_whatever_the_walk_settings(segmenter, picture):
+    segmenter.set_image(picture)
+    bare = segmenter.segment("the disc", propagation_steps=0, restart=0.0, prior_pick="fixed")
+    for walk in ({"restart": 0.5}, {"restart": 0.5, "smooth_steps": 2, "prior_pick": "contrast"}):
+        again = segmenter.segment("the disc", propagation_steps=0, **walk)
+        np.testing.assert_array_equal(again.prior_work, bare.prior_work)
 
 
 def test_smooth_steps_are_plain_steps_after_the_walks_fixed_point():
@@ -61,10 +64,11 @@ def test_smooth_steps_are_plain_steps_after_the_walks_fixed_point():
     assert not torch.allclose(smoothed, walked, atol=1e-3)
 
 
-@pytest.mark.parametrize("overrides", [{"smooth_steps": 1}, {"prior_pick": "contrast"}])
-def test_what_acts_on_the_walk_with_restart_is_refused_without_it_in_one_line(segmenter, overrides):
-    with pytest.raises(ValueError, match="restart > 0"):
-        segmenter.resolve_settings(**overrides)
+def test_without_the_walk_the_pick_and_smoothing_have_nothing_to_act_on(segmenter, picture):
+    segmenter.set_image(picture)
+    paper = segmenter.segment("the disc", restart=0.0, smooth_steps=0, prior_pick="fixed")
+    moot = segmenter.segment("the disc", restart=0.0, smooth_steps=3, prior_pick="contrast")
+    np.testing.assert_array_equal(moot.prior_work, paper.prior_work)
 
 
 def test_score_contrast_is_how_far_the_mask_stands_out():
@@ -78,8 +82,8 @@ def test_score_contrast_is_how_far_the_mask_stands_out():
 def test_prior_pick_keeps_per_image_the_prior_whose_mask_stands_out_most(segmenter, picture):
     segmenter.set_image(picture)
     anchored = {"restart": 0.5, "smooth_steps": 1}
-    paper = segmenter.segment("the disc")
-    walk = segmenter.segment("the disc", **anchored)
+    paper = segmenter.segment("the disc", restart=0.0, prior_pick="fixed")
+    walk = segmenter.segment("the disc", prior_pick="fixed", **anchored)
     picked = segmenter.segment("the disc", prior_pick="contrast", **anchored)
     assert not np.allclose(paper.prior_work, walk.prior_work)  # two different candidates
     best = max((paper, walk), key=lambda r: score_contrast(r.scores, r.mask))

@@ -216,3 +216,20 @@ def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
 def test_values_that_would_fail_later_are_refused_now(overrides, message):
     with pytest.raises(ValueError, match=message):
         SegmentationSettings().replace(**overrides)
+
+
+def test_the_papers_command_line_in_the_docs_is_the_paper_preset():
+    """The one-line `--set` form of the paper's method that README, usage.md and method.md print
+    gives exactly the PAPER preset's settings (a default changed later must join it there too)."""
+    import re
+    from pathlib import Path
+
+    from napari_editseg.core.settings import SegmentationSettings, parse_setting
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/usage.md", "docs/method.md"):
+        text = root.joinpath(doc).read_text()
+        lines = (m.group(0) for m in re.finditer(r"(--set \S+=\S+ ?)+", text))
+        line = next(line for line in lines if "prior_source=attention" in line)
+        typed = dict(parse_setting(p) for p in re.findall(r"--set (\S+=[^\s`,]+)", line))
+        assert SegmentationSettings().replace(**typed) == SegmentationSettings.paper(), doc

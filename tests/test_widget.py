@@ -353,7 +353,10 @@ def test_a_stack_rescore_runs_in_a_worker_and_the_gui_keeps_turning(make_widget,
 
 
 def test_results_beyond_the_memory_budget_are_dropped_and_recomputed(make_widget, picture, qtbot, segmenter,
-                                                                     count_calls):
+                                                                     count_calls, monkeypatch):
+    # the paper's propagation: on these random weights the default's pick puts the second mask wholly
+    # inside the first label, and then nothing is painted (what this test needs is two painted runs)
+    monkeypatch.setattr(segmenter, "settings", segmenter.settings.replace(restart=0.0))
     viewer, widget = make_widget()
     viewer.add_image(np.stack([picture[..., c] for c in (0, 1, 2, 0)]), name="stack")
     widget.slices.value = ALL

@@ -122,21 +122,23 @@ class SegmentationSettings:
         AUTO, "latent side of the self-attention used for propagation; auto = latent/2 (32)", FORWARD,
         minimum=1, maximum=4096,
     )
-    propagation_steps: int = _setting(2, "k in P = A^k P0 (0 = no propagation)", PRIOR, minimum=0, maximum=64)
+    propagation_steps: int = _setting(
+        2, "k in P = A^k P0; 0 = no propagation at all (restart, smooth_steps and prior_pick then have nothing to "
+        "act on)", PRIOR, minimum=0, maximum=64)
     restart: float = _setting(
-        0.0, "random walk with restart: P <- (1-restart)·A·P + restart·P0 iterated to its fixed point "
-        "(personalised PageRank), so propagation spreads the prior over what the self-attention joins to P0's "
-        "places but cannot carry it off them; 0 = the paper's P = A^k P0 (propagation_steps)", PRIOR,
-        minimum=0, maximum=1,
+        0.15, "the anchored propagation: a random walk with restart, P <- (1-restart)·A·P + restart·P0 iterated to "
+        "its fixed point (personalised PageRank), spreads the prior over what the self-attention joins to P0's "
+        "places but cannot carry it off them; 0 = the paper's P = A^k P0 only (smooth_steps and prior_pick then "
+        "have nothing to act on)", PRIOR, minimum=0, maximum=1,
     )
     smooth_steps: int = _setting(
-        0, "with restart > 0: plain propagation steps after the walk's fixed point (A^s times it), which drops "
-        "the raw P0 the walk keeps; 0 = the fixed point as it is", PRIOR, minimum=0, maximum=64,
+        1, "plain propagation steps after the walk's fixed point (A^s times it), which drop the raw P0 the walk "
+        "keeps; 0 = the fixed point as it is", PRIOR, minimum=0, maximum=64,
     )
     prior_pick: Literal["fixed", "contrast"] = _setting(
-        "fixed", "fixed: the prior the settings above make; contrast: per image, steps 6-7 with both the paper's "
-        "A^k P0 and the anchored prior (restart, smooth_steps), keeping the one whose mask's scores stand out "
-        "most from the rest (needs restart > 0)", PRIOR,
+        "contrast", "contrast: per image, steps 6-7 with both the paper's A^k P0 and the anchored walk (restart, "
+        "smooth_steps), keeping the prior whose mask's scores stand out most from the rest (which propagation "
+        "suits differs between models); fixed: the anchored walk always (restart > 0) or A^k P0 (restart 0)", PRIOR,
     )
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "blocks whose outputs are the features; auto = the family's choice (InstructPix2Pix: the two "
@@ -417,19 +419,13 @@ class Combination:
 COMBINATIONS = (
     Combination(("fg_quantile", "bg_quantile"), lambda s: s.fg_quantile > s.bg_quantile,
                 "fg_quantile must lie above bg_quantile, or the foreground and background pixel sets overlap"),
-    Combination(("restart", "propagation_steps"), lambda s: s.restart == 0 or s.propagation_steps > 0,
-                "a random walk with restart is a propagation: propagation_steps=0 turns propagation off"),
-    Combination(("smooth_steps", "restart"), lambda s: s.smooth_steps == 0 or s.restart > 0,
-                "smooth_steps smooths the walk with restart: set restart > 0"),
-    Combination(("prior_pick", "restart"), lambda s: s.prior_pick == "fixed" or s.restart > 0,
-                "prior_pick=contrast chooses between A^k P0 and the walk with restart: set restart > 0"),
 )
 
 # The paper's method and our reference design as the first version shipped them; the defaults
 # differ where the shapes world measured a win (docs/method.md, "Defaults and the evidence").
 PAPER = {
     "prior_source": "attention", "token_norm": "none", "fg_select": "quantile", "bg_prototypes": 1,
-    "edge_refine": "none", "keep": "all",
+    "edge_refine": "none", "keep": "all", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed",
 }
 SETTING_NAMES = tuple(SETTING_SPECS)
 DISCRIMINATE_SETTINGS = frozenset(name for name, spec in SETTING_SPECS.items() if spec.stage == DISCRIMINATE)

@@ -167,8 +167,8 @@ def picked_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     """Step 5 as ``prior_pick`` says: the settings' own prior, or (contrast) per image the paper's
     A^k P0 or the anchored walk, whichever steps 6-7 turn into the mask that stands out most. Which
     propagation suits a model differs between models (docs/shapes-world.md, the proxy population)."""
-    if settings.prior_pick == "fixed":
-        return expression_prior(maps, settings, shape, box)
+    if settings.prior_pick == "fixed" or settings.restart == 0 or settings.propagation_steps == 0:
+        return expression_prior(maps, settings, shape, box)  # one candidate only
     fixed = settings.replace(prior_pick="fixed")
     best = None
     for candidate in (fixed.replace(restart=0.0, smooth_steps=0), fixed):
