@@ -163,6 +163,29 @@ INSTANCE_ROWS = {  # name: (true union as prior?, the typed phrase instead of th
 }
 
 
+def per_member(scenes: int, doc: Path) -> dict:
+    """End to end with the defaults, on every member of the proxy population (population.py): AP@0.5
+    and the count, per member, the held-out member last; written to its own doc section."""
+    from benchmarks.shapes_world.population import MEMBERS, joined
+
+    members = sorted((m for n, m in MEMBERS.items() if joined(m) or n == "m0"), key=lambda m: (m.held_out, m.name))
+    test = shapes_world.counting_scenes(scenes)
+    rows = {m.name: instance_runs(EditSegmenter.from_pretrained(str(m.checkpoint), device="cpu"), test, False)["all"]
+            for m in members}
+    lines = ["<!-- measured:instances-population:start -->",
+             f"Written by `python -m benchmarks.shapes_world.instances --per-member`: end to end, default settings, "
+             f"{scenes} test counting scenes per member.", "",
+             "| member | AP@0.5 | PQ | count exact | count MAE | recall | precision |", "|---|---|---|---|---|---|---|"]
+    for m in members:
+        r = rows[m.name]
+        lines.append(f"| {m.name}{' (held out)' if m.held_out else ''} | {r['AP@0.5']:.2f} | {r['PQ']:.2f} | "
+                     f"{r['count exact %']:.0f} % | {r['count MAE']:.2f} | {100 * r['recall']:.0f} % | "
+                     f"{r['precision']:.2f} |")
+    lines.append("<!-- measured:instances-population:end -->")
+    replace_section(doc, "instances-population", "\n".join(lines))
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(ROOT / "benchmarks" / "shapes_world" / "checkpoint"))
@@ -171,7 +194,11 @@ def main(argv=None) -> dict:
                         help="tuning scenes (seeds of their own) for mask_threshold and granularity")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "shapes_world" / "instances.json"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "shapes-world.md"))
+    parser.add_argument("--per-member", action="store_true",
+                        help="only the end-to-end table on every member of the proxy population")
     args = parser.parse_args(argv)
+    if args.per_member:
+        return per_member(args.scenes, Path(args.doc))
     start = time.perf_counter()
     segmenter = EditSegmenter.from_pretrained(args.model, device="cpu")
     scenes = shapes_world.counting_scenes(args.scenes)
