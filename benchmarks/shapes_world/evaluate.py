@@ -353,11 +353,17 @@ def main(argv=None) -> dict:
         print("drawing", results["drawing"], flush=True)
     images = Path(args.doc).parent / "images"
     suffix = "" if args.world == "v1" else "-v2"
-    figure(segmenter, held_out(8, world.TEST_SEEDS + 90_000), images / f"shapes-world{suffix}.png")
-    edge_figure(segmenter, held_out(4, world.TEST_SEEDS + 91_000), images / f"shapes-world{suffix}-edges.png")
     results["wall_time_s"] = time.perf_counter() - start
+    # the numbers first: a missing plotting package must not lose an hour of measurement
     Path(args.json).write_text(json.dumps(results, indent=1))
     write_doc(Path(args.doc), results, world.KINDS, "shapes" if args.world == "v1" else "shapes-v2", suffix)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("figures skipped: pip install matplotlib to draw them", flush=True)
+        return results
+    figure(segmenter, held_out(8, world.TEST_SEEDS + 90_000), images / f"shapes-world{suffix}.png")
+    edge_figure(segmenter, held_out(4, world.TEST_SEEDS + 91_000), images / f"shapes-world{suffix}-edges.png")
     return results
 
 
