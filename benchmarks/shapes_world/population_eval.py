@@ -56,8 +56,7 @@ def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
     from napari_editseg import EditSegmenter
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
-    from napari_editseg.core.prior import peak_dominance
-    from napari_editseg.core.stages import initial_prior, segment_maps
+    from napari_editseg.core.stages import segment_maps
     from napari_editseg.eval.metrics import score_sample
 
     from .probes import prior_choice
@@ -82,13 +81,11 @@ def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
                 scored = score_sample(str(i), own.mask, sample.mask)
                 rows[name]["iou"].append(100.0 * scored.intersection / max(scored.union, 1))
                 if name == DEFAULT_ROW:
-                    confidence["decoys present"].append(own.confidence)
-                    confidence["decoys absent"].append(absent.confidence)
-                    work = own.prior_work.shape
-                    confidence["peak present"].append(peak_dominance(initial_prior(forward.maps(0), settings, work)))
-                    confidence["peak absent"].append(peak_dominance(initial_prior(forward.maps(2), settings, work)))
-                    for key, k, result in (("signals present", 0, own), ("signals absent", 2, absent)):
-                        confidence.setdefault(key, []).append(raw_signals(forward.maps(k), result, settings))
+                    for kind, k, result in (("present", 0, own), ("absent", 2, absent)):
+                        signals = raw_signals(forward.maps(k), result, settings)
+                        confidence.setdefault(f"signals {kind}", []).append(signals)
+                        confidence[f"decoys {kind}"].append(signals[SIGNALS.index("decoy rank")])
+                        confidence[f"peak {kind}"].append(signals[SIGNALS.index("relevance peak")])
     return {"member": member.name, "split": split, "scenes": scenes, "decoys": DECOYS, "rows": rows,
             "confidence": confidence}
 

@@ -170,14 +170,13 @@ def picked_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     if settings.prior_pick == "fixed" or settings.restart == 0 or settings.propagation_steps == 0:
         return expression_prior(maps, settings, shape, box)  # one candidate only
     fixed = settings.replace(prior_pick="fixed")
-    best = None
+    scored = []
     for candidate in (fixed.replace(restart=0.0, smooth_steps=0), fixed):
         prior_work, confidence = expression_prior(maps, candidate, shape, box)
         result = segment_maps(maps, fixed, shape, prior_work, box, guide)
-        contrast = score_contrast(result.scores, result.mask)
-        if best is None or contrast > best[0]:
-            best = (contrast, prior_work, confidence)
-    return best[1], best[2]
+        scored.append((score_contrast(result.scores, result.mask), prior_work, confidence))
+    _, prior_work, confidence = max(scored, key=lambda s: s[0])  # a tie keeps the paper's
+    return prior_work, confidence
 
 
 def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
