@@ -52,6 +52,16 @@ def test_segment_tile_reads_ome_zarr_and_writes_a_zarr_mask(tiny_model_dir, tmp_
     assert "tile(s) at full resolution" in capsys.readouterr().out
 
 
+def test_segment_tile_takes_the_tile_size_from_set(tiny_model_dir, tmp_path, picture, capsys):
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.tile(picture, (3, 3, 1)))
+    out = tmp_path / "mask.tif"
+    assert main(["segment", str(path), "red disc", "--tile", "--model", str(tiny_model_dir), "-o", str(out),
+                 "--set", "tile_size=64"]) == 0
+    printed = capsys.readouterr().out
+    assert "tile(s) of 64 px" in printed and tifffile.imread(out).shape == (135, 180)
+
+
 def test_segment_tile_takes_a_tiff_and_writes_a_tiff(tiny_model_dir, tmp_path, picture):
     path = tmp_path / "big.tif"
     tifffile.imwrite(path, np.tile(picture, (2, 2, 1)), tile=(32, 32))

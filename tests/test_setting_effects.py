@@ -20,6 +20,7 @@ EFFECTS = {
     "size_multiple": (16, 32, {"resolution": 64}, "prior_work", False),
     "tiling": ("off", "always", {}, "scores", False),  # auto tiles only images far above 45x60
     "tile_overlap": (0.0, 0.5, {"tiling": "always"}, "scores", False),
+    "tile_size": (16, 32, {"tiling": "always"}, "scores", False),
     "instruction_template": ("make the {} red", "turn the {} into gold", {}, "prior", False),
     "timestep": (999, 400, {}, "prior", False),
     "seed": (0, 1, {}, "prior", False),

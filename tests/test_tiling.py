@@ -76,6 +76,25 @@ def test_tiling_runs_the_tiles_at_full_resolution_and_stitches_one_mask(segmente
     np.testing.assert_array_equal(lower.mask, tiled.scores >= 0.1)
 
 
+def test_tile_size_sets_the_pixels_a_tile_covers_and_each_tile_is_resized_for_its_forward(segmenter, count_rows):
+    image, sides = big_picture(), []
+    hook = segmenter.model.unet.register_forward_pre_hook(lambda _m, args: sides.append(args[0].shape[-2:]))
+    try:
+        with count_rows(segmenter.model.unet) as unet:
+            tiled = segment_tiled(segmenter, image, "red disc", tiling="always", tile_size=64, tile_overlap=0.25,
+                                  prior_source="attention")
+    finally:
+        hook.remove()
+    assert tiled.tiles and all((r1 - r0, c1 - c0) == (64, 64) for r0, c0, r1, c1 in tiled.tiles)
+    assert {t[0] for t in tiled.tiles} <= {0, 48, 71}  # stride 48, the last flush with the edge
+    assert unet.calls == 1 + len(tiled.tiles)
+    assert set(sides[1:]) == {(16, 16)}  # each 64-px tile resized to the 32-px resolution (latent side 16)
+    assert tiled.full_mask().shape == image.shape[:2]
+    # auto counts the tiles of that size: 128-px tiles cover a 3000×4000 photo in 35×47, so it is tiled
+    assert tiling_applies(segmenter.resolve_settings(tile_size=128), (3000, 4000))
+    assert not tiling_applies(segmenter.resolve_settings(tile_size=1024), (3000, 4000))  # under 4 tile sides
+
+
 def test_a_box_confines_the_tiles_and_the_mask(segmenter):
     image = big_picture()
     box = (10, 20, 50, 60)

@@ -310,9 +310,11 @@ def open_input(path: Path, picture: dict) -> list:
 
 def segment_tiles(args: argparse.Namespace, segmenter, levels: list, expressions: list, source: str) -> None:
     """``segment --tile``: each expression coarse to fine; masks written whole, or to zarr tile by tile."""
-    from .core.tiling import segment_tiled
+    from .core.tiling import segment_tiled, tile_geometry
     from .large import zarr_mask
 
+    side = tile_geometry(segmenter.resolve_settings())[0]
+    scale = "at full resolution" if side == segmenter.resolve_settings().resolution else f"of {side} px"
     for index, expression in enumerate(expressions):
         result = segment_tiled(segmenter, levels, expression)
         path = numbered(args.output, index, len(expressions))
@@ -322,7 +324,7 @@ def segment_tiles(args: argparse.Namespace, segmenter, levels: list, expressions
             write_mask(path, result.full_mask())
         area = result.mask.sum() / (result.shape[0] * result.shape[1])
         print(printable(f"{path}: {area:.2%} of {source} for {expression!r}, confidence {result.confidence:.2f}; "
-                        f"{len(result.tiles)} tile(s) at full resolution, {result.timings['total']:.1f} s"))
+                        f"{len(result.tiles)} tile(s) {scale}, {result.timings['total']:.1f} s"))
 
 
 def run_batch(args: argparse.Namespace) -> int:

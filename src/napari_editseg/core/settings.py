@@ -68,12 +68,17 @@ class SegmentationSettings:
     tiling: Literal["auto", "off", "always"] = _setting(
         AUTO, "large images, coarse to fine: a pass on the whole image at resolution, then the tiles where it "
         "points run at full resolution and are stitched (always), or only the whole-image pass (off); auto = "
-        "tiles when the long side exceeds 2048 pixels and 4x resolution and at most 4096 tiles cover it",
+        "tiles when the long side exceeds 2048 pixels and 4 tile sides and at most 4096 tiles cover it",
         FORWARD,
     )
     tile_overlap: float = _setting(
         0.25, "tiling: share of a tile's side that overlaps its neighbour (context, and where their maps are "
         "blended)", FORWARD, minimum=0, maximum=0.5,
+    )
+    tile_size: Union[int, Auto] = _setting(
+        AUTO, "tiling: image pixels a tile's side covers (each tile is resized to resolution for its forward); "
+        "auto = resolution, tiles at the image's own scale. Larger tiles keep objects larger than the model's "
+        "input whole: pick one a few times the objects' size", FORWARD, minimum=16, maximum=65536,
     )
     size_multiple: Union[int, Auto] = _setting(
         AUTO, "both sides are rounded to a multiple of this; auto = VAE factor x 2^(levels-1) (64)", FORWARD,

@@ -47,14 +47,19 @@ class Cancelled(Exception):
     """A tiled or volume run was stopped by its caller between two tiles or planes."""
 
 
+def tile_geometry(settings: SegmentationSettings) -> tuple[int, int]:
+    """(side, overlap) of the tiles in image pixels (resolved settings: an int resolution)."""
+    side = settings.resolution if settings.tile_size == "auto" else int(settings.tile_size)
+    return side, min(side - 1, round(side * settings.tile_overlap))
+
+
 def tiling_applies(settings: SegmentationSettings, shape: Sequence[int]) -> bool:
     """Whether ``settings.tiling`` tiles an image of ``shape`` (resolved settings: an int resolution)."""
     if settings.tiling == "off":
         return False
     if settings.tiling == "always":
         return True
-    side = settings.resolution
-    overlap = min(side - 1, round(side * settings.tile_overlap))
+    side, overlap = tile_geometry(settings)
     tiles = math.prod(len(tile_boxes((n, side), side, overlap)) for n in shape[:2])  # rows × columns
     return max(shape[:2]) > max(TILING_AUTO_SIDE, 4 * side) and tiles <= TILING_AUTO_MAX_TILES
 
@@ -241,8 +246,7 @@ def segment_tiled(segmenter, image: Any, expression: str, box: Optional[Sequence
     forward = picture_forward(segmenter, overview, [instruction], settings)
     coarse = segment_maps(forward.maps(0), settings, overview.shape[:2], None, coarse_box, ImageGuide(overview),
                           forward.timings)
-    side = settings.resolution
-    overlap = min(side - 1, round(side * settings.tile_overlap))
+    side, overlap = tile_geometry(settings)
     chosen = _tiles_that_matter(coarse, shape, tile_boxes(shape, side, overlap), overlap, box)
     stitch = _Stitch(chosen, overlap)
     coarse_prior = coarse.prior / max(float(coarse.prior.max()), 1e-12)
