@@ -275,8 +275,8 @@ def small_objects_table(small: dict, tiled: str) -> list[str]:
     ious = {mode: [r["iou"] for r in small["rows"] if r["mode"].removeprefix("slide-") == mode]
             for mode in ("off", "always", "tiles")}
     tiled_ious = ious["always"] or ious["tiles"]
-    lines += ["", "Per scene (resize → tiled): " + ", ".join(f"{a:.2f} → {b:.2f}" for a, b in zip(ious["off"], tiled_ious))
-              + "."]
+    pairs = ", ".join(f"{a:.2f} → {b:.2f}" for a, b in zip(ious["off"], tiled_ious))
+    lines += ["", f"Per scene (resize → tiled): {pairs}."]
     return lines
 
 
@@ -293,8 +293,9 @@ def write_doc(doc: Path, figures: dict) -> None:
     ]
     if figures.get("slide"):
         slide = figures["slide"]
-        lines += ["", f"**Objects of 0.2-0.7 % of a {slide['size']}² image, {slide['scenes']} scenes** (the scene drawn "
-                  f"at 1/{SLIDE_SCALE} and enlarged; tiles of {64 * SLIDE_SCALE} pixels, `tile_size={64 * SLIDE_SCALE}`, "
+        side = 64 * SLIDE_SCALE
+        lines += ["", f"**Objects of 0.2-0.7 % of a {slide['size']}² image, {slide['scenes']} scenes** (the scene "
+                  f"drawn at 1/{SLIDE_SCALE} and enlarged; tiles of {side} pixels, `tile_size={side}`, "
                   "each resized to the model's 64):", "",
                   *small_objects_table(slide, f"coarse to fine (tiling=always, tile_size={64 * SLIDE_SCALE})"),
                   "", f"Mean IoU ratio, tiled to resize: {slide['tiles_iou'] / max(slide['off_iou'], 1e-9):.1f}x."]

@@ -127,6 +127,19 @@ def test_without_painted_drops_labelled_objects_and_trims_the_rest():
     assert not out[painted].any() and (out[2:, 10:18] == 1).all()
 
 
+def test_sized_like_keeps_objects_near_the_exemplars_size():
+    from napari_editseg.core.instances import sized_like
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[:2, :5] = 1  # 10 px: a fragment
+    labels[10:20, 10:20] = 2  # 100 px: like the exemplars
+    labels[22:40, :] = 3  # 720 px: a stretch of background
+    out, values = sized_like(labels, (0.9, 0.8, 0.7), (80, 120), 2.0)  # kept: 40 to 240 px
+    assert values == (0.8,) and (out[10:20, 10:20] == 1).all() and out.sum() == 100
+    assert sized_like(labels, (0.9, 0.8, 0.7), (80, 120), 0.0)[1] == (0.9, 0.8, 0.7)  # 0: any size
+    assert sized_like(labels, (0.9, 0.8, 0.7), (), 2.0)[1] == (0.9, 0.8, 0.7)  # no exemplars: no rule
+
+
 def test_one_foreground_prototype_per_part_in_instance_mode():
     import torch
 
@@ -159,7 +172,8 @@ def test_exemplars_never_claim_a_painted_pixel_also_after_refine(segmenter, pict
     labels = painted_labels(picture.shape[:2])
     before = labels.copy()
     for words in (None, "the disc"):
-        result = segmenter.segment_like(labels, [4, 9], words, min_instance_size=1, mask_threshold=0.0)
+        result = segmenter.segment_like(labels, [4, 9], words, min_instance_size=1, mask_threshold=0.0,
+                                        exemplar_size=0)  # any size: every unpainted pixel may be claimed
         assert result.labels is not None and result.labels.max() >= 1  # it found something
         assert not result.mask[labels != 0].any() and not result.labels[labels != 0].any()
         again = segmenter.refine(result, mask_threshold=0.0, positive=[(8, 8)])

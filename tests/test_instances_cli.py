@@ -46,7 +46,8 @@ def test_objects_like_exemplars_leaves_every_painted_label_out(tiny_model_dir, p
     painted[5:15, 5:15], painted[25:35, 40:50] = 4, 7
     io.imsave(tmp_path / "painted.png", painted, check_contrast=False)
     code = main(["objects", str(picture_file), "--like", str(tmp_path / "painted.png"), "--ids", "4",
-                 "--set", "mask_threshold=0", "--set", "min_instance_size=1", "--model", str(tiny_model_dir),
+                 "--set", "mask_threshold=0", "--set", "min_instance_size=1", "--set", "exemplar_size=0",
+                 "--model", str(tiny_model_dir),
                  "-o", str(tmp_path / "more.npy"), "--csv", str(tmp_path / "more.csv")])
     labels = np.load(tmp_path / "more.npy")
     assert code == 0 and labels.max() >= 1 and not labels[painted > 0].any()

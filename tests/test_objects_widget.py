@@ -59,6 +59,7 @@ def test_exemplars_never_change_a_painted_label_and_undo_restores_the_layer(dock
     layer = painted_layer(viewer, (45, 60))
     before = layer.data.copy()
     widget.objects.panel.exemplar_layer.value = "painted"
+    widget.objects.panel.exemplar_size.value = 0  # any size: the random tiny model's objects are not the exemplars'
     text = find(qtbot, widget, LIKE, "4, 9")
     after = layer.data
     assert np.array_equal(after[before > 0], before[before > 0])  # no painted pixel changed
@@ -68,18 +69,20 @@ def test_exemplars_never_change_a_painted_label_and_undo_restores_the_layer(dock
     assert np.array_equal(layer.data, before)
 
 
-def test_the_alike_by_choice_reaches_the_run(dock, qtbot, monkeypatch):
+def test_the_alike_by_and_size_choices_reach_the_run(dock, qtbot, monkeypatch):
     viewer, widget = dock
     painted_layer(viewer, (45, 60))
     widget.objects.panel.exemplar_layer.value = "painted"
     segmenter = widget.session.segmenters[widget._key()]
     seen = []
     real = segmenter.segment_like
-    monkeypatch.setattr(segmenter, "segment_like", lambda *a, **k: seen.append(k["exemplar_cue"]) or real(*a, **k))
-    for cue in ("colour", "both"):
+    monkeypatch.setattr(segmenter, "segment_like",
+                        lambda *a, **k: seen.append((k["exemplar_cue"], k["exemplar_size"])) or real(*a, **k))
+    for cue, size in (("colour", 0.0), ("both", 3.0)):
         widget.objects.panel.exemplar_cue.value = cue
+        widget.objects.panel.exemplar_size.value = size
         find(qtbot, widget, LIKE, "4, 9")
-    assert seen == ["colour", "both"]
+    assert seen == [("colour", 0.0), ("both", 3.0)]
 
 
 def test_bad_exemplar_input_says_so_and_paints_nothing(dock, qtbot):

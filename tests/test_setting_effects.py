@@ -60,6 +60,7 @@ EFFECTS = {
     "min_instance_score": (0.0, 1.0, {"instances": True}, "labels", "touching"),
     "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
     "exemplar_cue": ("features", "colour", {}, "prior", "exemplars"),  # segment_like's prior
+    "exemplar_size": (0.0, 1.5, {}, "labels", "exemplars"),  # segment_like drops objects far from 64 px
 }
 
 

@@ -6,7 +6,7 @@ Run under a display::
 
 On a held-out counting scene of the shapes world (``counting_scenes``, the first one) with the demo
 model and default settings: ``objects-words.png`` (every object "green triangle" names, one label
-each), ``objects-like.png`` (the first green triangle painted as label 1 in a "painted" layer, the
+each), ``objects-like.png`` (the first three green triangles painted as labels 1-3 in a "painted" layer, the
 others found like it) and ``objects-everything.png`` (every region, no words).
 """
 
@@ -55,10 +55,11 @@ def main(out_dir: str = str(ROOT / "docs" / "images")) -> None:
     del viewer.layers["editseg scene"]
 
     painted = np.zeros(scene.image.shape[:2], np.uint32)
-    painted[scene.named_masks[0]] = 1
+    for k, mask in enumerate(scene.named_masks[:3], start=1):  # three exemplars, as the benchmark paints them
+        painted[mask] = k
     viewer.add_labels(painted, name="painted", opacity=0.7)
     widget.objects.panel.exemplar_layer.value = "painted"
-    widget.objects.panel.exemplar_ids.value = "1"
+    widget.objects.panel.exemplar_ids.value = "1, 2, 3"
     widget.expression.value = ""
     find(widget, _objects.LIKE, out / "objects-like.png")
     del viewer.layers["painted"]

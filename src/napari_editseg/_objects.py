@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton
 from napari.qt.threading import create_worker
 
 from . import _layers
@@ -37,9 +37,13 @@ def objects_panel() -> Container:
     cue = ComboBox(name="exemplar_cue", label="alike by", choices=list(cue_spec.choices), value=cue_spec.default)
     cue.native.setToolTip("What makes an object look like the exemplars: the model's features, the picture's "
                           "colour (or brightness), or both")
+    size_spec = SETTING_SPECS["exemplar_size"]
+    size = FloatSpinBox(name="exemplar_size", label="size within ×", value=size_spec.default, min=0.0, max=100.0,
+                        step=0.5)
+    size.native.setToolTip("Keep objects whose area is within this factor of the exemplars' (0: any size)")
     button = PushButton(name="objects_button", text="Find objects")
     button.native.setToolTip("One new label per object, in one undo step (Ctrl+Z takes them all back)")
-    return Container(widgets=[mode, layer, ids, cue, button])
+    return Container(widgets=[mode, layer, ids, cue, size, button])
 
 
 def paint_instances(layer, index: tuple, instances: np.ndarray) -> list[int]:
@@ -101,7 +105,7 @@ class ObjectsFlow:
             widget._say(str(error), error=True)
             return
         settings = widget.setting_values()
-        cue = self.panel.exemplar_cue.value
+        like = {"exemplar_cue": self.panel.exemplar_cue.value, "exemplar_size": self.panel.exemplar_size.value}
 
         def start(key):
             segmenter, plane = widget.session.segmenters[key], source.plane(index)
@@ -111,8 +115,7 @@ class ObjectsFlow:
                 if mode == EVERYTHING:
                     return segmenter.segment_everything(**settings)
                 if mode == LIKE:
-                    return segmenter.segment_like(*exemplars, expression or None,
-                                                  **{**settings, "exemplar_cue": cue})
+                    return segmenter.segment_like(*exemplars, expression or None, **{**settings, **like})
                 return segmenter.segment(expression, instances=True, **settings)
 
             widget._say("Finding objects …")
@@ -127,7 +130,8 @@ class ObjectsFlow:
             widget._say(f"layer {target.name!r} was removed during the run; nothing painted.", error=True)
             return
         if not result.labels.any():
-            widget._say("No object found: lower the threshold, or the minimum size (Advanced).")
+            wider = ", or widen 'size within ×' (0: any size)" if result.exemplar_areas else ""
+            widget._say(f"No object found: lower the threshold, or the minimum size (Advanced){wider}.")
             return
         layer = target if target is not None else widget._new_labels(source)
         painted = paint_instances(layer, index, result.labels)

@@ -75,7 +75,8 @@ class PromptModes:
         features too (none: the image alone).
 
         The prior is how much each place looks like the most similar exemplar (by ``exemplar_cue``:
-        the model's features, the picture's colour, or both); every painted pixel
+        the model's features, the picture's colour, or both); objects far from the exemplars' size are
+        dropped (``exemplar_size``); every painted pixel
         (any label, not only the exemplars) is left out of the result, also after :meth:`refine`.
         """
         with self.model.lock:
@@ -83,7 +84,9 @@ class PromptModes:
             labels, ids = check_exemplars(labels, ids, shape)
             maps, settings, features, timings = self._wordless(expression, {**overrides, "instances": True})
             prior = exemplar_cue_prior(features, self._guide.rgb, labels, ids, settings.exemplar_cue)
-            return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0)
+            areas = tuple(int((labels == i).sum()) for i in ids)
+            return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0,
+                                exemplar_areas=areas)
 
     def segment_label(self, labels: Any, label_id: int, expression: Optional[str] = None, margin: float = 0.25,
                       **overrides: Any) -> Segmentation:

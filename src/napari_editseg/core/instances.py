@@ -107,6 +107,22 @@ def describe(labels: np.ndarray, instance_scores: tuple[float, ...]) -> list[Ins
             for i, a, c, s in zip(ids, areas, centroids, instance_scores)]
 
 
+def sized_like(labels: np.ndarray, instance_scores: tuple[float, ...], areas: tuple[int, ...], factor: float
+               ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Instances whose area lies within ``factor`` of the exemplars' ``areas`` (from the smallest /
+    factor to the largest × factor); the others dropped, ids renumbered 1…n, order kept. Exemplars
+    say how large "like this one" is: a background stretch or a fragment the features admitted is
+    seldom the size of the objects the user painted. ``factor`` 0 (or no areas): all kept."""
+    if not factor or not areas or not instance_scores:
+        return labels, instance_scores
+    low, high = min(areas) / factor, max(areas) * factor
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, len(instance_scores) + 1))
+    kept = [i for i, size in enumerate(sizes) if low <= size <= high]
+    lookup = np.zeros(len(instance_scores) + 1, np.int32)
+    lookup[[i + 1 for i in kept]] = np.arange(1, len(kept) + 1)
+    return lookup[labels], tuple(instance_scores[i] for i in kept)
+
+
 def without_painted(labels: np.ndarray, instance_scores: tuple[float, ...], painted: np.ndarray, min_size: int
                     ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Instances that leave every painted pixel as it was: one lying mostly (half or more) on painted

@@ -226,6 +226,11 @@ class SegmentationSettings:
         "features, the picture's colour (mean-centred: which colour, or brighter/darker in a grey picture), or "
         "both (where the two agree; chosen on the proxy population, docs/shapes-world.md)", PRIOR,
     )
+    exemplar_size: float = _setting(
+        2.0, "existing labels as prompts: objects found are kept only when their area lies within this factor "
+        "of the exemplars' (from the smallest / factor to the largest x factor); 0 = any size",
+        DISCRIMINATE, minimum=0,
+    )
     granularity: int = _setting(
         32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
         DISCRIMINATE, minimum=1, maximum=64,
