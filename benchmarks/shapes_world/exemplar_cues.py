@@ -3,6 +3,7 @@
 
     python -m benchmarks.shapes_world.exemplar_cues                    # the cue: measures, writes the doc section
     python -m benchmarks.shapes_world.exemplar_cues --question size    # the size
+    python -m benchmarks.shapes_world.exemplar_cues --question regions # regions alike in form and colour
 
 Existing labels as prompts (``segment_like``): in each counting scene with more than ``EXEMPLARS``
 named objects, the first ones are painted as labels and the others must be found as instances.
@@ -49,6 +50,8 @@ QUESTIONS = {
     "size": Question("exemplar_size", {"0 (any size)": {"exemplar_size": 0}, "3": {"exemplar_size": 3.0},
                                        "2": {"exemplar_size": 2.0}, "1.5": {"exemplar_size": 1.5}},
                      "0 (any size)", "exemplar-size", HERE / "population" / "eval" / "exemplar-size.json"),
+    "regions": Question("exemplar_regions", {"False": {"exemplar_regions": False}, "True": {"exemplar_regions": True}},
+                        "False", "exemplar-regions", HERE / "population" / "eval" / "exemplar-regions.json"),
 }
 
 
@@ -91,7 +94,7 @@ def decide(tuning: dict, question: Question) -> dict:
 
 def write_doc(results: dict, question: Question, doc: Path = DOC) -> None:
     names = sorted(results["test"], key=lambda n: (MEMBERS[n].held_out, n))
-    flag = "" if question.setting == "exemplar_cue" else " --question size"
+    flag = {"exemplar_cue": "", "exemplar_size": " --question size"}.get(question.setting, " --question regions")
     lines = [f"<!-- measured:{question.section}:start -->",
              f"Written by `python -m benchmarks.shapes_world.exemplar_cues{flag}`: {EXEMPLARS} exemplars, no words; "
              "recall / precision of the other named objects (IoU ≥ 0.5) and AP@0.5, on "
