@@ -140,6 +140,59 @@ def test_sized_like_keeps_objects_near_the_exemplars_size():
     assert sized_like(labels, (0.9, 0.8, 0.7), (), 2.0)[1] == (0.9, 0.8, 0.7)  # no exemplars: no rule
 
 
+def test_regions_alike_match_what_the_exemplars_share_and_let_what_they_do_not_vary():
+    from napari_editseg.core.automatic import regions_alike
+    from napari_editseg.shapes_world import Shape, shape_mask
+
+    colours = {"red": (0.9, 0.1, 0.1), "blue": (0.1, 0.2, 0.9), "yellow": (0.9, 0.8, 0.1), "green": (0.1, 0.7, 0.2)}
+
+    def scene(exemplar_colours):
+        rgb, labels, regions = np.full((80, 80, 3), 0.5), np.zeros((80, 80), np.int32), np.zeros((80, 80), np.int32)
+        for k, (colour, col) in enumerate(zip(exemplar_colours, (12, 40, 68)), start=1):
+            mask = shape_mask(Shape("square", colour, 12, col, 8), 80)
+            rgb[mask], labels[mask] = colours[colour], k
+        found = [("square", 45, 12, 8), ("triangle", 45, 40, 8), ("square", 68, 68, 5)]  # all green; 196, 64 px
+        for k, (shape, row, col, radius) in enumerate(found, start=1):
+            mask = shape_mask(Shape(shape, "green", row, col, radius), 80)
+            rgb[mask], regions[mask] = colours["green"], k
+        return rgb, labels, regions
+
+    rgb, labels, regions = scene(("red", "blue", "yellow"))  # the exemplars differ in colour: the shape counts
+    out, scores = regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb, 2.0)
+    assert scores == (0.9,) and np.array_equal(out == 1, regions == 1)  # the square, not the triangle or the small one
+    assert regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb, 0.0)[1] == (0.9, 0.7)  # any size
+    rgb, labels, regions = scene(("red", "red", "red"))  # they agree on red: a green square is not like them
+    assert regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb, 2.0)[1] == ()
+
+
+def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, picture):
+    twice = np.tile(picture, (1, 2, 1))
+    segmenter.set_image(twice)
+    rows, cols = np.mgrid[:twice.shape[0], :twice.shape[1]]
+    labels = ((rows - 20) ** 2 + (cols - 18) ** 2 < 100).astype(np.int32)  # the left disc painted
+    right = (rows - 20) ** 2 + (cols - 78) ** 2 < 100
+    without = segmenter.segment_like(labels, [1], exemplar_size=0)
+    alike = segmenter.segment_like(labels, [1], exemplar_size=0, exemplar_regions=True)
+    assert not (without.labels[right] > 0).any()  # the random tiny model's features do not find it
+    found = np.unique(alike.labels[right])
+    assert len(found) == 1 and found[0] > 0 and (alike.labels == found[0]).sum() <= 1.1 * right.sum()
+    assert not alike.labels[labels > 0].any()
+    again = segmenter.refine(alike, mask_threshold=0.6)  # a re-threshold keeps the region
+    assert (again.labels[right] > 0).all()
+
+
+def test_joined_where_free_adds_regions_only_where_no_instance_is():
+    from napari_editseg.core.instances import joined_where_free
+
+    labels = np.zeros((10, 10), np.int32)
+    labels[:5] = 1
+    extra = np.zeros((10, 10), np.int32)
+    extra[3:8] = 1  # 60 % free: joins, on its free rows only
+    extra[:4, :2] = 2  # all on instance 1: left out
+    out, scores = joined_where_free(labels, (0.5,), extra, (0.9, 0.8))
+    assert scores == (0.9, 0.5) and (out[5:8] == 1).all() and (out[:5] == 2).all() and not out[8:].any()
+
+
 def test_one_foreground_prototype_per_part_in_instance_mode():
     import torch
 

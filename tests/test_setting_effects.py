@@ -60,7 +60,8 @@ EFFECTS = {
     "min_instance_score": (0.0, 1.0, {"instances": True}, "labels", "touching"),
     "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
     "exemplar_cue": ("features", "colour", {}, "prior", "exemplars"),  # segment_like's prior
-    "exemplar_size": (0.0, 1.5, {}, "labels", "exemplars"),  # segment_like drops objects far from 64 px
+    "exemplar_size": (0.0, 1.5, {}, "labels", "exemplars"),  # segment_like drops objects far from the disc's size
+    "exemplar_regions": (False, True, {"exemplar_size": 0}, "labels", "exemplars"),  # the right disc joins
 }
 
 
@@ -134,8 +135,10 @@ def test_each_setting_changes_what_its_stage_produces(segmenter, picture, name, 
     if refine_only == "everything":
         first, second = (segmenter.segment_everything(**{**shared, name: v}) for v in (a, b))
     elif refine_only == "exemplars":
-        labels = np.zeros(picture.shape[:2], np.int32)
-        labels[16:24, 14:22] = 1  # inside the disc
+        twice = np.tile(picture, (1, 2, 1))  # two discs: the left one painted, the right one alike
+        segmenter.set_image(twice)
+        rows, cols = np.mgrid[:twice.shape[0], :twice.shape[1]]
+        labels = ((rows - 20) ** 2 + (cols - 18) ** 2 < 100).astype(np.int32)
         first, second = (segmenter.segment_like(labels, [1], **{**shared, name: v}) for v in (a, b))
     elif refine_only:
         base = segmenter.segment("the disc", edge_refine="none")

@@ -76,7 +76,8 @@ class PromptModes:
 
         The prior is how much each place looks like the most similar exemplar (by ``exemplar_cue``:
         the model's features, the picture's colour, or both); objects far from the exemplars' size are
-        dropped (``exemplar_size``); every painted pixel
+        dropped (``exemplar_size``); with ``exemplar_regions`` the image's regions alike to the exemplars in
+        colour, shape and size join them (:func:`regions_alike`); every painted pixel
         (any label, not only the exemplars) is left out of the result, also after :meth:`refine`.
         """
         with self.model.lock:
@@ -85,8 +86,13 @@ class PromptModes:
             maps, settings, features, timings = self._wordless(expression, {**overrides, "instances": True})
             prior = exemplar_cue_prior(features, self._guide.rgb, labels, ids, settings.exemplar_cue)
             areas = tuple(int((labels == i).sum()) for i in ids)
+            alike = None
+            if settings.exemplar_regions:
+                regions = everything(maps, features, settings, shape, self._guide, timings)
+                alike = regions_alike(regions.labels, regions.instance_scores, labels, ids, self._guide.rgb,
+                                      settings.exemplar_size)
             return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0,
-                                exemplar_areas=areas)
+                                exemplar_areas=areas, alike_regions=alike)
 
     def segment_label(self, labels: Any, label_id: int, expression: Optional[str] = None, margin: float = 0.25,
                       **overrides: Any) -> Segmentation:
@@ -112,6 +118,47 @@ class PromptModes:
             shape = self._require_image().shape[:2]
             maps, settings, features, timings = self._wordless(None, overrides)
             return everything(maps, features, settings, shape, self._guide, timings)
+
+
+# How far outside the exemplars' range a region's attribute may lie: mean R, G, B (in [0, 1]),
+# circularity 4πA/P², normalised second moment (mu20 + mu02)/A², solidity. Set on the shapes world's
+# tuning scenes of the shipped checkpoint (docs/shapes-world.md); the area's is exemplar_size's.
+ALIKE_TOLERANCE = np.array([0.18, 0.18, 0.18, 0.12, 0.018, 0.09])
+
+
+def _attributes(labels: np.ndarray, rgb: np.ndarray) -> dict[int, np.ndarray]:
+    """Per region of ``labels``: mean colour, circularity, normalised second moment, solidity, log area."""
+    from skimage.measure import regionprops
+
+    out = {}
+    for region in regionprops(labels):
+        mu = region.moments_central
+        circularity = min(1.2, 4 * np.pi * region.area / max(region.perimeter, 1e-6) ** 2)
+        colour = rgb[labels == region.label].mean(axis=0)
+        out[region.label] = np.array([*colour, circularity, (mu[2, 0] + mu[0, 2]) / region.area ** 2,
+                                      region.solidity, np.log(region.area)])
+    return out
+
+
+def regions_alike(regions: np.ndarray, scores: tuple[float, ...], labels: np.ndarray, ids: Sequence[int],
+                  rgb: np.ndarray, size_factor: float) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The ``regions`` (ids 1…k, with ``scores``) whose every attribute lies within the exemplars' range
+    widened by its tolerance (the area's: ``size_factor``, 0 = any): where the exemplars agree (three
+    red objects) the colour must match; where they differ (red, blue, yellow squares) it hardly
+    constrains, and the shape does. Regions lying mostly on painted pixels are dropped, the others
+    lose them. Returns (labels 1…m, scores)."""
+    painted = labels != 0
+    exemplars = np.stack([_attributes((labels == i).astype(np.int32), rgb)[1] for i in ids])
+    tolerance = np.append(ALIKE_TOLERANCE, np.log(size_factor) if size_factor else np.inf)
+    low, high = exemplars.min(axis=0) - tolerance, exemplars.max(axis=0) + tolerance
+    out, kept = np.zeros(regions.shape, np.int32), []
+    for k, attributes in _attributes(regions, rgb).items():
+        region = regions == k
+        if (region & painted).sum() * 2 > region.sum() or not np.all((attributes >= low) & (attributes <= high)):
+            continue
+        kept.append(scores[k - 1])
+        out[region & ~painted] = len(kept)
+    return out, tuple(kept)
 
 
 def everything(maps: CapturedMaps, features: torch.Tensor, settings: SegmentationSettings, shape: tuple[int, int],

@@ -123,6 +123,24 @@ def sized_like(labels: np.ndarray, instance_scores: tuple[float, ...], areas: tu
     return lookup[labels], tuple(instance_scores[i] for i in kept)
 
 
+def joined_where_free(labels: np.ndarray, instance_scores: tuple[float, ...], extra: np.ndarray,
+                      extra_scores: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``labels`` with each region of ``extra`` (ids 1…k) added as an instance of its own where it lies
+    mostly (more than half) on pixels no instance holds; only those free pixels. Ids renumbered 1…n
+    by decreasing score."""
+    out, scores = labels.copy(), list(instance_scores)
+    for k, value in enumerate(extra_scores, start=1):
+        region = extra == k
+        free = region & (out == 0)
+        if free.sum() * 2 > region.sum():
+            scores.append(value)
+            out[free] = len(scores)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    lookup = np.zeros(len(scores) + 1, np.int32)
+    lookup[order + 1] = np.arange(1, len(scores) + 1)
+    return lookup[out], tuple(scores[i] for i in order)
+
+
 def without_painted(labels: np.ndarray, instance_scores: tuple[float, ...], painted: np.ndarray, min_size: int
                     ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Instances that leave every painted pixel as it was: one lying mostly (half or more) on painted

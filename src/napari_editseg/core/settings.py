@@ -231,6 +231,12 @@ class SegmentationSettings:
         "of the exemplars' (from the smallest / factor to the largest x factor); 0 = any size",
         DISCRIMINATE, minimum=0,
     )
+    exemplar_regions: bool = _setting(
+        True, "existing labels as prompts: also add the image's regions (segment everything's) whose colour, "
+        "shape and size lie within the exemplars' range: an attribute on which the exemplars agree must match, "
+        "one on which they differ may vary (finds objects of a kind whose colour no exemplar has; chosen on the "
+        "proxy population, docs/shapes-world.md)", PRIOR,
+    )
     granularity: int = _setting(
         32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
         DISCRIMINATE, minimum=1, maximum=64,

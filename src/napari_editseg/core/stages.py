@@ -21,7 +21,7 @@ from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .forward import CapturedMaps, Grid
 from .image import resize
-from .instances import Instance, describe, sized_like, split_instances, without_painted
+from .instances import Instance, describe, joined_where_free, sized_like, split_instances, without_painted
 from .mask import make_mask, score_contrast, to_image_size
 from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
 from .prompts import Box, box_mask, box_prototypes, confine_prior
@@ -86,6 +86,9 @@ class Segmentation:
     painted: Optional[np.ndarray] = field(default=None, repr=False)
     # areas (pixels) of the exemplars a segment_like run started from: instances are kept near their size
     exemplar_areas: tuple[int, ...] = ()
+    # int32 H×W regions alike in form and colour to those exemplars (exemplar_regions), ids 1…k, with
+    # their scores: they join the instances wherever the instances leave them free
+    alike_regions: Optional[tuple[np.ndarray, tuple[float, ...]]] = field(default=None, repr=False, compare=False)
     # foreground prototypes brought from elsewhere (a volume's start plane): they join every re-score
     carried: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     tiles: tuple = ()  # (row0, col0, row1, col1) image boxes run at full resolution (a tiled result)
@@ -185,7 +188,8 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
                  prior: Optional[Any] = None, box: Optional[Box] = None, guide: Optional[ImageGuide] = None,
                  timings: Optional[Mapping[str, float]] = None, positive: tuple[Point, ...] = (),
                  negative: tuple[Point, ...] = (), painted: Optional[np.ndarray] = None,
-                 carried: Optional[np.ndarray] = None, exemplar_areas: tuple[int, ...] = ()) -> Segmentation:
+                 carried: Optional[np.ndarray] = None, exemplar_areas: tuple[int, ...] = (),
+                 alike_regions: Optional[tuple[np.ndarray, tuple[float, ...]]] = None) -> Segmentation:
     """Steps 5-7 for one expression's captured maps, on a picture of ``shape`` (H, W) pixels.
 
     ``prior``: supplied instead of step 5's (see :func:`fit_prior` for what it may be); it is used
@@ -195,7 +199,8 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     ``negative``: clicked (row, col) pixels, as :func:`delineate` takes them; ``painted``: bool H×W
     pixels no mask or instance may claim (labels the user painted); ``carried``: K×D foreground
     prototypes found elsewhere (a volume's start plane) that join this picture's own;
-    ``exemplar_areas``: pixels of each exemplar label, which instances are kept near (``exemplar_size``).
+    ``exemplar_areas``: pixels of each exemplar label, which instances are kept near (``exemplar_size``);
+    ``alike_regions``: (labels, scores) of regions that join the instances where these leave them free.
     """
     start = time.perf_counter()
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
@@ -212,6 +217,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
         guide=guide, box=box, painted=painted, carried=carried, exemplar_areas=exemplar_areas,
+        alike_regions=alike_regions,
     )
     return delineate(base, settings, positive, negative)
 
@@ -261,6 +267,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
             labels, instance_scores = without_painted(labels, instance_scores, base.painted,
                                                       settings.min_instance_size)
         labels, instance_scores = sized_like(labels, instance_scores, base.exemplar_areas, settings.exemplar_size)
+        if base.alike_regions is not None:
+            labels, instance_scores = joined_where_free(labels, instance_scores, *base.alike_regions)
         mask = labels > 0
     elif base.painted is not None:
         mask &= ~base.painted
