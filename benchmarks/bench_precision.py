@@ -49,9 +49,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     cpu = torch.device("cpu")
     base = real_size_model(cpu, torch.float32)
-    weights_bf16 = replace(base, unet=copy.deepcopy(base.unet).to(torch.bfloat16),
-                           vae=copy.deepcopy(base.vae).to(torch.bfloat16),
-                           text_encoder=copy.deepcopy(base.text_encoder).to(torch.bfloat16), dtype=torch.bfloat16)
+    pipe_bf16 = copy.deepcopy(base.pipe)
+    for part in (pipe_bf16.unet, pipe_bf16.vae, pipe_bf16.text_encoder):
+        part.to(torch.bfloat16)
+    weights_bf16 = replace(base, pipe=pipe_bf16, dtype=torch.bfloat16)
     segmenters = {"float32": EditSegmenter(base),
                   "bf16-autocast": EditSegmenter(replace(base, autocast=torch.bfloat16)),
                   "bfloat16": EditSegmenter(weights_bf16)}
