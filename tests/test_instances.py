@@ -171,7 +171,7 @@ def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, p
     rows, cols = np.mgrid[:twice.shape[0], :twice.shape[1]]
     labels = ((rows - 20) ** 2 + (cols - 18) ** 2 < 100).astype(np.int32)  # the left disc painted
     right = (rows - 20) ** 2 + (cols - 78) ** 2 < 100
-    without = segmenter.segment_like(labels, [1], exemplar_size=0)
+    without = segmenter.segment_like(labels, [1], exemplar_size=0, exemplar_regions=False)
     alike = segmenter.segment_like(labels, [1], exemplar_size=0, exemplar_regions=True)
     assert not (without.labels[right] > 0).any()  # the random tiny model's features do not find it
     found = np.unique(alike.labels[right])
