@@ -4,6 +4,7 @@
     python -m benchmarks.shapes_world.exemplar_cues                    # the cue: measures, writes the doc section
     python -m benchmarks.shapes_world.exemplar_cues --question size    # the size
     python -m benchmarks.shapes_world.exemplar_cues --question regions # regions alike in form and colour
+    python -m benchmarks.shapes_world.exemplar_cues --question granularity  # how many clusters make them
 
 Existing labels as prompts (``segment_like``): in each counting scene with more than ``EXEMPLARS``
 named objects, the first ones are painted as labels and the others must be found as instances.
@@ -52,6 +53,10 @@ QUESTIONS = {
                      "0 (any size)", "exemplar-size", HERE / "population" / "eval" / "exemplar-size.json"),
     "regions": Question("exemplar_regions", {"False": {"exemplar_regions": False}, "True": {"exemplar_regions": True}},
                         "False", "exemplar-regions", HERE / "population" / "eval" / "exemplar-regions.json"),
+    # the regions alike come from segment everything's clusters: how many, for exemplar runs
+    "granularity": Question("granularity", {"32": {"granularity": 32}, "48": {"granularity": 48},
+                                            "64": {"granularity": 64}},
+                            "32", "exemplar-granularity", HERE / "population" / "eval" / "exemplar-granularity.json"),
 }
 
 
@@ -94,7 +99,8 @@ def decide(tuning: dict, question: Question) -> dict:
 
 def write_doc(results: dict, question: Question, doc: Path = DOC) -> None:
     names = sorted(results["test"], key=lambda n: (MEMBERS[n].held_out, n))
-    flag = {"exemplar_cue": "", "exemplar_size": " --question size"}.get(question.setting, " --question regions")
+    key = next(k for k, q in QUESTIONS.items() if q is question)
+    flag = "" if key == "cue" else f" --question {key}"
     lines = [f"<!-- measured:{question.section}:start -->",
              f"Written by `python -m benchmarks.shapes_world.exemplar_cues{flag}`: {EXEMPLARS} exemplars, no words; "
              "recall / precision of the other named objects (IoU ≥ 0.5) and AP@0.5, on "
