@@ -82,3 +82,13 @@ def test_tiling_options_are_refused_in_one_line(tmp_path, picture, extra, messag
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
+
+
+def test_without_zarr_a_tiled_tiff_says_which_extra_to_install(tmp_path, picture, monkeypatch):
+    import sys
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, np.tile(picture, (2, 2, 1)), tile=(32, 32))
+    monkeypatch.setitem(sys.modules, "zarr", None)  # as on a machine without the [large] extra
+    with pytest.raises(ValueError, match=r"TIFF or zarr image tile by tile.*napari-editseg\[large\]"):
+        open_levels(path)

@@ -22,8 +22,8 @@ def _zarr():
     try:
         import zarr
     except ImportError:
-        raise ValueError("reading or writing zarr needs the zarr package: pip install 'napari-editseg[large]'") \
-            from None
+        raise ValueError("reading a TIFF or zarr image tile by tile, or writing zarr labels, needs the zarr "
+                         "package: pip install 'napari-editseg[large]'") from None
     return zarr
 
 
