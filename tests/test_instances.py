@@ -158,11 +158,11 @@ def test_regions_alike_match_what_the_exemplars_share_and_let_what_they_do_not_v
         return rgb, labels, regions
 
     rgb, labels, regions = scene(("red", "blue", "yellow"))  # the exemplars differ in colour: the shape counts
-    out, scores = regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb, 2.0)
-    assert scores == (0.9,) and np.array_equal(out == 1, regions == 1)  # the square, not the triangle or the small one
-    assert regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb, 0.0)[1] == (0.9, 0.7)  # any size
+    out, scores = regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb)
+    assert scores == (0.9, 0.7) and np.array_equal(out == 1, regions == 1)  # the squares, not the triangle
+    assert np.array_equal(out == 2, regions == 3)  # (its size is judged with the instances': exemplar_size)
     rgb, labels, regions = scene(("red", "red", "red"))  # they agree on red: a green square is not like them
-    assert regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb, 2.0)[1] == ()
+    assert regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb)[1] == ()
 
 
 def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, picture):
@@ -179,6 +179,11 @@ def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, p
     assert not alike.labels[labels > 0].any()
     again = segmenter.refine(alike, mask_threshold=0.6)  # a re-threshold keeps the region
     assert (again.labels[right] > 0).all()
+    square = np.zeros_like(labels)
+    square[15:25, 13:23] = 1  # 100 px inside the left disc: the right disc (about 305 px) is three times it
+    far = segmenter.segment_like(square, [1], exemplar_regions=True, exemplar_size=2.0)
+    near = segmenter.refine(far, exemplar_size=4.0)  # refine's size rule judges the regions too
+    assert not (far.labels[right] > 0).any() and (near.labels[right] > 0).all()
 
 
 def test_joined_where_free_adds_regions_only_where_no_instance_is():

@@ -89,8 +89,7 @@ class PromptModes:
             alike = None
             if settings.exemplar_regions:
                 regions = everything(maps, features, settings, shape, self._guide, timings)
-                alike = regions_alike(regions.labels, regions.instance_scores, labels, ids, self._guide.rgb,
-                                      settings.exemplar_size)
+                alike = regions_alike(regions.labels, regions.instance_scores, labels, ids, self._guide.rgb)
             return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0,
                                 exemplar_areas=areas, alike_regions=alike)
 
@@ -122,12 +121,13 @@ class PromptModes:
 
 # How far outside the exemplars' range a region's attribute may lie: mean R, G, B (in [0, 1]),
 # circularity 4πA/P², normalised second moment (mu20 + mu02)/A², solidity. Set on the shapes world's
-# tuning scenes of the shipped checkpoint (docs/shapes-world.md); the area's is exemplar_size's.
+# tuning scenes of the shipped checkpoint (docs/shapes-world.md). The size rule is exemplar_size's,
+# applied with the instances' (stages.delineate), so that refine can change it.
 ALIKE_TOLERANCE = np.array([0.18, 0.18, 0.18, 0.12, 0.018, 0.09])
 
 
 def _attributes(labels: np.ndarray, rgb: np.ndarray) -> dict[int, np.ndarray]:
-    """Per region of ``labels``: mean colour, circularity, normalised second moment, solidity, log area."""
+    """Per region of ``labels``: mean colour, circularity, normalised second moment, solidity."""
     from skimage.measure import regionprops
 
     out = {}
@@ -136,21 +136,20 @@ def _attributes(labels: np.ndarray, rgb: np.ndarray) -> dict[int, np.ndarray]:
         circularity = min(1.2, 4 * np.pi * region.area / max(region.perimeter, 1e-6) ** 2)
         colour = rgb[labels == region.label].mean(axis=0)
         out[region.label] = np.array([*colour, circularity, (mu[2, 0] + mu[0, 2]) / region.area ** 2,
-                                      region.solidity, np.log(region.area)])
+                                      region.solidity])
     return out
 
 
 def regions_alike(regions: np.ndarray, scores: tuple[float, ...], labels: np.ndarray, ids: Sequence[int],
-                  rgb: np.ndarray, size_factor: float) -> tuple[np.ndarray, tuple[float, ...]]:
+                  rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
     """The ``regions`` (ids 1…k, with ``scores``) whose every attribute lies within the exemplars' range
-    widened by its tolerance (the area's: ``size_factor``, 0 = any): where the exemplars agree (three
-    red objects) the colour must match; where they differ (red, blue, yellow squares) it hardly
-    constrains, and the shape does. Regions lying mostly on painted pixels are dropped, the others
-    lose them. Returns (labels 1…m, scores)."""
+    widened by its tolerance: where the exemplars agree (three red objects) the colour must match;
+    where they differ (red, blue, yellow squares) it hardly constrains, and the shape does. Regions
+    lying mostly on painted pixels are dropped, the others lose them. Returns (labels 1…m, scores);
+    their size is judged with the instances' (``exemplar_size``)."""
     painted = labels != 0
     exemplars = np.stack([_attributes((labels == i).astype(np.int32), rgb)[1] for i in ids])
-    tolerance = np.append(ALIKE_TOLERANCE, np.log(size_factor) if size_factor else np.inf)
-    low, high = exemplars.min(axis=0) - tolerance, exemplars.max(axis=0) + tolerance
+    low, high = exemplars.min(axis=0) - ALIKE_TOLERANCE, exemplars.max(axis=0) + ALIKE_TOLERANCE
     out, kept = np.zeros(regions.shape, np.int32), []
     for k, attributes in _attributes(regions, rgb).items():
         region = regions == k

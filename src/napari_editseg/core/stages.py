@@ -268,7 +268,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
                                                       settings.min_instance_size)
         labels, instance_scores = sized_like(labels, instance_scores, base.exemplar_areas, settings.exemplar_size)
         if base.alike_regions is not None:
-            labels, instance_scores = joined_where_free(labels, instance_scores, *base.alike_regions)
+            alike = sized_like(*base.alike_regions, base.exemplar_areas, settings.exemplar_size)
+            labels, instance_scores = joined_where_free(labels, instance_scores, *alike)
         mask = labels > 0
     elif base.painted is not None:
         mask &= ~base.painted
