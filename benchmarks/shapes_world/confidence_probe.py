@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.docsection import replace_section  # noqa: E402
-from benchmarks.shapes_world.evaluate import auroc  # noqa: E402
+from benchmarks.shapes_world.grounding_probe import auroc  # noqa: E402
 from napari_editseg import EditSegmenter  # noqa: E402
 from napari_editseg.core.instruction import baseline_text  # noqa: E402
 from napari_editseg.shapes_world import COLOURS, SHAPES, TUNE_SEEDS, held_out  # noqa: E402

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from docsection import replace_section  # noqa: E402
 
+from benchmarks.shapes_world.grounding_probe import auroc  # noqa: E402
 from benchmarks.shapes_world.probes import (  # noqa: E402
     drawing_accuracy,
     edit_errors,
@@ -120,12 +121,6 @@ SWEEP = {  # one setting at a time around the defaults ("prior_resolutions" fill
 def headline(report: dict, method: str) -> dict:
     return {kind: {k: round(report[method][kind][k], 2) for k in ("mIoU", "oIoU")} |
             {"P@0.5": round(report[method][kind]["precision"]["0.5"], 2)} for kind in report[method]}
-
-
-def auroc(positives: list, negatives: list) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    pos, neg = np.asarray(positives, float)[:, None], np.asarray(negatives, float)[None, :]
-    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
 
 
 def confidences(segmenter, samples: list, **overrides) -> list:
