@@ -41,6 +41,8 @@ def app(out: Path) -> None:
     from qtpy.QtCore import QPoint, QTimer
     from qtpy.QtWidgets import QApplication, QScrollArea, QSlider
 
+    from napari_editseg._objects import TITLE as OBJECTS
+
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.setGeometry(0, 0, 1280, 800)
     viewer.open_sample("napari-editseg", "shapes")
@@ -80,11 +82,17 @@ def app(out: Path) -> None:
             "labels_fold_open": widget.folds["Labels, slices and maps"].isExpanded(),
             "record_fold_open": widget.folds["Record of the current label"].isExpanded(),
             "last_setting": where(widget.settings["instruction_template"].native),
+            "objects_fold": where(widget.folds[OBJECTS]._toggle_btn),
+            "objects_fold_open": widget.folds[OBJECTS].isExpanded(),
+            "objects_mode_value": widget.objects.panel.objects_mode.value,
+            "exemplar_layer_value": widget.objects.panel.exemplar_layer.value,
             "content_fits": area.widget().minimumSizeHint().width() <= area.viewport().width(),
         }
         for name in ("expression", "run_button", "commit_button", "clear_button", "clicks_button", "polarity",
                      "model", "export_button"):
             state[name] = where(getattr(widget, name).native)
+        for name in ("objects_mode", "exemplar_layer", "exemplar_ids", "exemplar_size", "objects_button"):
+            state[name] = where(getattr(widget.objects.panel, name).native)
         (out / "state.json.tmp").write_text(json.dumps(state))
         os.replace(out / "state.json.tmp", out / "state.json")
         for request in out.glob("*.shot"):
@@ -304,6 +312,7 @@ def sequence(me: Person, out: Path) -> None:
              no_hidden_characters="\u200b" not in command)
     delete_sequence(me)
     advanced_open(me)
+    objects_like(me)
     default_model_offline(me)
 
 
@@ -351,6 +360,38 @@ def delete_sequence(me: Person) -> None:
     s = me.idle()
     me.check("Shift+S, Shift+C: segment again and commit", t, committed="committed" in s["status"],
              label_1="1" in s["labels"].get("editseg shapes", {}))
+
+
+def objects_like(me: Person) -> None:
+    """The objects panel: "more like these labels" from the lowest label of the labels layer, by mouse and
+    keyboard. Every painted label must keep its pixels; the status says what was found in one line."""
+    t = time.time()
+    s = me.state()
+    layer = next(iter(s["labels"]))
+    before = s["labels"][layer]
+    if not s["objects_fold_open"]:
+        me.see("objects", "objects_fold")
+        me.click(me.state()["objects_fold"])
+    me.see("find", "objects_mode")
+    me.click(me.state()["objects_mode"])
+    me.key("Home", "Down", "Return")  # the second choice: more like these labels
+    me.see("exemplars in", "exemplar_layer")
+    me.click(me.state()["exemplar_layer"])
+    me.key("Home", "Return")
+    me.see("exemplar ids", "exemplar_ids")
+    me.click(me.state()["exemplar_ids"])
+    me.xdo("type", "--delay", "60", min(before, key=int))
+    me.see("find objects", "objects_button")
+    me.click(me.state()["objects_button"])
+    s = me.idle()
+    me.shoot("tryout-objects-like")
+    after = s["labels"].get(layer, {})
+    me.check("objects panel: more like label " + min(before, key=int), t,
+             mode_chosen=s["objects_mode_value"] == "more like these labels",
+             layer_chosen=s["exemplar_layer_value"] == layer,
+             painted_labels_kept=all(after.get(k) == v for k, v in before.items()),
+             one_line="\n" not in s["status"].strip(),
+             says_what_it_found="object(s) found" in s["status"] or "No object found" in s["status"])
 
 
 def default_model_offline(me: Person) -> None:
