@@ -372,6 +372,8 @@ def objects_like(me: Person) -> None:
     if not s["objects_fold_open"]:
         me.see("objects", "objects_fold")
         me.click(me.state()["objects_fold"])
+        me.fresh(lambda state: state["objects_fold_open"])
+        time.sleep(1.0)  # the fold opens animated: its controls move until it is done
     me.see("find", "objects_mode")
     me.click(me.state()["objects_mode"])
     me.key("Home", "Down", "Return")  # the second choice: more like these labels
