@@ -170,6 +170,17 @@ class Person:
             time.sleep(0.3)
         raise RuntimeError(f"{name}: {control} never came into view")
 
+    def steady(self, control: str, timeout: float = 5) -> list:
+        """Where ``control`` is once it stops moving (a scroll or an opening fold has finished)."""
+        end, last = time.time() + timeout, None
+        while time.time() < end:
+            box = self.state()[control]
+            if box == last:
+                return box
+            last = box
+            time.sleep(0.3)
+        return last
+
     def check(self, step: str, started: float, **claims: bool) -> dict:
         state = self.state()
         alive = self.napari.poll() is None
@@ -375,16 +386,16 @@ def objects_like(me: Person) -> None:
         me.fresh(lambda state: state["objects_fold_open"])
         time.sleep(1.0)  # the fold opens animated: its controls move until it is done
     me.see("find", "objects_mode")
-    me.click(me.state()["objects_mode"])
+    me.click(me.steady("objects_mode"))
     me.key("Home", "Down", "Return")  # the second choice: more like these labels
     me.see("exemplars in", "exemplar_layer")
-    me.click(me.state()["exemplar_layer"])
+    me.click(me.steady("exemplar_layer"))
     me.key("Home", "Return")
     me.see("exemplar ids", "exemplar_ids")
-    me.click(me.state()["exemplar_ids"])
+    me.click(me.steady("exemplar_ids"))
     me.xdo("type", "--delay", "60", min(before, key=int))
     me.see("find objects", "objects_button")
-    me.click(me.state()["objects_button"])
+    me.click(me.steady("objects_button"))
     s = me.idle()
     me.shoot("tryout-objects-like")
     after = s["labels"].get(layer, {})
