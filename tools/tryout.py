@@ -159,14 +159,15 @@ class Person:
 
     def see(self, name: str, control: str) -> None:
         """Scroll the dock with the mouse wheel (over its left margin, where no control takes the wheel)
-        until ``control`` is on the screen."""
+        until ``control``'s middle, where a click lands, is inside the dock's scroll area."""
         for _ in range(40):
             state = self.state()
-            if state[control][4]:
+            box, area = state[control], state["area"]
+            middle = box[1] + box[3] // 2  # where a click lands: it must lie inside the scroll area
+            if box[4] and area[1] + 2 <= middle <= area[1] + area[3] - 2:
                 return
-            area = state["area"]
             self.xdo("mousemove", area[0] + 4, area[1] + area[3] // 2)
-            self.xdo("click", 5 if state[control][1] > area[1] else 4)  # wheel down, or up
+            self.xdo("click", 5 if middle > area[1] else 4)  # wheel down, or up
             time.sleep(0.3)
         raise RuntimeError(f"{name}: {control} never came into view")
 
