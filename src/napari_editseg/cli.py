@@ -313,8 +313,9 @@ def segment_tiles(args: argparse.Namespace, segmenter, levels: list, expressions
     from .core.tiling import segment_tiled, tile_geometry
     from .large import zarr_mask
 
-    side = tile_geometry(segmenter.resolve_settings())[0]
-    scale = "at full resolution" if side == segmenter.resolve_settings().resolution else f"of {side} px"
+    settings = segmenter.resolve_settings()
+    side = tile_geometry(settings)[0]
+    scale = "at full resolution" if side == settings.resolution else f"of {side} px"
     for index, expression in enumerate(expressions):
         result = segment_tiled(segmenter, levels, expression)
         path = numbered(args.output, index, len(expressions))

@@ -19,7 +19,7 @@ import torch
 from .discriminate import kmeans_means, pixel_features, score
 from .edges import ImageGuide
 from .forward import CapturedMaps
-from .instances import split_instances
+from .instances import by_score, split_instances
 from .mask import to_image_size
 from .prompts import NEUTRAL_INSTRUCTION, check_box, exemplar_cue_prior
 from .settings import SegmentationSettings
@@ -148,7 +148,8 @@ def regions_alike(regions: np.ndarray, scores: tuple[float, ...], labels: np.nda
     lying mostly on painted pixels are dropped, the others lose them. Returns (labels 1…m, scores);
     their size is judged with the instances' (``exemplar_size``)."""
     painted = labels != 0
-    exemplars = np.stack([_attributes((labels == i).astype(np.int32), rgb)[1] for i in ids])
+    of_labels = _attributes(labels.astype(np.int64, copy=False), rgb)  # every painted label, in one pass
+    exemplars = np.stack([of_labels[i] for i in ids])
     low, high = exemplars.min(axis=0) - ALIKE_TOLERANCE, exemplars.max(axis=0) + ALIKE_TOLERANCE
     out, kept = np.zeros(regions.shape, np.int32), []
     for k, attributes in _attributes(regions, rgb).items():
@@ -187,14 +188,11 @@ def everything(maps: CapturedMaps, features: torch.Tensor, settings: Segmentatio
                                             settings.split_depth, settings.min_instance_size)  # no prior: no score cut
         labels[part > 0] = part[part > 0] + len(values)
         values += part_values
-    order = np.argsort(-np.asarray(values), kind="stable")
-    lookup = np.zeros(len(values) + 1, np.int32)
-    lookup[order + 1] = np.arange(1, len(values) + 1)
-    labels = lookup[labels]
+    labels, ranked = by_score(labels, values)
     empty = np.zeros((0, features.shape[0]), np.float32)
     return Segmentation(
         expression="", instruction="", truncated=False, mask=labels > 0, scores=winning.astype(np.float32),
         settings=settings, timings=timings, features=features.numpy(), prior_work=np.zeros(grid, np.float32),
         fg_prototypes=means.numpy(), bg_prototypes=empty, guide=guide, labels=labels,
-        instance_scores=tuple(float(values[i]) for i in order),
+        instance_scores=tuple(float(v) for v in ranked),
     )

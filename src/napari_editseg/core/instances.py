@@ -16,6 +16,7 @@ pointed at ranks above one the features alone admitted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -90,9 +91,21 @@ def _ranked(labels: np.ndarray, scores: np.ndarray, prior: np.ndarray, min_size:
     looked = ndimage.maximum(prior, labels, ids) / top if top > 0 else np.ones(count)
     values = np.asarray(mean_s) * np.asarray(looked)
     kept = [i for i in np.argsort(-values, kind="stable") if areas[i] >= min_size and values[i] >= min_score]
-    lookup = np.zeros(count + 1, np.int32)
-    lookup[[ids[i] for i in kept]] = np.arange(1, len(kept) + 1)
-    return lookup[labels], tuple(float(np.clip(values[i], 0.0, 1.0)) for i in kept)
+    return renumbered(labels, tuple(float(np.clip(v, 0.0, 1.0)) for v in values), kept)
+
+
+def renumbered(labels: np.ndarray, scores: Sequence[float], kept: Sequence[int]
+               ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The instances ``kept`` (indices into ``scores``: id ``i + 1`` in ``labels``), in that order, as ids
+    1…n with their scores; every other instance's pixels become 0."""
+    lookup = np.zeros(len(scores) + 1, np.int32)
+    lookup[np.asarray(kept, dtype=np.int64) + 1] = np.arange(1, len(kept) + 1)
+    return lookup[labels], tuple(scores[i] for i in kept)
+
+
+def by_score(labels: np.ndarray, scores: Sequence[float]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The instances renumbered 1…n by decreasing score (ties keep their order)."""
+    return renumbered(labels, scores, np.argsort(-np.asarray(scores, dtype=float), kind="stable"))
 
 
 def describe(labels: np.ndarray, instance_scores: tuple[float, ...]) -> list[Instance]:
@@ -117,10 +130,7 @@ def sized_like(labels: np.ndarray, instance_scores: tuple[float, ...], areas: tu
         return labels, instance_scores
     low, high = min(areas) / factor, max(areas) * factor
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, len(instance_scores) + 1))
-    kept = [i for i, size in enumerate(sizes) if low <= size <= high]
-    lookup = np.zeros(len(instance_scores) + 1, np.int32)
-    lookup[[i + 1 for i in kept]] = np.arange(1, len(kept) + 1)
-    return lookup[labels], tuple(instance_scores[i] for i in kept)
+    return renumbered(labels, instance_scores, [i for i, size in enumerate(sizes) if low <= size <= high])
 
 
 def joined_where_free(labels: np.ndarray, instance_scores: tuple[float, ...], extra: np.ndarray,
@@ -135,10 +145,7 @@ def joined_where_free(labels: np.ndarray, instance_scores: tuple[float, ...], ex
         if free.sum() * 2 > region.sum():
             scores.append(value)
             out[free] = len(scores)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    lookup = np.zeros(len(scores) + 1, np.int32)
-    lookup[order + 1] = np.arange(1, len(scores) + 1)
-    return lookup[out], tuple(scores[i] for i in order)
+    return by_score(out, scores)
 
 
 def without_painted(labels: np.ndarray, instance_scores: tuple[float, ...], painted: np.ndarray, min_size: int
