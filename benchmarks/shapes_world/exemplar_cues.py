@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.docsection import replace_section
 from benchmarks.shapes_world.instances import exemplar_matches, summary
-from benchmarks.shapes_world.population import HERE, MEMBERS, joined
+from benchmarks.shapes_world.population import HERE, MEMBERS, measured, report_order, title
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
 EXEMPLARS = 3
@@ -98,7 +98,7 @@ def decide(tuning: dict, question: Question) -> dict:
 
 
 def write_doc(results: dict, question: Question, doc: Path = DOC) -> None:
-    names = sorted(results["test"], key=lambda n: (MEMBERS[n].held_out, n))
+    names = report_order(results["test"])
     key = next(k for k, q in QUESTIONS.items() if q is question)
     flag = "" if key == "cue" else f" --question {key}"
     lines = [f"<!-- measured:{question.section}:start -->",
@@ -106,8 +106,7 @@ def write_doc(results: dict, question: Question, doc: Path = DOC) -> None:
              "recall / precision of the other named objects (IoU ≥ 0.5) and AP@0.5, on "
              f"{results['test_scenes']} test counting scenes per member (those with more than {EXEMPLARS} "
              "named objects).", "",
-             f"| {question.setting} | " + " | ".join(f"{n}{' (held out)' if MEMBERS[n].held_out else ''}: recall / "
-                                                     "precision / AP" for n in names) + " |",
+             f"| {question.setting} | " + " | ".join(f"{title(n)}: recall / precision / AP" for n in names) + " |",
              "|---|" + "---|" * len(names)]
     for value in question.variants:
         cells = []
@@ -145,7 +144,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     question = QUESTIONS[args.question]
     if not args.doc_only:
-        members = [m for n, m in MEMBERS.items() if joined(m) or n == "m0"]
+        members = measured()
         results = {"tune_scenes": args.tune_scenes, "test_scenes": args.test_scenes,
                    "tune": {m.name: runs(m, "tune", args.tune_scenes, question) for m in members if not m.held_out},
                    "test": {m.name: runs(m, "test", args.test_scenes, question) for m in members}}

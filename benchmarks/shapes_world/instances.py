@@ -166,9 +166,9 @@ INSTANCE_ROWS = {  # name: (true union as prior?, the typed phrase instead of th
 def per_member(scenes: int, doc: Path) -> dict:
     """End to end with the defaults, on every member of the proxy population (population.py): AP@0.5
     and the count, per member, the held-out member last; written to its own doc section."""
-    from benchmarks.shapes_world.population import MEMBERS, joined
+    from benchmarks.shapes_world.population import measured, title
 
-    members = sorted((m for n, m in MEMBERS.items() if joined(m) or n == "m0"), key=lambda m: (m.held_out, m.name))
+    members = measured()
     test = shapes_world.counting_scenes(scenes)
     rows = {m.name: instance_runs(EditSegmenter.from_pretrained(str(m.checkpoint), device="cpu"), test, False)["all"]
             for m in members}
@@ -178,7 +178,7 @@ def per_member(scenes: int, doc: Path) -> dict:
              "| member | AP@0.5 | PQ | count exact | count MAE | recall | precision |", "|---|---|---|---|---|---|---|"]
     for m in members:
         r = rows[m.name]
-        lines.append(f"| {m.name}{' (held out)' if m.held_out else ''} | {r['AP@0.5']:.2f} | {r['PQ']:.2f} | "
+        lines.append(f"| {title(m.name)} | {r['AP@0.5']:.2f} | {r['PQ']:.2f} | "
                      f"{r['count exact %']:.0f} % | {r['count MAE']:.2f} | {100 * r['recall']:.0f} % | "
                      f"{r['precision']:.2f} |")
     lines.append("<!-- measured:instances-population:end -->")

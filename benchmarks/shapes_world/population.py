@@ -97,6 +97,21 @@ def joined(member: Member) -> bool:
     return report.exists() and json.loads(report.read_text())["named_most_changed"] >= EDIT_THRESHOLD
 
 
+def report_order(names) -> list[str]:
+    """Member names as the reports list them: the tuning members by name, the held-out one last."""
+    return sorted(names, key=lambda n: (MEMBERS[n].held_out, n))
+
+
+def measured() -> list[Member]:
+    """What a population measurement runs on: the shipped m0 and every member that joined, in report order."""
+    return [MEMBERS[n] for n in report_order(n for n, m in MEMBERS.items() if joined(m) or n == "m0")]
+
+
+def title(name: str) -> str:
+    """A member's name as a report's column or row says it ("m2 (held out)")."""
+    return f"{name}{' (held out)' if MEMBERS[name].held_out else ''}"
+
+
 def edit_check(member: Member, scenes: int = 100) -> dict:
     """Full 20-step edits on held-out scenes: is the named object the one changed most?"""
     from benchmarks.shapes_world.probes import edit_errors, load_pipeline
@@ -152,7 +167,7 @@ def main(argv=None) -> None:
         for m in MEMBERS.values():
             state = ("joined" if joined(m) else "failed the edit check" if (m.checkpoint / "edit_check.json").exists()
                      else "trained" if (m.checkpoint / "model_index.json").exists() else "not trained")
-            print(f"{m.name}{' (held out)' if m.held_out else ''}: {state} — {m.what}")
+            print(f"{title(m.name)}: {state} — {m.what}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.docsection import replace_section
 from benchmarks.shapes_world.grounding_probe import auroc, bootstrap
-from benchmarks.shapes_world.population import HERE, MEMBERS, joined, world_module
+from benchmarks.shapes_world.population import HERE, MEMBERS, measured, report_order, title, world_module
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
 RESULTS = HERE / "population" / "eval"  # committed: the doc section is rewritten from them
@@ -202,9 +202,9 @@ def held_out_gains(result: dict, row: str) -> dict:
 
 def member_lines(results: dict) -> list[str]:
     """A table per prior row: each member, the mean and the worst; the held-out member last."""
-    names = sorted(results, key=lambda n: (MEMBERS[n].held_out, n))
+    names = report_order(results)
     tuning = [n for n in names if not MEMBERS[n].held_out]
-    lines = ["| prior | " + " | ".join(f"{n}{' (held out)' if MEMBERS[n].held_out else ''}" for n in names)
+    lines = ["| prior | " + " | ".join(title(n) for n in names)
              + " | mean of tuning | worst of tuning |", "|---|" + "---|" * (len(names) + 2)]
     for metric, label, scale in (("own", "on the named object %", 100.0), ("other", "other words' control %", 100.0),
                                  ("iou", "mIoU", 1.0)):
@@ -224,7 +224,7 @@ def member_lines(results: dict) -> list[str]:
 
 
 def confidence_lines(results: dict, thresholds: dict, fused=None) -> list[str]:
-    names = sorted(results, key=lambda n: (MEMBERS[n].held_out, n))
+    names = report_order(results)
     lines = ["| member | confidence | AUROC [95 %] | min_confidence | present kept % | no-target accuracy % |",
              "|---|---|---|---|---|---|"]
     for n in names:
@@ -237,7 +237,7 @@ def confidence_lines(results: dict, thresholds: dict, fused=None) -> list[str]:
             present, absent = c[f"{kind} present"], c[f"{kind} absent"]
             low, high = auroc_interval(present, absent)
             tau = thresholds[kind]
-            lines.append(f"| {n}{' (held out)' if MEMBERS[n].held_out else ''} | {kind} | "
+            lines.append(f"| {title(n)} | {kind} | "
                          f"{auroc(present, absent):.2f} [{low:.2f}, {high:.2f}] | {tau:.3f} | "
                          f"{100 * np.mean(np.asarray(present) >= tau):.0f} | "
                          f"{100 * np.mean(np.asarray(absent) < tau):.0f} |")
@@ -290,9 +290,9 @@ def write_doc(doc: Path = DOC) -> None:
                       "tuning scenes only (its score is the log-odds, so min_confidence is on that scale); weights: "
                       + ", ".join(f"{name} {w:+.2f}" for name, w in weights.items()) + ". Each signal alone, AUROC "
                       "per member (test scenes):", "",
-                      "| signal | " + " | ".join(sorted(test, key=lambda n: (MEMBERS[n].held_out, n))) + " |",
+                      "| signal | " + " | ".join(report_order(test)) + " |",
                       "|---|" + "---|" * len(test)]
-            members = sorted(test, key=lambda n: (MEMBERS[n].held_out, n))
+            members = report_order(test)
             for i, name in enumerate(SIGNALS):
                 cells = []
                 for n in members:
@@ -321,7 +321,7 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        names = args.members.split(",") if args.members else [n for n, m in MEMBERS.items() if joined(m) or n == "m0"]
+        names = args.members.split(",") if args.members else [m.name for m in measured()]
         for name in names:
             path = results_path(name, args.split)
             if path.exists() and not args.again:
