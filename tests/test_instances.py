@@ -4,6 +4,7 @@ maps where the truth is known, and end to end through segment / refine on the ti
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_editseg.core.image import normalise01
 from napari_editseg.core.instances import describe, split_instances
@@ -140,29 +141,86 @@ def test_sized_like_keeps_objects_near_the_exemplars_size():
     assert sized_like(labels, (0.9, 0.8, 0.7), (), 2.0)[1] == (0.9, 0.8, 0.7)  # no exemplars: no rule
 
 
-def test_regions_alike_match_what_the_exemplars_share_and_let_what_they_do_not_vary():
-    from napari_editseg.core.automatic import regions_alike
+COLOURS = {"red": (0.9, 0.1, 0.1), "blue": (0.1, 0.2, 0.9), "yellow": (0.9, 0.8, 0.1), "green": (0.1, 0.7, 0.2),
+           "grey": (0.5, 0.5, 0.5)}
+
+
+def alike_scene(exemplar_colours, found):
+    """80×80 grey picture: three squares painted as labels 1-3 in ``exemplar_colours``; ``found``:
+    (shape, colour, row, col, radius) of regions 1…k drawn in the picture too."""
     from napari_editseg.shapes_world import Shape, shape_mask
 
-    colours = {"red": (0.9, 0.1, 0.1), "blue": (0.1, 0.2, 0.9), "yellow": (0.9, 0.8, 0.1), "green": (0.1, 0.7, 0.2)}
+    rgb, labels, regions = np.full((80, 80, 3), 0.5), np.zeros((80, 80), np.int32), np.zeros((80, 80), np.int32)
+    for k, (colour, col) in enumerate(zip(exemplar_colours, (12, 40, 68)), start=1):
+        mask = shape_mask(Shape("square", colour, 12, col, 8), 80)
+        rgb[mask], labels[mask] = COLOURS[colour], k
+    for k, (shape, colour, row, col, radius) in enumerate(found, start=1):
+        mask = shape_mask(Shape(shape, colour, row, col, radius), 80)
+        rgb[mask], regions[mask] = COLOURS[colour], k
+    return rgb, labels, regions
 
-    def scene(exemplar_colours):
-        rgb, labels, regions = np.full((80, 80, 3), 0.5), np.zeros((80, 80), np.int32), np.zeros((80, 80), np.int32)
-        for k, (colour, col) in enumerate(zip(exemplar_colours, (12, 40, 68)), start=1):
-            mask = shape_mask(Shape("square", colour, 12, col, 8), 80)
-            rgb[mask], labels[mask] = colours[colour], k
-        found = [("square", 45, 12, 8), ("triangle", 45, 40, 8), ("square", 68, 68, 5)]  # all green; 196, 64 px
-        for k, (shape, row, col, radius) in enumerate(found, start=1):
-            mask = shape_mask(Shape(shape, "green", row, col, radius), 80)
-            rgb[mask], regions[mask] = colours["green"], k
-        return rgb, labels, regions
 
-    rgb, labels, regions = scene(("red", "blue", "yellow"))  # the exemplars differ in colour: the shape counts
-    out, scores = regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb)
+def test_regions_alike_match_what_the_exemplars_share_and_let_what_they_do_not_vary():
+    from napari_editseg.core.alike import attributes, exemplar_bounds, regions_alike
+
+    found = [("square", "green", 45, 12, 8), ("triangle", "green", 45, 40, 8), ("square", "green", 68, 68, 5)]
+
+    def alike(exemplar_colours):
+        rgb, labels, regions = alike_scene(exemplar_colours, found)
+        bounds = exemplar_bounds(attributes(labels, rgb), [1, 2, 3])
+        return regions, regions_alike(regions, (0.9, 0.8, 0.7), labels != 0, rgb, bounds)
+
+    # the exemplars differ in colour (red, blue, red: a box over their channels would leave green out,
+    # its green channel above theirs): the colour is free and the form counts
+    regions, (out, scores) = alike(("red", "blue", "red"))
     assert scores == (0.9, 0.7) and np.array_equal(out == 1, regions == 1)  # the squares, not the triangle
     assert np.array_equal(out == 2, regions == 3)  # (its size is judged with the instances': exemplar_size)
-    rgb, labels, regions = scene(("red", "red", "red"))  # they agree on red: a green square is not like them
-    assert regions_alike(regions, (0.9, 0.8, 0.7), labels, [1, 2, 3], rgb)[1] == ()
+    assert alike(("red", "red", "red"))[1][1] == ()  # they agree on red: a green square is not like them
+
+
+def test_what_does_not_stand_out_is_never_like_the_exemplars():
+    """A square of background (grey on grey) has the exemplars' form, and, where they differ in
+    colour, a free colour; it stands out from its surroundings by nothing, so it is left out."""
+    from napari_editseg.core.alike import attributes, exemplar_bounds, regions_alike
+
+    rgb, labels, regions = alike_scene(("red", "blue", "yellow"), [("square", "grey", 45, 40, 8)])
+    bounds = exemplar_bounds(attributes(labels, rgb), [1, 2, 3])
+    assert regions_alike(regions, (0.9,), labels != 0, rgb, bounds)[1] == ()
+    rgb[regions == 1] = COLOURS["green"]
+    assert regions_alike(regions, (0.9,), labels != 0, rgb, bounds)[1] == (0.9,)
+
+
+def test_form_is_measured_alike_on_a_ragged_mask():
+    """A disc, a square and a triangle stay apart in form when their masks lose or gain pixels along
+    the edge (as found masks do), where the pixel perimeter's circularity does not."""
+    from napari_editseg.core.alike import FORM, TOLERANCE, _form
+    from napari_editseg.shapes_world import Shape, shape_mask
+
+    rng = np.random.default_rng(0)
+    clean, ragged = {}, {}
+    for shape in ("circle", "square", "triangle"):
+        mask = shape_mask(Shape(shape, "red", 20, 20, 8), 40)
+        edge = mask ^ ndimage.binary_erosion(mask) | ndimage.binary_dilation(mask) ^ mask
+        flipped = mask ^ (edge & (rng.random(mask.shape) < 0.3))
+        clean[shape], ragged[shape] = np.array(_form(mask)), np.array(_form(flipped))
+    for shape in clean:
+        assert np.all(np.abs(ragged[shape] - clean[shape]) <= TOLERANCE[FORM]), (shape, clean[shape], ragged[shape])
+        for other in clean:
+            if other != shape:  # another shape lies outside the tolerance on some attribute
+                assert np.any(np.abs(ragged[other] - clean[shape]) > TOLERANCE[FORM]), (shape, other)
+
+
+def test_coloured_alike_keeps_the_exemplars_colour_and_what_stands_out():
+    from napari_editseg.core.alike import attributes, coloured_alike, exemplar_bounds
+
+    found = [("circle", "red", 45, 12, 6), ("circle", "green", 45, 40, 6), ("circle", "grey", 68, 68, 6)]
+    rgb, labels, regions = alike_scene(("red", "red", "red"), found)
+    bounds = exemplar_bounds(attributes(labels, rgb), [1, 2, 3])
+    out, scores = coloured_alike(regions, (0.9, 0.8, 0.7), rgb, bounds)  # form is not asked of them
+    assert scores == (0.9,) and np.array_equal(out == 1, regions == 1)
+    rgb, labels, regions = alike_scene(("red", "blue", "red"), found)  # colour free: only the grey one goes
+    bounds = exemplar_bounds(attributes(labels, rgb), [1, 2, 3])
+    assert coloured_alike(regions, (0.9, 0.8, 0.7), rgb, bounds)[1] == (0.9, 0.8)
 
 
 def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, picture):
@@ -184,6 +242,19 @@ def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, p
     far = segmenter.segment_like(square, [1], exemplar_regions=True, exemplar_size=2.0)
     near = segmenter.refine(far, exemplar_size=4.0)  # refine's size rule judges the regions too
     assert not (far.labels[right] > 0).any() and (near.labels[right] > 0).all()
+
+
+def test_exemplar_colour_is_a_rule_refine_can_change(segmenter, picture):
+    """What the colour rule drops, a refine without it brings back, with no new forward."""
+    twice = np.tile(picture, (1, 2, 1))
+    segmenter.set_image(twice)
+    rows, cols = np.mgrid[:twice.shape[0], :twice.shape[1]]
+    labels = ((rows - 20) ** 2 + (cols - 18) ** 2 < 100).astype(np.int32)
+    ruled = segmenter.segment_like(labels, [1], exemplar_size=0)
+    free = segmenter.refine(ruled, exemplar_colour=False)
+    assert len(free.instance_scores) > len(ruled.instance_scores)
+    assert set(ruled.instance_scores) <= set(free.instance_scores)
+    assert not free.labels[labels > 0].any()
 
 
 def test_joined_where_free_adds_regions_only_where_no_instance_is():

@@ -60,8 +60,9 @@ EFFECTS = {
     "min_instance_score": (0.0, 1.0, {"instances": True}, "labels", "touching"),
     "granularity": (2, 8, {}, "labels", "everything"),  # segment_everything's feature clusters
     "exemplar_cue": ("features", "colour", {}, "prior", "exemplars"),  # segment_like's prior
-    "exemplar_size": (0.0, 1.5, {}, "labels", "exemplars"),  # segment_like drops objects far from the disc's size
+    "exemplar_size": (0.0, 1.5, {"exemplar_colour": False}, "labels", "exemplars"),  # drops objects far from its size
     "exemplar_regions": (False, True, {"exemplar_size": 0}, "labels", "exemplars"),  # the right disc joins
+    "exemplar_colour": (False, True, {"exemplar_size": 0}, "labels", "exemplars"),  # another colour is dropped
 }
 
 

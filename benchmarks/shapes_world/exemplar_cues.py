@@ -5,6 +5,8 @@
     python -m benchmarks.shapes_world.exemplar_cues --question size    # the size
     python -m benchmarks.shapes_world.exemplar_cues --question regions # regions alike in form and colour
     python -m benchmarks.shapes_world.exemplar_cues --question granularity  # how many clusters make them
+    python -m benchmarks.shapes_world.exemplar_cues --question alike   # the alike rule, before and now
+    python -m benchmarks.shapes_world.exemplar_cues --question colour  # found objects kept in the exemplars' colour
 
 Existing labels as prompts (``segment_like``): in each counting scene with more than ``EXEMPLARS``
 named objects, the first ones are painted as labels and the others must be found as instances.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,7 @@ class Question:
     baseline: str
     section: str
     results: Path
+    previous: tuple = ()  # rows run with the alike rule as it was before 2026-12-07 (previous_alike)
 
 
 QUESTIONS = {
@@ -57,7 +61,46 @@ QUESTIONS = {
     "granularity": Question("granularity", {"32": {"granularity": 32}, "48": {"granularity": 48},
                                             "64": {"granularity": 64}},
                             "32", "exemplar-granularity", HERE / "population" / "eval" / "exemplar-granularity.json"),
+    # the alike regions' rule: how form is measured, a group the exemplars differ in left free, contrast
+    "alike": Question("the alike rule", {"before": {"exemplar_colour": False},
+                                         "now": {"exemplar_colour": False}},
+                      "before", "exemplar-alike", HERE / "population" / "eval" / "exemplar-alike.json",
+                      previous=("before",)),
+    "colour": Question("exemplar_colour", {"False": {"exemplar_colour": False}, "True": {"exemplar_colour": True}},
+                       "False", "exemplar-colour", HERE / "population" / "eval" / "exemplar-colour.json"),
 }
+
+
+@contextmanager
+def previous_alike():
+    """The alike rule as it was before 2026-12-07, for the 'alike' question's before row: form by the
+    pixel perimeter's circularity, the second moment and solidity; a box over the exemplars' range
+    widened by the tolerance on every attribute (no group left free, no contrast)."""
+    from skimage.measure import regionprops
+
+    from napari_editseg.core import alike, automatic
+
+    tolerance = np.array([0.18, 0.18, 0.18, 0.12, 0.018, 0.09])
+
+    def attributes(labels, rgb):
+        out = {}
+        for region in regionprops(labels):
+            mu = region.moments_central
+            circularity = min(1.2, 4 * np.pi * region.area / max(region.perimeter, 1e-6) ** 2)
+            out[region.label] = np.array([*rgb[labels == region.label].mean(axis=0), circularity,
+                                          (mu[2, 0] + mu[0, 2]) / region.area ** 2, region.solidity])
+        return out
+
+    def bounds(of_labels, ids):
+        exemplars = np.stack([of_labels[i] for i in ids])
+        return exemplars.min(axis=0) - tolerance, exemplars.max(axis=0) + tolerance
+
+    saved = automatic.attributes, automatic.exemplar_bounds, alike.attributes
+    automatic.attributes, automatic.exemplar_bounds, alike.attributes = attributes, bounds, attributes
+    try:
+        yield
+    finally:
+        automatic.attributes, automatic.exemplar_bounds, alike.attributes = saved
 
 
 def runs(member, split: str, scenes: int, question: Question) -> dict:
@@ -69,9 +112,13 @@ def runs(member, split: str, scenes: int, question: Question) -> dict:
     torch.set_num_threads(1)
     seeds = shapes_world.COUNT_TUNE_SEEDS if split == "tune" else shapes_world.COUNT_TEST_SEEDS
     segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
+    chosen = shapes_world.counting_scenes(scenes, seeds)
+    out = {}
     with torch.inference_mode():
-        return exemplar_matches(segmenter, shapes_world.counting_scenes(scenes, seeds), EXEMPLARS, False,
-                                question.variants)
+        for name, overrides in question.variants.items():
+            with previous_alike() if name in question.previous else nullcontext():
+                out |= exemplar_matches(segmenter, chosen, EXEMPLARS, False, {name: overrides})
+    return out
 
 
 def ap_gain_interval(row: list, default: list, n: int = 300, seed: int = 0) -> tuple[float, float]:

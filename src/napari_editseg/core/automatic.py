@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .alike import attributes, exemplar_bounds, regions_alike
 from .discriminate import kmeans_means, pixel_features, score
 from .edges import ImageGuide
 from .forward import CapturedMaps
@@ -76,22 +77,26 @@ class PromptModes:
 
         The prior is how much each place looks like the most similar exemplar (by ``exemplar_cue``:
         the model's features, the picture's colour, or both); objects far from the exemplars' size are
-        dropped (``exemplar_size``); with ``exemplar_regions`` the image's regions alike to the exemplars in
-        colour, shape and size join them (:func:`regions_alike`); every painted pixel
+        dropped (``exemplar_size``), and so are those of another colour where the exemplars share one
+        (``exemplar_colour``); with ``exemplar_regions`` the image's regions alike to the exemplars in
+        colour, form and size join them (:func:`regions_alike`); every painted pixel
         (any label, not only the exemplars) is left out of the result, also after :meth:`refine`.
         """
         with self.model.lock:
             shape = self._require_image().shape[:2]
             labels, ids = check_exemplars(labels, ids, shape)
             maps, settings, features, timings = self._wordless(expression, {**overrides, "instances": True})
-            prior = exemplar_cue_prior(features, self._guide.rgb, labels, ids, settings.exemplar_cue)
+            rgb = self._guide.rgb
+            prior = exemplar_cue_prior(features, rgb, labels, ids, settings.exemplar_cue)
             areas = tuple(int((labels == i).sum()) for i in ids)
+            bounds = exemplar_bounds(attributes(np.where(np.isin(labels, ids), labels, 0), rgb), ids)
             alike = None
             if settings.exemplar_regions:
                 regions = everything(maps, features, settings, shape, self._guide, timings)
-                alike = regions_alike(regions.labels, regions.instance_scores, labels, ids, self._guide.rgb)
+                alike = regions_alike(regions.labels, regions.instance_scores, labels != 0, rgb, bounds)
             return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0,
-                                exemplar_areas=areas, alike_regions=alike)
+                                exemplar_areas=areas, exemplar_bounds=bounds,
+                                alike_regions=alike)
 
     def segment_label(self, labels: Any, label_id: int, expression: Optional[str] = None, margin: float = 0.25,
                       **overrides: Any) -> Segmentation:
@@ -117,48 +122,6 @@ class PromptModes:
             shape = self._require_image().shape[:2]
             maps, settings, features, timings = self._wordless(None, overrides)
             return everything(maps, features, settings, shape, self._guide, timings)
-
-
-# How far outside the exemplars' range a region's attribute may lie: mean R, G, B (in [0, 1]),
-# circularity 4πA/P², normalised second moment (mu20 + mu02)/A², solidity. Set on the shapes world's
-# tuning scenes of the shipped checkpoint (docs/shapes-world.md). The size rule is exemplar_size's,
-# applied with the instances' (stages.delineate), so that refine can change it.
-ALIKE_TOLERANCE = np.array([0.18, 0.18, 0.18, 0.12, 0.018, 0.09])
-
-
-def _attributes(labels: np.ndarray, rgb: np.ndarray) -> dict[int, np.ndarray]:
-    """Per region of ``labels``: mean colour, circularity, normalised second moment, solidity."""
-    from skimage.measure import regionprops
-
-    out = {}
-    for region in regionprops(labels):
-        mu = region.moments_central
-        circularity = min(1.2, 4 * np.pi * region.area / max(region.perimeter, 1e-6) ** 2)
-        colour = rgb[labels == region.label].mean(axis=0)
-        out[region.label] = np.array([*colour, circularity, (mu[2, 0] + mu[0, 2]) / region.area ** 2,
-                                      region.solidity])
-    return out
-
-
-def regions_alike(regions: np.ndarray, scores: tuple[float, ...], labels: np.ndarray, ids: Sequence[int],
-                  rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The ``regions`` (ids 1…k, with ``scores``) whose every attribute lies within the exemplars' range
-    widened by its tolerance: where the exemplars agree (three red objects) the colour must match;
-    where they differ (red, blue, yellow squares) it hardly constrains, and the shape does. Regions
-    lying mostly on painted pixels are dropped, the others lose them. Returns (labels 1…m, scores);
-    their size is judged with the instances' (``exemplar_size``)."""
-    painted = labels != 0
-    of_labels = _attributes(labels.astype(np.int64, copy=False), rgb)  # every painted label, in one pass
-    exemplars = np.stack([of_labels[i] for i in ids])
-    low, high = exemplars.min(axis=0) - ALIKE_TOLERANCE, exemplars.max(axis=0) + ALIKE_TOLERANCE
-    out, kept = np.zeros(regions.shape, np.int32), []
-    for k, attributes in _attributes(regions, rgb).items():
-        region = regions == k
-        if (region & painted).sum() * 2 > region.sum() or not np.all((attributes >= low) & (attributes <= high)):
-            continue
-        kept.append(scores[k - 1])
-        out[region & ~painted] = len(kept)
-    return out, tuple(kept)
 
 
 def everything(maps: CapturedMaps, features: torch.Tensor, settings: SegmentationSettings, shape: tuple[int, int],

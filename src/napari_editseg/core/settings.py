@@ -231,10 +231,14 @@ class SegmentationSettings:
         "of the exemplars' (from the smallest / factor to the largest x factor); 0 = any size",
         DISCRIMINATE, minimum=0,
     )
+    exemplar_colour: bool = _setting(
+        True, "existing labels as prompts: where the exemplars share a colour, objects the features found in "
+        "another colour are dropped (chosen on the proxy population, docs/shapes-world.md)", DISCRIMINATE,
+    )
     exemplar_regions: bool = _setting(
         True, "existing labels as prompts: also add the image's regions (segment everything's) whose colour, "
-        "shape and size lie within the exemplars' range: an attribute on which the exemplars agree must match, "
-        "one on which they differ may vary (finds objects of a kind whose colour no exemplar has; chosen on the "
+        "form and size lie within the exemplars' range: what the exemplars share (a colour, a form) must match, "
+        "what they differ in may vary (finds objects of a kind whose colour no exemplar has; chosen on the "
         "proxy population, docs/shapes-world.md)", PRIOR,
     )
     granularity: int = _setting(

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from .alike import coloured_alike
 from .discriminate import Point, features_at, pixel_features, score, to_grid
 from .edges import ImageGuide
 from .forward import CapturedMaps, Grid
@@ -86,6 +87,9 @@ class Segmentation:
     painted: Optional[np.ndarray] = field(default=None, repr=False)
     # areas (pixels) of the exemplars a segment_like run started from: instances are kept near their size
     exemplar_areas: tuple[int, ...] = ()
+    # (low, high) attributes of objects like those exemplars (core/alike.exemplar_bounds): the
+    # instances are kept within their colour and contrast (exemplar_colour)
+    exemplar_bounds: Optional[tuple[np.ndarray, np.ndarray]] = field(default=None, repr=False, compare=False)
     # int32 H×W regions alike in form and colour to those exemplars (exemplar_regions), ids 1…k, with
     # their scores: they join the instances wherever the instances leave them free
     alike_regions: Optional[tuple[np.ndarray, tuple[float, ...]]] = field(default=None, repr=False, compare=False)
@@ -189,6 +193,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
                  timings: Optional[Mapping[str, float]] = None, positive: tuple[Point, ...] = (),
                  negative: tuple[Point, ...] = (), painted: Optional[np.ndarray] = None,
                  carried: Optional[np.ndarray] = None, exemplar_areas: tuple[int, ...] = (),
+                 exemplar_bounds: Optional[tuple[np.ndarray, np.ndarray]] = None,
                  alike_regions: Optional[tuple[np.ndarray, tuple[float, ...]]] = None) -> Segmentation:
     """Steps 5-7 for one expression's captured maps, on a picture of ``shape`` (H, W) pixels.
 
@@ -200,6 +205,8 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     pixels no mask or instance may claim (labels the user painted); ``carried``: K×D foreground
     prototypes found elsewhere (a volume's start plane) that join this picture's own;
     ``exemplar_areas``: pixels of each exemplar label, which instances are kept near (``exemplar_size``);
+    ``exemplar_bounds``: (low, high) attributes whose colour and contrast they are kept within
+    (``exemplar_colour``);
     ``alike_regions``: (labels, scores) of regions that join the instances where these leave them free.
     """
     start = time.perf_counter()
@@ -217,7 +224,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
         guide=guide, box=box, painted=painted, carried=carried, exemplar_areas=exemplar_areas,
-        alike_regions=alike_regions,
+        exemplar_bounds=exemplar_bounds, alike_regions=alike_regions,
     )
     return delineate(base, settings, positive, negative)
 
@@ -267,6 +274,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
             labels, instance_scores = without_painted(labels, instance_scores, base.painted,
                                                       settings.min_instance_size)
         labels, instance_scores = sized_like(labels, instance_scores, base.exemplar_areas, settings.exemplar_size)
+        if settings.exemplar_colour and base.exemplar_bounds is not None and base.guide is not None:
+            labels, instance_scores = coloured_alike(labels, instance_scores, base.guide.rgb, base.exemplar_bounds)
         if base.alike_regions is not None:
             alike = sized_like(*base.alike_regions, base.exemplar_areas, settings.exemplar_size)
             labels, instance_scores = joined_where_free(labels, instance_scores, *alike)
