@@ -32,6 +32,7 @@ from benchmarks.shapes_world.population import HERE, MEMBERS, measured, report_o
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
 EXEMPLARS = 3
+PREVIOUS = "perimeter form, a box over every attribute"
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,11 @@ QUESTIONS = {
                                             "64": {"granularity": 64}},
                             "32", "exemplar-granularity", HERE / "population" / "eval" / "exemplar-granularity.json"),
     # the alike regions' rule: how form is measured, a group the exemplars differ in left free, contrast
-    "alike": Question("the alike rule", {"before": {"exemplar_colour": False},
-                                         "now": {"exemplar_colour": False}},
-                      "before", "exemplar-alike", HERE / "population" / "eval" / "exemplar-alike.json",
-                      previous=("before",)),
+    "alike": Question("the alike rule", {PREVIOUS: {"exemplar_colour": False},
+                                         "smoothed form, a group they differ in free, contrast":
+                                             {"exemplar_colour": False}},
+                      PREVIOUS, "exemplar-alike", HERE / "population" / "eval" / "exemplar-alike.json",
+                      previous=(PREVIOUS,)),
     "colour": Question("exemplar_colour", {"False": {"exemplar_colour": False}, "True": {"exemplar_colour": True}},
                        "False", "exemplar-colour", HERE / "population" / "eval" / "exemplar-colour.json"),
 }
