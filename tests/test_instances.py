@@ -239,7 +239,7 @@ def test_exemplar_regions_find_the_second_disc_like_the_painted_one(segmenter, p
     assert (again.labels[right] > 0).all()
     square = np.zeros_like(labels)
     square[15:25, 13:23] = 1  # 100 px inside the left disc: the right disc (about 305 px) is three times it
-    far = segmenter.segment_like(square, [1], exemplar_regions=True, exemplar_size=2.0)
+    far = segmenter.segment_like(square, [1], exemplar_regions=True, exemplar_size=2.0, exemplar_granularity=0)
     near = segmenter.refine(far, exemplar_size=4.0)  # refine's size rule judges the regions too
     assert not (far.labels[right] > 0).any() and (near.labels[right] > 0).all()
 

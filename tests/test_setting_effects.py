@@ -63,6 +63,8 @@ EFFECTS = {
     "exemplar_size": (0.0, 1.5, {"exemplar_colour": False}, "labels", "exemplars"),  # drops objects far from its size
     "exemplar_regions": (False, True, {"exemplar_size": 0}, "labels", "exemplars"),  # the right disc joins
     "exemplar_colour": (False, True, {"exemplar_size": 0}, "labels", "exemplars"),  # another colour is dropped
+    # two clusters hold no region like the disc; a second clustering into 32 does
+    "exemplar_granularity": (0, 32, {"exemplar_size": 0, "granularity": 2}, "labels", "exemplars"),
 }
 
 

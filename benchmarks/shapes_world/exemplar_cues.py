@@ -7,6 +7,7 @@
     python -m benchmarks.shapes_world.exemplar_cues --question granularity  # how many clusters make them
     python -m benchmarks.shapes_world.exemplar_cues --question alike   # the alike rule, before and now
     python -m benchmarks.shapes_world.exemplar_cues --question colour  # found objects kept in the exemplars' colour
+    python -m benchmarks.shapes_world.exemplar_cues --question second  # alike regions from a second clustering too
 
 Existing labels as prompts (``segment_like``): in each counting scene with more than ``EXEMPLARS``
 named objects, the first ones are painted as labels and the others must be found as instances.
@@ -63,12 +64,19 @@ QUESTIONS = {
                                             "64": {"granularity": 64}},
                             "32", "exemplar-granularity", HERE / "population" / "eval" / "exemplar-granularity.json"),
     # the alike regions' rule: how form is measured, a group the exemplars differ in left free, contrast
-    "alike": Question("the alike rule", {PREVIOUS: {"exemplar_colour": False},
+    # (measured before exemplar_granularity existed: pinned to 0 so that a re-run gives the same rows)
+    "alike": Question("the alike rule", {PREVIOUS: {"exemplar_colour": False, "exemplar_granularity": 0},
                                          "smoothed form, a group they differ in free, contrast":
-                                             {"exemplar_colour": False}},
+                                             {"exemplar_colour": False, "exemplar_granularity": 0}},
                       PREVIOUS, "exemplar-alike", HERE / "population" / "eval" / "exemplar-alike.json",
                       previous=(PREVIOUS,)),
-    "colour": Question("exemplar_colour", {"False": {"exemplar_colour": False}, "True": {"exemplar_colour": True}},
+    # a second, finer clustering for the alike regions, joining where the first left room
+    "second": Question("exemplar_granularity", {"0 (none)": {"exemplar_granularity": 0},
+                                                "48": {"exemplar_granularity": 48},
+                                                "64": {"exemplar_granularity": 64}},
+                       "0 (none)", "exemplar-second", HERE / "population" / "eval" / "exemplar-second.json"),
+    "colour": Question("exemplar_colour", {"False": {"exemplar_colour": False, "exemplar_granularity": 0},
+                                           "True": {"exemplar_colour": True, "exemplar_granularity": 0}},
                        "False", "exemplar-colour", HERE / "population" / "eval" / "exemplar-colour.json"),
 }
 

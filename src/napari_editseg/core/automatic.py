@@ -11,6 +11,7 @@ touching the others. :func:`everything` is segment-everything as a function over
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from .alike import attributes, exemplar_bounds, regions_alike
 from .discriminate import kmeans_means, pixel_features, score
 from .edges import ImageGuide
 from .forward import CapturedMaps
-from .instances import by_score, split_instances
+from .instances import by_score, joined_where_free, split_instances
 from .mask import to_image_size
 from .prompts import NEUTRAL_INSTRUCTION, check_box, exemplar_cue_prior
 from .settings import SegmentationSettings
@@ -79,7 +80,8 @@ class PromptModes:
         the model's features, the picture's colour, or both); objects far from the exemplars' size are
         dropped (``exemplar_size``), and so are those of another colour where the exemplars share one
         (``exemplar_colour``); with ``exemplar_regions`` the image's regions alike to the exemplars in
-        colour, form and size join them (:func:`regions_alike`); every painted pixel
+        colour, form and size join them (:func:`regions_alike`), from segment everything's ``granularity``
+        clusters and, where they leave room, ``exemplar_granularity``'s; every painted pixel
         (any label, not only the exemplars) is left out of the result, also after :meth:`refine`.
         """
         with self.model.lock:
@@ -92,8 +94,11 @@ class PromptModes:
             bounds = exemplar_bounds(attributes(np.where(np.isin(labels, ids), labels, 0), rgb), ids)
             alike = None
             if settings.exemplar_regions:
-                regions = everything(maps, features, settings, shape, self._guide, timings)
-                alike = regions_alike(regions.labels, regions.instance_scores, labels != 0, rgb, bounds)
+                for granularity in dict.fromkeys(g for g in (settings.granularity, settings.exemplar_granularity) if g):
+                    regions = everything(maps, features, replace(settings, granularity=granularity), shape,
+                                         self._guide, timings)
+                    found = regions_alike(regions.labels, regions.instance_scores, labels != 0, rgb, bounds)
+                    alike = found if alike is None else joined_where_free(*alike, *found)
             return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0,
                                 exemplar_areas=areas, exemplar_bounds=bounds,
                                 alike_regions=alike)

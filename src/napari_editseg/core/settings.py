@@ -241,6 +241,12 @@ class SegmentationSettings:
         "what they differ in may vary (finds objects of a kind whose colour no exemplar has; chosen on the "
         "proxy population, docs/shapes-world.md)", PRIOR,
     )
+    exemplar_granularity: int = _setting(
+        48, "existing labels as prompts: the alike regions also come from a second clustering of the features "
+        "into this many kinds, joining where the first (granularity's) left room: an object cut or run together "
+        "in one is often whole in the other; 0 = granularity's alone (chosen on the proxy population, "
+        "docs/shapes-world.md)", PRIOR, minimum=0, maximum=64,
+    )
     granularity: int = _setting(
         32, "segment everything: kinds of region the image's features are clustered into (more: finer regions)",
         DISCRIMINATE, minimum=1, maximum=64,
