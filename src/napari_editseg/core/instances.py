@@ -47,11 +47,18 @@ def split_instances(mask: np.ndarray, scores: np.ndarray, prior: np.ndarray, spl
     """
     parts, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
     labels = np.zeros(mask.shape, np.int32)
-    landscape = ndimage.distance_transform_edt(mask) * np.clip(scores, 0.0, 1.0)
     next_id = 1
     for index, where in enumerate(ndimage.find_objects(parts), start=1):
         part = parts[where] == index
-        pieces = _split_part(part, landscape[where], split_depth) if split == "watershed" else part.astype(np.int32)
+        if split == "watershed":
+            # distances to the mask's edge from the part's box and one pixel around it: nothing further
+            # away is nearer to a pixel of the part than the zeros around it
+            grown = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(where, mask.shape))
+            inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(where, grown))
+            distance = ndimage.distance_transform_edt(mask[grown])[inner]
+            pieces = _split_part(part, distance * np.clip(scores[where], 0.0, 1.0), split_depth)
+        else:
+            pieces = part.astype(np.int32)
         for piece in range(1, int(pieces.max()) + 1):
             labels[where][pieces == piece] = next_id
             next_id += 1
@@ -88,7 +95,10 @@ def _ranked(labels: np.ndarray, scores: np.ndarray, prior: np.ndarray, min_size:
     areas = ndimage.sum_labels(np.ones_like(scores), labels, ids)
     mean_s = ndimage.mean(scores, labels, ids)
     top = float(prior.max())
-    looked = ndimage.maximum(prior, labels, ids) / top if top > 0 else np.ones(count)
+    inside = labels > 0
+    highest = np.full(count + 1, -np.inf, prior.dtype)  # per id, the prior's maximum inside (faster than ndimage)
+    np.maximum.at(highest, labels[inside], prior[inside])
+    looked = highest[1:] / top if top > 0 else np.ones(count)
     values = np.asarray(mean_s) * np.asarray(looked)
     kept = [i for i in np.argsort(-values, kind="stable") if areas[i] >= min_size and values[i] >= min_score]
     return renumbered(labels, tuple(float(np.clip(v, 0.0, 1.0)) for v in values), kept)
