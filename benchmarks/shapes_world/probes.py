@@ -74,6 +74,23 @@ def load_pipeline(model_dir: str):
     return pipe
 
 
+def full_edit(pipe, sample, seed: int, steps: int = 20) -> np.ndarray:
+    """The pipeline's edit of ``sample`` (``steps`` steps, noise seeded by ``seed``), H×W×3 in 0-255."""
+    import torch
+    from PIL import Image
+
+    with torch.inference_mode():
+        out = pipe(sample.instruction, image=Image.fromarray(sample.image), num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    return (out * 255).astype(np.float32)
+
+
+def edited_object(pipe, sample, seed: int, steps: int = 20) -> int:
+    """The object the pipeline's edit changes most (mean |edit − source|): the model's own grounding."""
+    change = np.abs(full_edit(pipe, sample, seed, steps) - sample.image.astype(np.float32)).mean(axis=2)
+    return prior_choice(change, sample.masks)
+
+
 def edit_errors(pipe, samples: list, steps: int = 20) -> dict:
     """Does the model edit? Full-pipeline edits scored against the targets.
 
@@ -81,15 +98,10 @@ def edit_errors(pipe, samples: list, steps: int = 20) -> dict:
     doing nothing (returning the input), in 0-255 grey levels; and how often the object the
     edit changed most (mean |edit − source|) is the named one: the model's own grounding.
     """
-    import torch
-    from PIL import Image
 
     rows = []
     for i, s in enumerate(samples):
-        with torch.inference_mode():
-            out = pipe(s.instruction, image=Image.fromarray(s.image), num_inference_steps=steps,
-                       generator=torch.Generator().manual_seed(i), output_type="np").images[0]
-        edit = (out * 255).astype(np.float32)
+        edit = full_edit(pipe, s, i, steps)
         target, source = s.target.astype(np.float32), s.image.astype(np.float32)
         change = np.abs(edit - source).mean(axis=2)
         rows.append([np.abs(edit - target)[s.mask].mean(), np.abs(source - target)[s.mask].mean(),

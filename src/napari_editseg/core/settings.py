@@ -233,7 +233,8 @@ class SegmentationSettings:
     )
     exemplar_colour: bool = _setting(
         True, "existing labels as prompts: where the exemplars share a colour, objects the features found in "
-        "another colour are dropped (chosen on the proxy population, docs/shapes-world.md)", DISCRIMINATE,
+        "another colour are dropped, and so is what stands out from its surroundings less than half as much as "
+        "the least contrasted exemplar (chosen on the proxy population, docs/shapes-world.md)", DISCRIMINATE,
     )
     exemplar_regions: bool = _setting(
         True, "existing labels as prompts: also add the image's regions (segment everything's) whose colour, "
