@@ -311,9 +311,10 @@ def sequence(me: Person, out: Path) -> None:
     me.xdo("type", "--delay", "20", str(out / "export" / "shapes-labels.tif"))
     me.key("Return")
     time.sleep(2)
-    s = me.idle()
-    me.shoot("widget-tryout")
+    me.idle()
     command = copy_replay(me)
+    s = me.state()
+    me.shoot("widget-tryout")
     started = time.time()
     replay = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
@@ -331,8 +332,9 @@ def sequence(me: Person, out: Path) -> None:
 def copy_replay(me: Person) -> str:
     """Select the status line's text with the mouse-free way a person uses (click, Ctrl+A, Ctrl+C) and read
     the clipboard."""
-    from_state = me.state()
-    status = from_state["status"]
+    status = me.fresh(lambda s: "Replay:" in s["status"], timeout=60)["status"]  # a loaded machine writes slowly
+    if "Replay:" not in status:
+        raise RuntimeError(f"no replay command in the status line after export: {status!r}")
     me.see("status", "status_box")
     me.click(me.state()["status_box"])
     me.key("ctrl+a", "ctrl+c")
