@@ -69,20 +69,36 @@ def test_exemplars_never_change_a_painted_label_and_undo_restores_the_layer(dock
     assert np.array_equal(layer.data, before)
 
 
-def test_the_alike_by_and_size_choices_reach_the_run(dock, qtbot, monkeypatch):
+def test_the_alike_by_size_and_colour_choices_reach_the_run(dock, qtbot, monkeypatch):
     viewer, widget = dock
     painted_layer(viewer, (45, 60))
     widget.objects.panel.exemplar_layer.value = "painted"
     segmenter = widget.session.segmenters[widget._key()]
     seen = []
     real = segmenter.segment_like
+    names = ("exemplar_cue", "exemplar_size", "exemplar_colour")
     monkeypatch.setattr(segmenter, "segment_like",
-                        lambda *a, **k: seen.append((k["exemplar_cue"], k["exemplar_size"])) or real(*a, **k))
-    for cue, size in (("colour", 0.0), ("both", 3.0)):
+                        lambda *a, **k: seen.append(tuple(k[n] for n in names)) or real(*a, **k))
+    for cue, size, colour in (("colour", 0.0, False), ("both", 3.0, True)):
         widget.objects.panel.exemplar_cue.value = cue
         widget.objects.panel.exemplar_size.value = size
+        widget.objects.panel.exemplar_colour.value = colour
         find(qtbot, widget, LIKE, "4, 9")
-    assert seen == [("colour", 0.0), ("both", 3.0)]
+    assert seen == [("colour", 0.0, False), ("both", 3.0, True)]
+
+
+def test_an_exemplar_run_that_finds_nothing_names_the_rules_to_loosen(dock, qtbot):
+    viewer, widget = dock
+    layer = painted_layer(viewer, (45, 60))
+    before = layer.data.copy()
+    widget.objects.panel.exemplar_layer.value = "painted"
+    widget.objects.panel.exemplar_size.value = 1.0  # exactly the exemplars' sizes: nothing here is
+    text = find(qtbot, widget, LIKE, "4, 9")
+    assert "No object found" in text and "widen 'size within ×'" in text and "untick 'only their colour'" in text
+    widget.objects.panel.exemplar_colour.value = False
+    text = find(qtbot, widget, LIKE, "4, 9")
+    assert "No object found" in text and "untick" not in text
+    assert np.array_equal(layer.data, before)
 
 
 def test_bad_exemplar_input_says_so_and_paints_nothing(dock, qtbot):

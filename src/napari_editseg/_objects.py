@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton
 from napari.qt.threading import create_worker
 
 from . import _layers
@@ -41,9 +41,13 @@ def objects_panel() -> Container:
     size = FloatSpinBox(name="exemplar_size", label="size within ×", value=size_spec.default, min=0.0, max=100.0,
                         step=0.5)
     size.native.setToolTip("Keep objects whose area is within this factor of the exemplars' (0: any size)")
+    colour = CheckBox(name="exemplar_colour", text="only their colour, where they share one",
+                      value=SETTING_SPECS["exemplar_colour"].default)
+    colour.native.setToolTip("Where the exemplars share a colour, drop objects of another colour (and anything "
+                             "that hardly stands out from its surroundings)")
     button = PushButton(name="objects_button", text="Find objects")
     button.native.setToolTip("One new label per object, in one undo step (Ctrl+Z takes them all back)")
-    return Container(widgets=[mode, layer, ids, cue, size, button])
+    return Container(widgets=[mode, layer, ids, cue, size, colour, button])
 
 
 def paint_instances(layer, index: tuple, instances: np.ndarray) -> list[int]:
@@ -105,7 +109,8 @@ class ObjectsFlow:
             widget._say(str(error), error=True)
             return
         settings = widget.setting_values()
-        like = {"exemplar_cue": self.panel.exemplar_cue.value, "exemplar_size": self.panel.exemplar_size.value}
+        like = {"exemplar_cue": self.panel.exemplar_cue.value, "exemplar_size": self.panel.exemplar_size.value,
+                "exemplar_colour": self.panel.exemplar_colour.value}
 
         def start(key):
             segmenter, plane = widget.session.segmenters[key], source.plane(index)
@@ -130,7 +135,9 @@ class ObjectsFlow:
             widget._say(f"layer {target.name!r} was removed during the run; nothing painted.", error=True)
             return
         if not result.labels.any():
-            wider = ", or widen 'size within ×' (0: any size)" if result.exemplar_areas else ""
+            wider = (", or widen 'size within ×' (0: any size)"
+                     + (", or untick 'only their colour'" if result.settings.exemplar_colour else "")
+                     if result.exemplar_areas else "")
             widget._say(f"No object found: lower the threshold, or the minimum size (Advanced){wider}.")
             return
         layer = target if target is not None else widget._new_labels(source)
