@@ -115,6 +115,9 @@ def test_the_population_holds_one_member_out_and_joins_only_editors(tmp_path, mo
                           ("--seed", "7")):
         assert arguments[arguments.index(option) + 1] == value
     assert np.all([m.name in population.MEMBERS for m in population.tuning() + population.held_out()])
+    monkeypatch.setattr(population, "joined", lambda m: True)  # every member, then those of one world
+    assert {m.world for m in population.measured("v1")} == {"v1"}
+    assert "m3" in [m.name for m in population.measured()] and "m3" not in [m.name for m in population.measured("v1")]
 
 
 def test_a_member_can_take_another_s_autoencoder(runs, tmp_path):

@@ -201,7 +201,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     question = QUESTIONS[args.question]
     if not args.doc_only:
-        members = measured()
+        members = measured("v1")  # counting scenes exist in world v1 only
         results = {"tune_scenes": args.tune_scenes, "test_scenes": args.test_scenes,
                    "tune": {m.name: runs(m, "tune", args.tune_scenes, question) for m in members if not m.held_out},
                    "test": {m.name: runs(m, "test", args.test_scenes, question) for m in members}}

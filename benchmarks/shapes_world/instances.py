@@ -168,7 +168,7 @@ def per_member(scenes: int, doc: Path) -> dict:
     and the count, per member, the held-out member last; written to its own doc section."""
     from benchmarks.shapes_world.population import measured, title
 
-    members = measured()
+    members = measured("v1")  # counting scenes exist in world v1 only
     test = shapes_world.counting_scenes(scenes)
     rows = {m.name: instance_runs(EditSegmenter.from_pretrained(str(m.checkpoint), device="cpu"), test, False)["all"]
             for m in members}

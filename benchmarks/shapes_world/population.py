@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benchmarks" / "shapes_world"
@@ -102,9 +103,11 @@ def report_order(names) -> list[str]:
     return sorted(names, key=lambda n: (MEMBERS[n].held_out, n))
 
 
-def measured() -> list[Member]:
-    """What a population measurement runs on: the shipped m0 and every member that joined, in report order."""
-    return [MEMBERS[n] for n in report_order(n for n, m in MEMBERS.items() if joined(m) or n == "m0")]
+def measured(world: Optional[str] = None) -> list[Member]:
+    """What a population measurement runs on: the shipped m0 and every member that joined, in report order;
+    with ``world``, only the members trained on that world (a benchmark whose scenes exist in one world)."""
+    return [MEMBERS[n] for n in report_order(n for n, m in MEMBERS.items() if (joined(m) or n == "m0")
+                                             and world in (None, m.world))]
 
 
 def title(name: str) -> str:
