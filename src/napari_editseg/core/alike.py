@@ -104,14 +104,13 @@ def regions_alike(regions: np.ndarray, scores: tuple[float, ...], painted: np.nd
     """The ``regions`` (ids 1…k, with ``scores``) whose every attribute lies within ``bounds``.
     Regions lying mostly on ``painted`` pixels are dropped, the others lose them. Returns
     (labels 1…m, scores); their size is judged with the instances' (``exemplar_size``)."""
-    out, kept = np.zeros(regions.shape, np.int32), []
-    for k, values in attributes(regions, rgb).items():
-        region = regions == k
-        if (region & painted).sum() * 2 > region.sum() or not _within(values, bounds, slice(None)):
-            continue
-        kept.append(scores[k - 1])
-        out[region & ~painted] = len(kept)
-    return out, tuple(kept)
+    sizes = np.bincount(regions.ravel(), minlength=len(scores) + 1)
+    on_painted = np.bincount(regions[painted], minlength=len(scores) + 1)
+    kept = [k - 1 for k, values in attributes(regions, rgb).items()
+            if on_painted[k] * 2 <= sizes[k] and _within(values, bounds, slice(None))]
+    out, kept_scores = renumbered(regions, scores, kept)
+    out[painted] = 0
+    return out, kept_scores
 
 
 def coloured_alike(labels: np.ndarray, instance_scores: tuple[float, ...], rgb: np.ndarray,

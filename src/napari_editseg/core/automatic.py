@@ -88,7 +88,7 @@ class PromptModes:
             shape = self._require_image().shape[:2]
             labels, ids = check_exemplars(labels, ids, shape)
             maps, settings, features, timings = self._wordless(expression, {**overrides, "instances": True})
-            rgb = self._guide.rgb
+            rgb, painted = self._guide.rgb, labels != 0
             prior = exemplar_cue_prior(features, rgb, labels, ids, settings.exemplar_cue)
             areas = tuple(int((labels == i).sum()) for i in ids)
             bounds = exemplar_bounds(attributes(np.where(np.isin(labels, ids), labels, 0), rgb), ids)
@@ -97,9 +97,9 @@ class PromptModes:
                 for granularity in dict.fromkeys(g for g in (settings.granularity, settings.exemplar_granularity) if g):
                     regions = everything(maps, features, replace(settings, granularity=granularity), shape,
                                          self._guide, timings)
-                    found = regions_alike(regions.labels, regions.instance_scores, labels != 0, rgb, bounds)
+                    found = regions_alike(regions.labels, regions.instance_scores, painted, rgb, bounds)
                     alike = found if alike is None else joined_where_free(*alike, *found)
-            return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=labels != 0,
+            return segment_maps(maps, settings, shape, prior, None, self._guide, timings, painted=painted,
                                 exemplar_areas=areas, exemplar_bounds=bounds,
                                 alike_regions=alike)
 

@@ -148,14 +148,15 @@ def joined_where_free(labels: np.ndarray, instance_scores: tuple[float, ...], ex
     """``labels`` with each region of ``extra`` (ids 1…k) added as an instance of its own where it lies
     mostly (more than half) on pixels no instance holds; only those free pixels. Ids renumbered 1…n
     by decreasing score."""
-    out, scores = labels.copy(), list(instance_scores)
-    for k, value in enumerate(extra_scores, start=1):
-        region = extra == k
-        free = region & (out == 0)
-        if free.sum() * 2 > region.sum():
-            scores.append(value)
-            out[free] = len(scores)
-    return by_score(out, scores)
+    count = len(extra_scores) + 1
+    empty = labels == 0  # the regions of extra do not overlap: one joining leaves the others' free pixels free
+    joins = np.bincount(extra[empty], minlength=count) * 2 > np.bincount(extra.ravel(), minlength=count)
+    joins[0] = False
+    ids = np.zeros(count, labels.dtype)
+    ids[joins] = len(instance_scores) + np.arange(1, int(joins.sum()) + 1)
+    out = labels.copy()
+    out[empty] = ids[extra[empty]]
+    return by_score(out, [*instance_scores, *(v for v, j in zip(extra_scores, joins[1:]) if j)])
 
 
 def without_painted(labels: np.ndarray, instance_scores: tuple[float, ...], painted: np.ndarray, min_size: int
