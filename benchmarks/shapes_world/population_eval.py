@@ -63,6 +63,19 @@ def baseline_of(row: str) -> str:
     return CURRENT_ROW if row in FORWARD_ROWS else DEFAULT_ROW
 
 
+def record(row: dict, sample, own, other) -> None:
+    """One scene's cells of a prior row: the prior on the named object with its own words and with
+    another scene's, and the mask's IoU with the named object."""
+    from napari_editseg.eval.metrics import score_sample
+
+    from .probes import prior_choice
+
+    row["own"].append(bool(prior_choice(own.prior, sample.masks) == sample.index))
+    row["other"].append(bool(prior_choice(other.prior, sample.masks) == sample.index))
+    scored = score_sample("", own.mask, sample.mask)
+    row["iou"].append(100.0 * scored.intersection / max(scored.union, 1))
+
+
 def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
     """Per scene and prior row: prior on the named object (own words, other words), mask IoU;
     per scene: the confidences (peak dominance, decoy rank) of the present and the absent expression."""
@@ -72,9 +85,6 @@ def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
-    from napari_editseg.eval.metrics import score_sample
-
-    from .probes import prior_choice
 
     world = world_module(member.world)
     samples = world.held_out(scenes, world.TUNE_SEEDS if split == "tune" else world.TEST_SEEDS)
@@ -91,10 +101,7 @@ def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
             for name, overrides in PRIORS.items():
                 settings = segmenter.resolve_settings(**overrides)
                 own, other, absent = (segment_maps(forward.maps(k), settings, shape, guide=guide) for k in range(3))
-                rows[name]["own"].append(bool(prior_choice(own.prior, sample.masks) == sample.index))
-                rows[name]["other"].append(bool(prior_choice(other.prior, sample.masks) == sample.index))
-                scored = score_sample(str(i), own.mask, sample.mask)
-                rows[name]["iou"].append(100.0 * scored.intersection / max(scored.union, 1))
+                record(rows[name], sample, own, other)
                 if name == DEFAULT_ROW:
                     for kind, k, result in (("present", 0, own), ("absent", 2, absent)):
                         signals = raw_signals(forward.maps(k), result, settings)
@@ -114,9 +121,6 @@ def measure_forward_rows(member, split: str, scenes: int, names) -> dict:
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
-    from napari_editseg.eval.metrics import score_sample
-
-    from .probes import prior_choice
 
     world = world_module(member.world)
     samples = world.held_out(scenes, world.TUNE_SEEDS if split == "tune" else world.TEST_SEEDS)
@@ -132,10 +136,7 @@ def measure_forward_rows(member, split: str, scenes: int, names) -> dict:
                 settings = segmenter.resolve_settings(**PRIORS[CURRENT_ROW], **forward_settings)
                 forward = segmenter.forward([sample.expression, others[i].expression], **forward_settings)
                 own, other = (segment_maps(forward.maps(k), settings, shape, guide=guide) for k in range(2))
-                rows[name]["own"].append(bool(prior_choice(own.prior, sample.masks) == sample.index))
-                rows[name]["other"].append(bool(prior_choice(other.prior, sample.masks) == sample.index))
-                scored = score_sample(str(i), own.mask, sample.mask)
-                rows[name]["iou"].append(100.0 * scored.intersection / max(scored.union, 1))
+                record(rows[name], sample, own, other)
     return rows
 
 
