@@ -131,6 +131,27 @@ def test_a_member_can_take_another_s_autoencoder(runs, tmp_path):
     assert not (tmp_path / "vae" / "state.pt").exists()  # nothing trained
 
 
+def test_an_unfinished_member_is_carried_to_the_next_machine_without_what_it_can_remake(tmp_path, monkeypatch):
+    monkeypatch.setattr(population, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(population, "CARRY", tmp_path / "carry")
+    work = tmp_path / "runs" / "mx"
+    files = {"train_log.jsonl": "log", "vae/model/config.json": "vae", "vae/state.pt": "done stage's state",
+             "clip/text_encoder/model.safetensors": "text", "clip/state.pt": "done too", "t2i/state.pt": "unfinished",
+             "t2i/state.tmp.pt": "half written", "latents.pt": "remade from the scenes"}
+    for name, text in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    carried = population.carry("mx")
+    kept = {str(f.relative_to(carried)) for f in carried.rglob("*") if f.is_file()}
+    assert kept == {"train_log.jsonl", "vae/model/config.json", "clip/text_encoder/model.safetensors", "t2i/state.pt"}
+    assert not population.restore("mx")  # this machine has the run: nothing is overwritten
+    import shutil
+
+    shutil.rmtree(work)  # the next machine
+    assert population.restore("mx")
+    assert (work / "t2i" / "state.pt").read_text() == "unfinished" and not (work / "latents.pt").exists()
+
+
 def planted_results(gains: dict, n: int = 200, seed: int = 0) -> dict:
     """Per member: the default row and one other row whose per-scene IoU differs by ``gains[member]``."""
     from benchmarks.shapes_world import population_eval

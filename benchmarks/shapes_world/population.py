@@ -26,6 +26,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benchmarks" / "shapes_world"
 RUNS = ROOT / "runs" / "population"  # training states (not committed); the exported checkpoints are
+CARRY = HERE / "population" / "carry"  # an unfinished member's states, committed so another machine continues it
+STAGE_OUTPUTS = ("vae/model", "clip/text_encoder", "t2i/unet", "edit/unet")  # a finished stage's state is not needed
 EDIT_THRESHOLD = 60.0  # % of held-out scenes whose most changed object is the named one
 
 
@@ -133,13 +135,52 @@ def edit_check(member: Member, scenes: int = 100) -> dict:
     return report
 
 
+def carried(work: Path) -> list[Path]:
+    """The files of a training folder that another machine cannot remake cheaply: every stage's output and the
+    state of the unfinished one, not the encoded scenes (remade from the scenes and the autoencoder in minutes)
+    nor a finished stage's optimiser state."""
+    finished = [work / out for out in STAGE_OUTPUTS if (work / out).exists()]
+    return sorted(f for f in work.rglob("*") if f.is_file() and not f.name.startswith("latents")
+                  and ".tmp." not in f.name
+                  and not (f.name == "state.pt" and any(out.parent == f.parent for out in finished)))
+
+
+def carry(name: str) -> Path:
+    """Copies a member's unfinished training (``carried``) to ``CARRY/<name>``, which is committed: a session's
+    machine is not the next one's, so a run that takes several sessions continues only from what git holds."""
+    import shutil
+
+    work, target = RUNS / name, CARRY / name
+    if target.exists():
+        shutil.rmtree(target)
+    for f in carried(work):
+        (target / f.relative_to(work)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target / f.relative_to(work))
+    return target
+
+
+def restore(name: str) -> bool:
+    """Starts a member's training folder from its carried states when this machine has none."""
+    import shutil
+
+    work, source = RUNS / name, CARRY / name
+    if (work / "train_log.jsonl").exists() or not source.exists():
+        return False
+    shutil.copytree(source, work, dirs_exist_ok=True)
+    return True
+
+
 def train(member: Member, max_minutes: float, threads: int) -> bool:
+    """One chunk of a member's training; out of time, its states are carried (``carry``) for the next chunk."""
     from benchmarks.shapes_world import train_staged
 
+    restore(member.name)
     done = train_staged.main(member.arguments() + ["--max-minutes", str(max_minutes), "--threads", str(threads)])
     if done:
         log = RUNS / member.name / "train_log.jsonl"
         (member.checkpoint / "train_log.jsonl").write_text(log.read_text())
+    else:
+        carry(member.name)
     return done
 
 
