@@ -2,6 +2,7 @@
 
     python -m benchmarks.shapes_world.population --train all --max-minutes 100   # one chunk; repeat until done
     python -m benchmarks.shapes_world.population --status
+    python -m benchmarks.shapes_world.population --carry m3   # a chunk stopped early: its last saved states, to commit
 
 A default tuned on one model is a fit to that model. Every decision about defaults is made on the
 TUNING members and confirmed on the HELD-OUT one, which no tuning decision looks at; reports give
@@ -172,6 +173,8 @@ def restore(name: str) -> bool:
 
 def train(member: Member, max_minutes: float, threads: int) -> bool:
     """One chunk of a member's training; out of time, its states are carried (``carry``) for the next chunk."""
+    import shutil
+
     from benchmarks.shapes_world import train_staged
 
     restore(member.name)
@@ -179,6 +182,7 @@ def train(member: Member, max_minutes: float, threads: int) -> bool:
     if done:
         log = RUNS / member.name / "train_log.jsonl"
         (member.checkpoint / "train_log.jsonl").write_text(log.read_text())
+        shutil.rmtree(CARRY / member.name, ignore_errors=True)  # the exported checkpoint is what is committed now
     else:
         carry(member.name)
     return done
@@ -189,6 +193,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train", help="members' names (comma-separated), or 'all' (each unfinished one in turn); "
                                         "two processes may train different members side by side")
     parser.add_argument("--check", help="run the edit check of a member (or 'all' trained ones)")
+    parser.add_argument("--carry", help="copy a member's last saved states to be committed (when a chunk was stopped "
+                                        "before its end, which carries them itself)")
     parser.add_argument("--status", action="store_true")
     parser.add_argument("--max-minutes", type=float, default=100.0, help="of this chunk, for each member")
     parser.add_argument("--threads", type=int, default=2)
@@ -207,7 +213,9 @@ def main(argv=None) -> None:
         for name in [n for n in TRAINING_ORDER if (MEMBERS[n].checkpoint / "model_index.json").exists()] \
                 if args.check == "all" else (args.check,):
             print(json.dumps(edit_check(MEMBERS[name])))
-    if args.status or not (args.train or args.check):
+    if args.carry:
+        print(carry(args.carry))
+    if args.status or not (args.train or args.check or args.carry):
         for m in MEMBERS.values():
             state = ("joined" if joined(m) else "failed the edit check" if (m.checkpoint / "edit_check.json").exists()
                      else "trained" if (m.checkpoint / "model_index.json").exists() else "not trained")
