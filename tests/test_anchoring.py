@@ -44,6 +44,25 @@ def test_the_walk_with_restart_is_the_fixed_point_of_its_equation():
     assert torch.allclose(walked.reshape(-1, 1), scaled, atol=1e-4)
 
 
+def test_restart_share_restarts_at_p0_s_highest_cells_only():
+    a = torch.full((12, 12), 0.02)
+    for i in range(12):  # each position attends to itself and its neighbours
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < 12:
+                a[i, j] = 1.0
+    a = a / a.sum(dim=1, keepdim=True)
+    p0 = torch.zeros(1, 12)
+    p0[0, 2], p0[0, 9] = 1.0, 0.6  # the peak, and a weaker place elsewhere (a distractor's)
+    whole = propagate(p0, a, (1, 12), steps=1, restart=0.3)
+    top = propagate(p0, a, (1, 12), steps=1, restart=0.3, restart_share=1 / 12)
+    peak_only = p0.clone()
+    peak_only[0, 9] = 0.0
+    assert torch.allclose(top, propagate(peak_only, a, (1, 12), steps=1, restart=0.3))
+    assert top[0, 9] < whole[0, 9] - 0.2 and int(top.argmax()) == 2
+    assert torch.equal(propagate(p0, a, (1, 12), steps=1, restart=0.3, restart_share=1.0), whole)
+    assert torch.equal(propagate(p0, a, (1, 12), steps=2, restart_share=0.1), propagate(p0, a, (1, 12), steps=2))
+
+
 def test_no_propagation_means_p0_whatever_the_walk_settings(segmenter, picture):
     segmenter.set_image(picture)
     bare = segmenter.segment("the disc", propagation_steps=0, restart=0.0, prior_pick="fixed")

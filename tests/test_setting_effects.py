@@ -36,6 +36,7 @@ EFFECTS = {
     "affinity_resolution": (4, 8, {}, "prior", False),
     "propagation_steps": (0, 2, {}, "prior", False),
     "restart": (0.0, 0.5, {"prior_pick": "fixed"}, "prior", False),
+    "restart_share": (1.0, 0.2, {"restart": 0.5, "prior_pick": "fixed"}, "prior", False),
     "smooth_steps": (0, 2, {"restart": 0.5, "prior_pick": "fixed"}, "prior", False),
     "prior_pick": ("fixed", "contrast", {"restart": 0.5, "smooth_steps": 1}, "prior", False),
     "decoys": (0, 4, {}, "confidence", False),

@@ -34,7 +34,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
 RESULTS = HERE / "population" / "eval"  # committed: the doc section is rewritten from them
 DECOYS = 8
 KEEP_PRESENT = 0.95  # min_confidence is set to keep this share of present objects "found"
-PAPER_WALK = {"restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed"}  # A^k P0 alone
+PAPER_WALK = {"restart": 0.0, "restart_share": 1.0, "smooth_steps": 0, "prior_pick": "fixed"}  # A^k P0 alone
 PRIORS = {  # name: prior settings (steps 5-7 only; the forward is shared), whole, so defaults do not move them
     "A^2 P0 (the paper's; the default before)": PAPER_WALK,
     "P0 (propagation_steps=0)": {**PAPER_WALK, "propagation_steps": 0},
@@ -44,7 +44,9 @@ PRIORS = {  # name: prior settings (steps 5-7 only; the forward is shared), whol
     "A^4 P0": {**PAPER_WALK, "propagation_steps": 4},
     "restart 0.15, 1 smoothing step": {**PAPER_WALK, "restart": 0.15, "smooth_steps": 1},
     "pick by contrast (A^2 P0 | restart 0.15, 1 step): the default now": {
-        "propagation_steps": 2, "restart": 0.15, "smooth_steps": 1, "prior_pick": "contrast"},
+        "propagation_steps": 2, "restart": 0.15, "restart_share": 1.0, "smooth_steps": 1, "prior_pick": "contrast"},
+    **{f"restart 0.15 at P0's top {round(100 * share)} %, 1 smoothing step": {
+        **PAPER_WALK, "restart": 0.15, "restart_share": share, "smooth_steps": 1} for share in (0.2, 0.1)},
 }
 DEFAULT_ROW = "A^2 P0 (the paper's; the default before)"  # what every prior row is compared with
 CURRENT_ROW = "pick by contrast (A^2 P0 | restart 0.15, 1 step): the default now"
@@ -394,6 +396,10 @@ def main(argv=None) -> None:
             if path.exists() and not args.again:
                 continue
             result = measure(MEMBERS[name], args.split, args.scenes)
+            if path.exists():  # measured again: the rows of a forward of their own stay, on the same scenes
+                saved = json.loads(path.read_text())
+                if saved["scenes"] == args.scenes:
+                    result["rows"] = {**saved["rows"], **result["rows"]}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result) + "\n")
             print(f"{name} {args.split}: measured {args.scenes} scenes")

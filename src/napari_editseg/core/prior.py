@@ -83,7 +83,7 @@ RESTART_MAX_STEPS = 500
 
 def propagate(
     prior: torch.Tensor, affinity: torch.Tensor, affinity_grid: tuple[int, int], steps: int, restart: float = 0.0,
-    smooth_steps: int = 0,
+    smooth_steps: int = 0, restart_share: float = 1.0,
 ) -> torch.Tensor:
     """P = A^k · P0 on the affinity grid, back on the prior's grid, scaled to [0, 1].
 
@@ -94,10 +94,14 @@ def propagate(
     (personalised PageRank), which stays tied to where P0 is ((1-restart)^n shrinks each step, so
     it converges; ``steps`` only has to be above 0). The fixed point keeps a share ``restart`` of
     the raw P0, noise included; ``smooth_steps`` plain steps after it (A^s times it) drop that share.
+    ``restart_share`` < 1 restarts at P0's highest cells only (that share of the work grid's cells, the
+    rest set to zero): P0's weaker places elsewhere, a distractor's, then pull the walk nowhere.
     """
     if steps == 0:
         return normalise01(prior)
     work_grid = tuple(prior.shape)
+    if restart > 0 and restart_share < 1:
+        prior = prior * (prior >= torch.quantile(prior.flatten().float(), 1 - restart_share).to(prior))
     start = resize(prior, affinity_grid).reshape(-1, 1)
     p = start
     if restart == 0:

@@ -136,6 +136,10 @@ class SegmentationSettings:
         "places but cannot carry it off them; 0 = the paper's P = A^k P0 only (smooth_steps and prior_pick then "
         "have nothing to act on)", PRIOR, minimum=0, maximum=1,
     )
+    restart_share: float = _setting(
+        1.0, "the share of P0's cells, its highest, that the walk with restart restarts at (the rest set to zero), "
+        "so that P0's weaker places elsewhere pull it nowhere; 1 = all of P0", PRIOR, minimum=0, maximum=1, above=True,
+    )
     smooth_steps: int = _setting(
         1, "plain propagation steps after the walk's fixed point (A^s times it), which drop the raw P0 the walk "
         "keeps; 0 = the fixed point as it is", PRIOR, minimum=0, maximum=64,

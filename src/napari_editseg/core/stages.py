@@ -167,7 +167,8 @@ def expression_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: 
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
     p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
     prior_work = confine_prior(propagate(p0, maps.affinity, maps.affinity_grid, settings.propagation_steps,
-                                         settings.restart, settings.smooth_steps), box, shape)
+                                         settings.restart, settings.smooth_steps,
+                                         settings.restart_share), box, shape)
     return prior_work, peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
 
 
