@@ -116,10 +116,13 @@ def test_a_batch_killed_at_three_points_resumes_to_exactly_the_uninterrupted_res
                 io.imread(out / name)  # whatever exists is whole
     assert main(args(out)) == 0
     assert files_in(out) == files_in(tmp_path / "whole") and no_partials(out)
+    found = []
     for i in range(3):
         whole, resumed = (io.imread(tmp_path / d / f"img{i}.tif") for d in ("whole", "killed"))
-        assert np.array_equal(whole, resumed) and whole.any()
+        assert np.array_equal(whole, resumed)
+        found.append(whole.any())
         assert read_description(out / f"img{i}.tif") == read_description(tmp_path / "whole" / f"img{i}.tif")
+    assert sum(found) >= 2  # labels to compare, not empty images (the random model may find nothing in one)
 
     def comparable(folder):
         report = json.loads((folder / "batch_report.json").read_text())

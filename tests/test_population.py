@@ -183,16 +183,17 @@ def test_the_held_out_member_confirms_only_where_it_loses_nothing_beyond_noise()
     assert not lost["confirms"] and lost["gains"]["iou"][0] == pytest.approx(-3.0, abs=0.2)
 
 
-def test_a_row_on_a_forward_of_its_own_is_measured_against_the_default_now():
-    """The noise-draw rows change the current default's forward: their gain is over it, not over the
-    paper's row (which the current default already beats here by 5)."""
+@pytest.mark.parametrize("kind", ["FORWARD_ROWS", "TOP_ROWS"])
+def test_a_later_row_is_measured_against_the_default_it_was_proposed_beside(kind):
+    """The noise-draw rows change the pick by contrast's forward, the top-share rows were proposed while it
+    was the default: their gain is over it, not over the paper's row (which it beats here by 5)."""
     from benchmarks.shapes_world import population_eval
 
-    row = next(iter(population_eval.FORWARD_ROWS))
+    row = next(iter(getattr(population_eval, kind)))
     results = planted_results({"m0": 0.0, "m1": 0.0})
     for result in results.values():
-        now = np.asarray(result["rows"][population_eval.CURRENT_ROW]["iou"]) + 5.0
-        result["rows"][population_eval.CURRENT_ROW]["iou"] = list(now)
+        now = np.asarray(result["rows"][population_eval.PICK_ROW]["iou"]) + 5.0
+        result["rows"][population_eval.PICK_ROW]["iou"] = list(now)
         result["rows"][row] = {"own": [True] * len(now), "other": [False] * len(now), "iou": list(now + 1.0)}
     verdict = population_eval.decide(results, "iou")[row]
     assert verdict["mean gain"] == pytest.approx(1.0) and verdict["replaces the default"]

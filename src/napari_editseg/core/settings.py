@@ -137,7 +137,7 @@ class SegmentationSettings:
         "have nothing to act on)", PRIOR, minimum=0, maximum=1,
     )
     restart_share: float = _setting(
-        1.0, "the share of P0's cells, its highest, that the walk with restart restarts at (the rest set to zero), "
+        0.2, "the share of P0's cells, its highest, that the walk with restart restarts at (the rest set to zero), "
         "so that P0's weaker places elsewhere pull it nowhere; 1 = all of P0", PRIOR, minimum=0, maximum=1, above=True,
     )
     smooth_steps: int = _setting(
@@ -145,7 +145,7 @@ class SegmentationSettings:
         "keeps; 0 = the fixed point as it is", PRIOR, minimum=0, maximum=64,
     )
     prior_pick: Literal["fixed", "contrast"] = _setting(
-        "contrast", "contrast: per image, steps 6-7 with both the paper's A^k P0 and the anchored walk (restart, "
+        "fixed", "contrast: per image, steps 6-7 with both the paper's A^k P0 and the anchored walk (restart, "
         "smooth_steps), keeping the prior whose mask's scores stand out most from the rest (which propagation "
         "suits differs between models); fixed: the anchored walk always (restart > 0) or A^k P0 (restart 0)", PRIOR,
     )
