@@ -163,24 +163,36 @@ INSTANCE_ROWS = {  # name: (true union as prior?, the typed phrase instead of th
 }
 
 
+PER_MEMBER_ROWS = {  # the propagation of the prior: instance mode's default, and one object's
+    "defaults (instances: all of P0, the per-image pick)": {},
+    "one object's propagation (restart_share=0.2, prior_pick=fixed)": {"restart_share": 0.2, "prior_pick": "fixed"},
+}
+
+
 def per_member(scenes: int, doc: Path) -> dict:
-    """End to end with the defaults, on every member of the proxy population (population.py): AP@0.5
-    and the count, per member, the held-out member last; written to its own doc section."""
+    """End to end on every member of the proxy population (population.py), with the defaults and with one
+    object's propagation of the prior: AP@0.5 and the count, per member, the held-out member last; written
+    to its own doc section."""
     from benchmarks.shapes_world.population import measured, title
 
     members = measured("v1")  # counting scenes exist in world v1 only
     test = shapes_world.counting_scenes(scenes)
-    rows = {m.name: instance_runs(EditSegmenter.from_pretrained(str(m.checkpoint), device="cpu"), test, False)["all"]
-            for m in members}
-    lines = ["<!-- measured:instances-population:start -->",
-             f"Written by `python -m benchmarks.shapes_world.instances --per-member`: end to end, default settings, "
-             f"{scenes} test counting scenes per member.", "",
-             "| member | AP@0.5 | PQ | count exact | count MAE | recall | precision |", "|---|---|---|---|---|---|---|"]
+    rows = {}
     for m in members:
-        r = rows[m.name]
-        lines.append(f"| {title(m.name)} | {r['AP@0.5']:.2f} | {r['PQ']:.2f} | "
-                     f"{r['count exact %']:.0f} % | {r['count MAE']:.2f} | {100 * r['recall']:.0f} % | "
-                     f"{r['precision']:.2f} |")
+        segmenter = EditSegmenter.from_pretrained(str(m.checkpoint), device="cpu")
+        rows[m.name] = {name: instance_runs(segmenter, test, False, **overrides)["all"]
+                        for name, overrides in PER_MEMBER_ROWS.items()}
+    lines = ["<!-- measured:instances-population:start -->",
+             f"Written by `python -m benchmarks.shapes_world.instances --per-member`: end to end, "
+             f"{scenes} test counting scenes per member.", "",
+             "| member | propagation | AP@0.5 | PQ | count exact | count MAE | recall | precision |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in members:
+        for name in PER_MEMBER_ROWS:
+            r = rows[m.name][name]
+            lines.append(f"| {title(m.name)} | {name} | {r['AP@0.5']:.2f} | {r['PQ']:.2f} | "
+                         f"{r['count exact %']:.0f} % | {r['count MAE']:.2f} | {100 * r['recall']:.0f} % | "
+                         f"{r['precision']:.2f} |")
     lines.append("<!-- measured:instances-population:end -->")
     replace_section(doc, "instances-population", "\n".join(lines))
     return rows

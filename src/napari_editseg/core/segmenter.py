@@ -30,7 +30,7 @@ from .latent_cache import LatentCache, cached_latents
 from .layout import CapturePlan
 from .model import DEFAULT_MODEL, EditingModel, load_editing_model
 from .prompts import NEUTRAL_INSTRUCTION, check_box, confine_prior, points_prior
-from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names
+from .settings import DISCRIMINATE_SETTINGS, FORWARD_SETTINGS, SegmentationSettings, check_names, resolve_propagation
 from .stages import Segmentation, delineate, fit_prior, segment_maps, work_grid_of
 from .tiling import ImageSource, refine_tiled, segment_tiled, tiling_applies
 
@@ -151,7 +151,8 @@ class EditSegmenter(PromptModes):
 
     def resolve_settings(self, **overrides: Any) -> SegmentationSettings:
         """The settings a call would use: defaults, then overrides, with every "auto" resolved."""
-        return self.model.resolve_timestep(self.layout.resolve(self.settings.replace(**overrides)))
+        return resolve_propagation(
+            self.model.resolve_timestep(self.layout.resolve(self.settings.replace(**overrides))))
 
     # -- steps 1-2: image --------------------------------------------------------------
     @_serialised

@@ -136,18 +136,20 @@ class SegmentationSettings:
         "places but cannot carry it off them; 0 = the paper's P = A^k P0 only (smooth_steps and prior_pick then "
         "have nothing to act on)", PRIOR, minimum=0, maximum=1,
     )
-    restart_share: float = _setting(
-        0.2, "the share of P0's cells, its highest, that the walk with restart restarts at (the rest set to zero), "
-        "so that P0's weaker places elsewhere pull it nowhere; 1 = all of P0", PRIOR, minimum=0, maximum=1, above=True,
+    restart_share: Union[float, Auto] = _setting(
+        AUTO, "the share of P0's cells, its highest, that the walk with restart restarts at (the rest set to zero), "
+        "so that P0's weaker places elsewhere pull it nowhere; 1 = all of P0; auto = 0.2 for one object, 1 with "
+        "instances (there P0's weaker places are the other objects)", PRIOR, minimum=0, maximum=1, above=True,
     )
     smooth_steps: int = _setting(
         1, "plain propagation steps after the walk's fixed point (A^s times it), which drop the raw P0 the walk "
         "keeps; 0 = the fixed point as it is", PRIOR, minimum=0, maximum=64,
     )
-    prior_pick: Literal["fixed", "contrast"] = _setting(
-        "fixed", "contrast: per image, steps 6-7 with both the paper's A^k P0 and the anchored walk (restart, "
-        "smooth_steps), keeping the prior whose mask's scores stand out most from the rest (which propagation "
-        "suits differs between models); fixed: the anchored walk always (restart > 0) or A^k P0 (restart 0)", PRIOR,
+    prior_pick: Union[Literal["fixed", "contrast"], Auto] = _setting(
+        AUTO, "auto = fixed for one object, contrast with instances; contrast: per image, steps 6-7 with both the "
+        "paper's A^k P0 and the anchored walk (restart, smooth_steps), keeping the prior whose mask's scores stand "
+        "out most from the rest (which propagation suits differs between models); fixed: the anchored walk always "
+        "(restart > 0) or A^k P0 (restart 0)", PRIOR,
     )
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "blocks whose outputs are the features; auto = the family's choice (InstructPix2Pix: the two "
@@ -427,6 +429,19 @@ def _spec(f: dataclasses.Field, annotation: Any) -> SettingSpec:
         name=f.name, default=f.default, kind=kind, help=meta["help"], stage=meta["stage"], choices=choices,
         minimum=meta["minimum"], maximum=meta["maximum"], above=meta["above"], auto=auto, rule=meta["rule"],
     )
+
+
+ONE_OBJECT_SHARE = 0.2  # restart_share "auto" for one object: the population's choice (docs/method.md)
+
+
+def resolve_propagation(settings: SegmentationSettings) -> SegmentationSettings:
+    """``restart_share`` and ``prior_pick`` "auto" by task. One object: the walk restarts at P0's top 20 %
+    (decided on the proxy population for referring expressions); instance mode: all of P0 and the
+    per-image pick, which the counting scenes measured better there (a cut at P0's top share drops
+    the named objects P0 is weaker on)."""
+    one = not settings.instances
+    task = {"restart_share": ONE_OBJECT_SHARE if one else 1.0, "prior_pick": "fixed" if one else "contrast"}
+    return settings.replace(**{name: value for name, value in task.items() if getattr(settings, name) == AUTO})
 
 
 _HINTS = typing.get_type_hints(SegmentationSettings)
