@@ -373,7 +373,9 @@ class EditSegmenter(PromptModes):
         prior in place of the segmentation's (as :meth:`segment` takes it: H×W or any 2-D grid,
         values in [0, 1]; confined to the segmentation's box; confidence 1).
         ``overrides`` may change the settings of steps 6-7 only
-        (``mask_threshold``, ``fg_quantile``, ``bg_quantile``, ``temperature``, …).
+        (``mask_threshold``, ``fg_quantile``, ``bg_quantile``, ``temperature``, …). The prior stays the
+        segmentation's: ``instances=True`` here splits one object's prior, where :meth:`segment` with
+        it would propagate the prior as instance mode does (``restart_share``, ``prior_pick``: auto).
         """
         check_names(overrides)
         if segmentation.tiles:
