@@ -39,7 +39,7 @@ def app(out: Path) -> None:
     import napari
     import numpy as np
     from qtpy.QtCore import QPoint, QTimer
-    from qtpy.QtWidgets import QApplication, QScrollArea, QSlider
+    from qtpy.QtWidgets import QApplication, QScrollArea, QSlider, QStyle, QStyleOptionSlider
 
     from napari_editseg._objects import TITLE as OBJECTS
 
@@ -53,6 +53,15 @@ def app(out: Path) -> None:
     def where(w) -> list:
         p = w.mapToGlobal(QPoint(0, 0))
         return [p.x(), p.y(), w.width(), w.height(), not w.visibleRegion().isEmpty()]
+
+    def handle(slider) -> list:
+        """Where the slider's handle is (a press elsewhere on the groove pages instead of dragging)."""
+        option = QStyleOptionSlider()
+        slider.initStyleOption(option)
+        r = slider.style().subControlRect(QStyle.ComplexControl.CC_Slider, option, QStyle.SubControl.SC_SliderHandle,
+                                          slider)
+        p = slider.mapToGlobal(r.topLeft())
+        return [p.x(), p.y(), r.width(), r.height(), True]
 
     def dump() -> None:
         rows = {}
@@ -75,6 +84,7 @@ def app(out: Path) -> None:
             "dock": where(widget), "scroll": [area.verticalScrollBar().value(), area.verticalScrollBar().maximum()],
             "canvas": where(qt.canvas.native), "delete": where(qt.layerButtons.deleteButton),
             "slider": where(widget.settings["mask_threshold"].native.findChild(QSlider)),
+            "handle": handle(widget.settings["mask_threshold"].native.findChild(QSlider)),
             "advanced": where(widget.folds["Advanced: model and settings"]._toggle_btn),
             "status_box": where(widget.status.native),
             "labels_fold": where(widget.folds["Labels, slices and maps"]._toggle_btn),
@@ -257,9 +267,9 @@ def sequence(me: Person, out: Path) -> None:
              one_record=s["records"]["editseg shapes"] == [1])
     t = time.time()  # drag the threshold 35 px
     me.see("threshold", "slider")
-    slider = me.state()["slider"]
+    slider, grip = me.state()["slider"], me.state()["handle"]
     before, threshold = s["labels"]["editseg shapes"].get("1", 0), s["threshold"]
-    x = slider[0] + int(slider[2] * 0.5)
+    x = grip[0] + grip[2] // 2  # press on the handle, as a person dragging it does
     me.xdo("mousemove", x, slider[1] + slider[3] // 2)
     me.xdo("mousedown", 1)
     for step in range(1, 8):
