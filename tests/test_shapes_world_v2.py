@@ -1,6 +1,7 @@
 """Shapes world v2 and its training recipe: scenes whose expressions name exactly one object at
 RefCOCO's proportions, and a training loop that resumes where a chunk stopped."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +104,32 @@ def test_the_widened_unet_starts_as_the_text_to_image_model():
 
 
 @needs_recipe
+def test_a_chunk_ends_on_its_own_clock_not_its_stage_s(tmp_path):
+    """A chunk that spent its minutes in earlier stages stops the next stage after one step (each stage
+    once counted from its own start, so a 125-minute chunk ran on for hours in its last stage)."""
+    from benchmarks.shapes_world.train_staged import Chunk
+
+    class Args:
+        seed, ema, save_every, max_minutes, started = 0, 0.9, 1000, 30.0, time.time() - 3600
+
+    model = torch.nn.Linear(2, 1)
+    chunk = Chunk(tmp_path, {"m": model}, torch.optim.SGD(model.parameters(), lr=0.1), 10, 1, Args,
+                  lambda record: None)
+    assert not chunk.run(lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(), "test")
+    assert chunk.step == 1 and (tmp_path / "state.pt").exists()
+    Args.started = time.time()  # a fresh chunk: the stage runs to its end
+    assert Chunk(tmp_path, {"m": model}, torch.optim.SGD(model.parameters(), lr=0.1), 10, 1, Args,
+                 lambda record: None).run(lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(), "test")
+
+
+@needs_recipe
 def test_a_stage_run_in_two_chunks_equals_one_run(tmp_path):
     """Resuming restores weights, EMA, optimiser, schedule and the random generator: two chunks
     end exactly where one uninterrupted run does."""
     from benchmarks.shapes_world.train_staged import Chunk
 
     class Args:
-        seed, ema, save_every, max_minutes = 0, 0.9, 1000, 1e9
+        seed, ema, save_every, max_minutes, started = 0, 0.9, 1000, 1e9, time.time()
 
     def train(folder, out_of_time=False):
         torch.manual_seed(0)

@@ -161,11 +161,13 @@ def shards(data: Path) -> list:
 # -- the resumable training loop ----------------------------------------------------------------
 class Chunk:
     """One stage's training state on disk: resumes where the last chunk stopped, saves every
-    ``save_every`` steps and when ``max_minutes`` are spent."""
+    ``save_every`` steps and when the chunk's ``max_minutes`` are spent (counted from the chunk's start,
+    ``args.started``, not the stage's: a chunk that finishes one stage and starts the next still ends on
+    time)."""
 
     def __init__(self, folder: Path, modules: dict, optimiser, steps: int, lr_warmup: int, args, log):
         self.folder, self.modules, self.optimiser, self.steps, self.log = folder, modules, optimiser, steps, log
-        self.args, self.start_time = args, time.time()
+        self.args = args
         warmup = max(1, lr_warmup)
 
         def lr_at(step):
@@ -224,7 +226,7 @@ class Chunk:
                 bar.set_postfix(loss=f"{running:.4f}")
                 self.log({"stage": self.folder.name, "step": self.step, "loss": running,
                           "lr": self.schedule.get_last_lr()[0]})
-            out_of_time = (time.time() - self.start_time) / 60 > self.args.max_minutes
+            out_of_time = (time.time() - self.args.started) / 60 > self.args.max_minutes
             if self.step % self.args.save_every == 0 or out_of_time or self.step == self.steps:
                 self.save()
             if out_of_time:
@@ -605,6 +607,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> bool:
     """Runs the wanted stages; True when the run is complete (exported)."""
     args = parser().parse_args(argv)
+    args.started = time.time()  # the chunk's clock, shared by its stages
     if args.threads:
         torch.set_num_threads(args.threads)
     work, device, world = Path(args.work), torch.device(args.device), WORLDS[args.world]
