@@ -113,13 +113,19 @@ def test_a_chunk_ends_on_its_own_clock_not_its_stage_s(tmp_path):
         seed, ema, save_every, max_minutes, started = 0, 0.9, 1000, 30.0, time.time() - 3600
 
     model = torch.nn.Linear(2, 1)
-    chunk = Chunk(tmp_path, {"m": model}, torch.optim.SGD(model.parameters(), lr=0.1), 10, 1, Args,
-                  lambda record: None)
-    assert not chunk.run(lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(), "test")
+
+    def stage() -> Chunk:
+        return Chunk(tmp_path, {"m": model}, torch.optim.SGD(model.parameters(), lr=0.1), 10, 1, Args,
+                     lambda record: None)
+
+    def step(g):
+        return model(torch.randn(4, 2, generator=g)).pow(2).mean()
+
+    chunk = stage()
+    assert not chunk.run(step, "test")
     assert chunk.step == 1 and (tmp_path / "state.pt").exists()
     Args.started = time.time()  # a fresh chunk: the stage runs to its end
-    assert Chunk(tmp_path, {"m": model}, torch.optim.SGD(model.parameters(), lr=0.1), 10, 1, Args,
-                 lambda record: None).run(lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(), "test")
+    assert stage().run(step, "test")
 
 
 @needs_recipe

@@ -120,37 +120,33 @@ def write_doc(saved: dict) -> None:
     replace_section(DOC, "prior-and-edit", "\n".join(lines))
 
 
-def one_step_confidence(name: str) -> tuple[list, list]:
-    """The shipped fused confidence (population_eval's) of a member's first SCENES test scenes."""
-    from benchmarks.shapes_world.population_eval import fusion, load
-
-    record = json.loads(results_path(name, "test").read_text())["confidence"]
-    present, absent = fusion({n: r for n, r in load("tune").items() if not MEMBERS[n].held_out})[0](record)
+def one_step_confidence(fused, name: str) -> tuple[list, list]:
+    """The shipped fused confidence (``fused``: population_eval's fusion) of a member's first SCENES test scenes."""
+    present, absent = fused(json.loads(results_path(name, "test").read_text())["confidence"])
     return list(present[:SCENES]), list(absent[:SCENES])
 
 
 def fused_edit_scores(saved: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A logistic fusion of a member's EDIT_SIGNALS (sizes as logarithms) fitted on the OTHER members:
-    (present, absent) scores."""
-    from benchmarks.shapes_world.population_eval import fit_logistic
+    """population_eval's logistic fusion of a member's EDIT_SIGNALS (sizes as logarithms), fitted on the
+    OTHER members: (present, absent) scores."""
+    from benchmarks.shapes_world.population_eval import fusion
 
-    def signals(kind: str, member: str) -> np.ndarray:
-        x = np.asarray(saved[member][kind], float)
-        return np.c_[np.log(x[:, :3] + 1e-3), x[:, 3]]
+    def record(member: str) -> dict:
+        signals = {}
+        for kind in ("present", "absent"):
+            x = np.asarray(saved[member][kind], float)
+            signals[f"signals {kind}"] = np.c_[np.log(x[:, :3] + 1e-3), x[:, 3]]
+        return signals
 
-    others = [m for m in saved if m != name]
-    x = np.vstack([signals(kind, m) for m in others for kind in ("present", "absent")])
-    y = np.concatenate([np.full(len(saved[m][kind]), kind == "present", float) for m in others
-                        for kind in ("present", "absent")])
-    mean, spread = x.mean(axis=0), x.std(axis=0) + 1e-9
-    w = fit_logistic((x - mean) / spread, y)
-    present, absent = (((signals(kind, name) - mean) / spread) @ w[:-1] for kind in ("present", "absent"))
-    return present, absent
+    fused, _ = fusion({m: {"confidence": record(m)} for m in saved if m != name})
+    return fused(record(name))
 
 
 def write_absence_doc(saved: dict) -> None:
     from benchmarks.shapes_world.grounding_probe import auroc
-    from benchmarks.shapes_world.population_eval import auroc_interval
+    from benchmarks.shapes_world.population_eval import auroc_interval, fusion, load
+
+    shipped, _ = fusion({n: r for n, r in load("tune").items() if not MEMBERS[n].held_out})
 
     def cell(present, absent) -> str:
         low, high = auroc_interval(present, absent)
@@ -168,7 +164,7 @@ def write_absence_doc(saved: dict) -> None:
     for name in report_order(saved):
         present, absent = np.asarray(saved[name]["present"]), np.asarray(saved[name]["absent"])
         cells = [cell(present[:, k], absent[:, k]) for k in range(len(EDIT_SIGNALS))]
-        cells += [cell(*fused_edit_scores(saved, name)), cell(*one_step_confidence(name))]
+        cells += [cell(*fused_edit_scores(saved, name)), cell(*one_step_confidence(shipped, name))]
         lines.append(f"| {title(name)} | " + " | ".join(cells) + " |")
     lines.append("<!-- measured:absence-and-edit:end -->")
     replace_section(DOC, "absence-and-edit", "\n".join(lines))
