@@ -114,6 +114,23 @@ def test_a_replay_reproduces_the_labels_and_writes_png_and_tif(case, capsys):
     assert "label 2 (the background): identical" in capsys.readouterr().out
 
 
+def test_a_record_made_before_a_setting_existed_replays_with_its_behaviour_then(case, segmenter):
+    """Settings added since a record was written take the value that was their behaviour then (all of P0
+    for restart_share, no walk for restart ...), not today's defaults, which would paint other labels."""
+    from napari_editseg.core.settings import BEFORE_IT_EXISTED, SegmentationSettings
+    from napari_editseg.replay import replay
+
+    old = copy.deepcopy(case["records"][0])
+    for name in BEFORE_IT_EXISTED:
+        del old["settings"][name]
+    result = replay(old, case["picture"], segmenter=segmenter)
+    assert {name: getattr(result.settings, name) for name in BEFORE_IT_EXISTED} == BEFORE_IT_EXISTED
+    today = SegmentationSettings()
+    assert any(getattr(today, name) != value for name, value in BEFORE_IT_EXISTED.items())
+    again = replay(case["records"][0], case["picture"], segmenter=segmenter)  # a record that has them keeps them
+    assert again.settings.restart_share == case["records"][0]["settings"]["restart_share"]
+
+
 def test_a_grey_plane_is_given_to_the_core_as_its_contrast_limits_show_it():
     from napari_editseg.planes import plane_as_seen
 

@@ -41,6 +41,14 @@ def version_notes(record: dict) -> list[str]:
             for name, then in (record.get("versions") or {}).items() if now.get(name) != then]
 
 
+def recorded_settings(record: dict) -> dict:
+    """The settings the record was made with: a setting it lacks did not exist yet, and takes the value
+    that was its behaviour then (``BEFORE_IT_EXISTED``), not today's default."""
+    from .core.settings import BEFORE_IT_EXISTED
+
+    return {**BEFORE_IT_EXISTED, **record["settings"]}
+
+
 def replay(record: dict, plane: np.ndarray, index: Sequence[int] = (), segmenter=None):
     """Make a recorded label's slice again: the :class:`Segmentation` whose mask the widget painted.
 
@@ -56,7 +64,7 @@ def replay(record: dict, plane: np.ndarray, index: Sequence[int] = (), segmenter
     segmenter.set_image(plane)
     points = entry["points"]
     base = segment_prompt(segmenter, record["expression"], record["box"], points["positive"], points["negative"],
-                          **record["settings"])
+                          **recorded_settings(record))
     clicks = entry["clicks"]
     return segmenter.refine(base, clicks["positive"], clicks["negative"])
 

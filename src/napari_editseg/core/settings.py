@@ -473,6 +473,10 @@ PAPER = {
     "prior_source": "attention", "token_norm": "none", "fg_select": "quantile", "bg_prototypes": 1,
     "edge_refine": "none", "keep": "all", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed",
 }
+# What a record (napari_editseg.record) made before a setting existed was made with: the setting's
+# behaviour then. A setting added since takes this value on replay, not today's default, so the
+# labels come back as they were made (e.g. restart_share, added 2026-12-07, meant all of P0 before).
+BEFORE_IT_EXISTED = {"tiling": "off", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed", "restart_share": 1.0}
 SETTING_NAMES = tuple(SETTING_SPECS)
 DISCRIMINATE_SETTINGS = frozenset(name for name, spec in SETTING_SPECS.items() if spec.stage == DISCRIMINATE)
 FORWARD_SETTINGS = tuple(name for name, spec in SETTING_SPECS.items() if spec.stage == FORWARD)
