@@ -76,6 +76,14 @@ def test_tiling_runs_the_tiles_at_full_resolution_and_stitches_one_mask(segmente
     np.testing.assert_array_equal(lower.mask, tiled.scores >= 0.1)
 
 
+def test_an_image_smaller_than_the_overview_is_still_read_by_region(segmenter):
+    """tiling "always" on a small image (the dock's tiles control): its overview is the image itself, taken
+    by slicing — np.asarray of a lazy plane gave a 0-d array and the run failed."""
+    recorded = Recorded(tiny_picture())
+    tiled = segment_tiled(segmenter, recorded, "red disc", tiling="always", tile_size=512)
+    assert tiled.full_mask().shape == recorded.shape[:2] and recorded.reads
+
+
 def test_tile_size_sets_the_pixels_a_tile_covers_and_each_tile_is_resized_for_its_forward(segmenter, count_rows):
     image, sides = big_picture(), []
     hook = segmenter.model.unet.register_forward_pre_hook(lambda _m, args: sides.append(args[0].shape[-2:]))

@@ -108,8 +108,8 @@ class ImageSource:
         level = next((lv for lv in reversed(self.levels) if max(lv.shape[:2]) >= side), self.levels[0])
         height, width = level.shape[:2]
         factor = max(1, max(height, width) // side)
-        if factor == 1:
-            return to_rgb_float(np.asarray(level), self.value_range)
+        if factor == 1:  # sliced, not np.asarray(level): a lazy plane reads itself only when sliced
+            return to_rgb_float(np.asarray(level[:height, :width]), self.value_range)
         rows, cols = height // factor, width // factor
         out = np.empty((rows, cols, 3), np.float32)
         band = max(1, BAND_PIXELS // max(1, width) // factor) * factor
