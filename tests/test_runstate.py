@@ -206,7 +206,7 @@ def test_every_control_row_is_a_setting_with_bounds_the_settings_accept():
         assert spec.help
         if spec.kind in ("float", "int"):
             assert _controls.accepts(spec.name, spec.minimum) and _controls.accepts(spec.name, spec.maximum)
-            assert spec.minimum <= spec.default <= spec.maximum
+            assert spec.minimum <= (spec.start if spec.auto else spec.default) <= spec.maximum
         if spec.kind == "choice":
             assert spec.default in spec.choices
 

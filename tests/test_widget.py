@@ -359,6 +359,7 @@ def test_results_beyond_the_memory_budget_are_dropped_and_recomputed(make_widget
     # inside the first label, and then nothing is painted (what this test needs is two painted runs)
     monkeypatch.setattr(segmenter, "settings", segmenter.settings.replace(restart=0.0))
     viewer, widget = make_widget()
+    widget.settings["restart"].value = 0.0  # the dock's control, which the run takes over the model's
     viewer.add_image(np.stack([picture[..., c] for c in (0, 1, 2, 0)]), name="stack")
     widget.slices.value = ALL
     run(qtbot, widget)
@@ -676,13 +677,15 @@ def test_controls_come_from_the_settings_and_reach_the_run(make_widget, picture,
             assert _controls.accepts(spec.name, spec.minimum) and _controls.accepts(spec.name, spec.maximum)
             assert not _controls.accepts(spec.name, spec.minimum - spec.step)
             assert (control.min, control.max) == (spec.minimum, spec.maximum)
-        new = {"float": lambda s: round((s.default + s.maximum) / 2, 2), "int": lambda s: s.default + 1,
+        new = {"float": lambda s: round(((s.start if s.auto else s.default) + s.maximum) / 2, 2),
+               "int": lambda s: s.start + s.step if s.auto else s.default + 1,
                "choice": lambda s: s.choices[-1], "bool": lambda s: not s.default,
                "text": lambda s: "make the {} blue"}[spec.kind](spec)
         if spec.name in ("min_confidence", "mask_threshold"):
             new = 0.01  # changed, yet low enough that the run still paints (an empty run paints nothing)
         control.value = changed[spec.name] = new
     run(qtbot, widget)
+    assert widget.session.run is not None, status(widget)
     used = widget.session.run.labels.metadata["editseg"][1]["settings"]
     for name, value in changed.items():  # a control that is ignored fails here
         assert used[name] == (pytest.approx(value) if isinstance(value, float) else value), name

@@ -21,7 +21,6 @@ from napari_editseg.testing import tiny_picture  # noqa: E402
 
 
 def test_a_dask_multiscale_layer_is_segmented_tile_by_tile(make_widget, qtbot, segmenter, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(segmenter, "settings", segmenter.settings.replace(tiling="always"))
 
     def whole_plane(*_):
         raise AssertionError("the whole plane was read")
@@ -30,6 +29,7 @@ def test_a_dask_multiscale_layer_is_segmented_tile_by_tile(make_widget, qtbot, s
     image = np.tile(tiny_picture(), (3, 3, 1))
     pyramid = [da.from_array(image, chunks=(32, 32, 3)), da.from_array(image[::2, ::2], chunks=(32, 32, 3))]
     viewer, widget = make_widget()
+    widget.settings["tiling"].value = "always"
     viewer.add_image(pyramid, name="slide", multiscale=True, rgb=True)
     run(qtbot, widget, "red disc")
     assert "Error" not in status(widget)

@@ -14,10 +14,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core.settings import DISCRIMINATE_SETTINGS, SETTING_NAMES, SETTING_SPECS
+from .core.settings import AUTO, DISCRIMINATE_SETTINGS, ONE_OBJECT_SHARE, SETTING_NAMES, SETTING_SPECS
 
-# (setting, what the dock calls it, step, reach): reach is the far end a control offers when the setting
-# allows more (or has no bound). The setting's own name is in each control's tooltip.
+# (setting, what the dock calls it, step, reach[, start]): reach is the far end a control offers when the
+# setting allows more (or has no bound); start, for a number that may be "auto", is the number its box
+# shows when auto is unticked. The setting's own name is in each control's tooltip.
 CONTROLS = (
     ("mask_threshold", "threshold", 0.01, None),
     ("min_confidence", "min. confidence", 0.01, None),
@@ -33,6 +34,12 @@ CONTROLS = (
     ("fill_holes", "fill holes", None, None),
     ("prior_layers", "attention layers", None, None),
     ("propagation_steps", "spread steps", 1, 8),
+    ("restart", "anchor to start", 0.05, None),
+    ("restart_share", "anchor share", 0.05, None, ONE_OBJECT_SHARE),
+    ("smooth_steps", "smooth steps", 1, 8),
+    ("prior_pick", "prior choice", None, None),
+    ("tiling", "tiles", None, None),
+    ("tile_size", "tile side", 16, 4096, 512),
     ("seed", "noise seed", 1, 2**31 - 1),
     ("instruction_template", "instruction", None, None),
 )
@@ -52,6 +59,8 @@ class Spec:
     maximum: Optional[float] = None
     step: Optional[float] = None
     choices: tuple = ()
+    auto: bool = False  # a number that may also be "auto" (a tick box beside it)
+    start: Optional[float] = None  # such a number's value when auto is unticked
 
 
 def accepts(name: str, value: Any) -> bool:
@@ -63,7 +72,8 @@ def accepts(name: str, value: Any) -> bool:
     return True
 
 
-def spec(name: str, title: str, step: Optional[float] = None, reach: Optional[float] = None) -> Spec:
+def spec(name: str, title: str, step: Optional[float] = None, reach: Optional[float] = None,
+         start: Optional[float] = None) -> Spec:
     declared = SETTING_SPECS[name]
     common = dict(name=name, title=title, default=declared.default, help=declared.help,
                   rescore=name in DISCRIMINATE_SETTINGS)
@@ -75,9 +85,12 @@ def spec(name: str, title: str, step: Optional[float] = None, reach: Optional[fl
         high = min((h for h in (declared.maximum, reach) if h is not None), default=None)
         if high is None:
             raise ValueError(f"setting {name!r} has no upper bound: give the control a reach")
-        return Spec(kind=declared.kind, minimum=low, maximum=number(high), step=step, **common)
+        start = number(low if start is None else start)
+        return Spec(kind=declared.kind, minimum=low, maximum=number(high), step=step, auto=declared.auto,
+                    start=start if declared.auto else None, **common)
     if declared.kind in ("choice", "bool"):
-        return Spec(kind=declared.kind, choices=declared.choices, **common)
+        choices = declared.choices if not declared.auto or AUTO in declared.choices else (AUTO, *declared.choices)
+        return Spec(kind=declared.kind, choices=choices, **common)
     return Spec(kind="text", **common)
 
 

@@ -110,6 +110,8 @@ def control(spec: _controls.Spec):
     """One setting's control, from its row of the table: the plain title, the setting's name in the tooltip."""
     if spec.name == "mask_threshold":
         made = ThresholdControl(spec)
+    elif spec.auto:
+        made = AutoNumber(spec)
     elif spec.kind == "float":
         made = FloatSlider(min=spec.minimum, max=spec.maximum, step=spec.step, value=spec.default)
     elif spec.kind == "int":
@@ -178,6 +180,40 @@ class ThresholdControl(Container):
     def _typed(self, value: float) -> None:
         with self._slider.changed.blocked():
             self._slider.value = _controls.position_of(self._ranked, value)
+
+
+class AutoNumber(Container):
+    """A setting that is "auto" or a number: a tick box for auto, the number beside it (greyed while auto)."""
+
+    def __init__(self, spec: _controls.Spec):
+        number = FloatSpinBox if spec.kind == "float" else SpinBox  # a slider beside the tick box is too wide
+        self._auto = CheckBox(text="auto", value=spec.default == _controls.AUTO)
+        start = spec.start if spec.default == _controls.AUTO else spec.default
+        self._number = number(min=spec.minimum, max=spec.maximum, step=spec.step, value=start)
+        super().__init__(widgets=[self._auto, self._number], layout="horizontal", labels=False)
+        self._auto.changed.connect(self._show)
+        self._show()
+
+    @property
+    def value(self):
+        return _controls.AUTO if self._auto.value else self._number.value
+
+    @value.setter
+    def value(self, value) -> None:
+        if value != _controls.AUTO:
+            self._number.value = value
+        self._auto.value = value == _controls.AUTO
+
+    @property
+    def min(self):
+        return self._number.min
+
+    @property
+    def max(self):
+        return self._number.max
+
+    def _show(self, _=None) -> None:
+        self._number.enabled = not self._auto.value
 
 
 class StatusLine:
