@@ -8,7 +8,7 @@ import torch
 from napari_editseg.core.forward import decoy_ranks
 from napari_editseg.core.instruction import Instruction, decoy_expressions
 from napari_editseg.core.mask import score_contrast
-from napari_editseg.core.prior import propagate
+from napari_editseg.core.prior import cut_links, propagate
 
 
 def drifting_affinity(n: int = 12) -> torch.Tensor:
@@ -173,3 +173,47 @@ def test_decoys_run_in_the_same_forward_and_become_the_confidence(segmenter, pic
     assert np.array_equal(result.mask, peak.mask)  # decoys change the confidence, not the mask
     forward = segmenter.forward(["the disc", "a square"], decoys=4)
     assert len(forward) == 2 and forward.decoy_rank.shape == (2,)
+
+
+def test_cut_links_keeps_each_cells_links_to_its_most_alike_cells_only():
+    features = torch.zeros(2, 2, 4)
+    features[0, :, :2] = 1.0  # two kinds of cell: the left half and the right half
+    features[1, :, 2:] = 1.0
+    cut = cut_links(torch.full((8, 8), 1 / 8), features, (2, 4), share=0.5)
+    left = torch.tensor([True, True, False, False] * 2)
+    assert torch.allclose(cut.sum(dim=1), torch.ones(8))
+    assert (cut[left][:, ~left] == 0).all() and (cut[~left][:, left] == 0).all()  # no link across the kinds
+    assert torch.allclose(cut[left][:, left], torch.full((4, 4), 0.25))
+    assert torch.allclose(cut_links(torch.full((8, 8), 1 / 8), features, (2, 4), share=1.0), torch.full((8, 8), 1 / 8))
+
+
+def test_peak_links_walks_the_cut_affinity_and_one_keeps_every_link(segmenter, picture):
+    """peak_links: the map keep=peak reads is the same walk over the affinity with links cut; with every
+    link kept (1) it is the prior itself; 0 (the paper's and before 2026-12-07) reads the prior."""
+    segmenter.set_image(picture)
+    assert segmenter.segment("the disc", peak_links=0.0).peak_work is None
+    whole = segmenter.segment("the disc", peak_links=1.0)
+    np.testing.assert_allclose(whole.peak_work, whole.prior_work, atol=1e-4)  # renormalised rows round
+    assert np.abs(segmenter.segment("the disc", peak_links=0.125).peak_work - whole.prior_work).max() > 0.01
+    assert segmenter.segment("the disc", prior=whole.prior, peak_links=0.125).peak_work is None  # a given prior
+    assert segmenter.refine(whole, prior=whole.prior).peak_work is None  # a new prior: its own peak
+
+
+def test_keep_peak_keeps_the_part_at_the_peak_links_map(segmenter, picture):
+    from dataclasses import replace
+
+    from napari_editseg.core.stages import delineate
+    from test_setting_effects import planted
+
+    segmenter.set_image(picture)
+    base = planted(segmenter.segment("the disc", edge_refine="none"))  # two blobs: the prior peaks on the second
+    settings = base.settings.replace(keep="peak", edge_refine="none")
+    h, w = base.prior_work.shape
+    on_first = np.zeros((h, w), np.float32)
+    on_first[h // 4, w // 4 - 3] = 1.0  # on the first blob's ring
+    by_prior = delineate(replace(base, peak_work=None), settings)
+    by_walk = delineate(replace(base, peak_work=on_first), settings)
+    top_left = np.zeros(by_prior.mask.shape, bool)
+    top_left[:by_prior.mask.shape[0] // 2, :by_prior.mask.shape[1] // 2] = True
+    assert by_prior.mask.any() and not (by_prior.mask & top_left).any()
+    assert by_walk.mask.any() and not (by_walk.mask & ~top_left).any()

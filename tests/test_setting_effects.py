@@ -39,6 +39,7 @@ EFFECTS = {
     "restart_share": (1.0, 0.2, {"restart": 0.5, "prior_pick": "fixed"}, "prior", False),
     "smooth_steps": (0, 2, {"restart": 0.5, "prior_pick": "fixed"}, "prior", False),
     "prior_pick": ("fixed", "contrast", {"restart": 0.5, "smooth_steps": 1}, "prior", False),
+    "peak_links": (0.125, 0.5, {}, "peak_work", False),  # the walk keep=peak reads (test_anchoring: the part)
     "decoys": (0, 4, {}, "confidence", False),
     "feature_blocks": (("up_blocks.1",), ("up_blocks.1", "up_blocks.2"), {}, "features", False),
     "work_resolution": (8, 16, {}, "prior_work", False),

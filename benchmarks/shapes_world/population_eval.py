@@ -34,7 +34,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "shapes-world.md"
 RESULTS = HERE / "population" / "eval"  # committed: the doc section is rewritten from them
 DECOYS = 8
 KEEP_PRESENT = 0.95  # min_confidence is set to keep this share of present objects "found"
-PAPER_WALK = {"restart": 0.0, "restart_share": 1.0, "smooth_steps": 0, "prior_pick": "fixed"}  # A^k P0 alone
+PAPER_WALK = {"restart": 0.0, "restart_share": 1.0, "smooth_steps": 0, "prior_pick": "fixed",  # A^k P0 alone
+              "peak_links": 0.0}
 PRIORS = {  # name: prior settings (steps 5-7 only; the forward is shared), whole, so defaults do not move them
     "A^2 P0 (the paper's; the default before)": PAPER_WALK,
     "P0 (propagation_steps=0)": {**PAPER_WALK, "propagation_steps": 0},
@@ -44,7 +45,8 @@ PRIORS = {  # name: prior settings (steps 5-7 only; the forward is shared), whol
     "A^4 P0": {**PAPER_WALK, "propagation_steps": 4},
     "restart 0.15, 1 smoothing step": {**PAPER_WALK, "restart": 0.15, "smooth_steps": 1},
     "pick by contrast (A^2 P0 | restart 0.15, 1 step): the default until 2026-12-07": {
-        "propagation_steps": 2, "restart": 0.15, "restart_share": 1.0, "smooth_steps": 1, "prior_pick": "contrast"},
+        "propagation_steps": 2, "restart": 0.15, "restart_share": 1.0, "smooth_steps": 1, "prior_pick": "contrast",
+        "peak_links": 0.0},
 }
 DEFAULT_ROW = "A^2 P0 (the paper's; the default before)"  # what the first rows are compared with
 PICK_ROW = "pick by contrast (A^2 P0 | restart 0.15, 1 step): the default until 2026-12-07"
@@ -54,6 +56,11 @@ TOP_ROWS = {f"restart 0.15 at P0's top {round(100 * share)} %, 1 smoothing step{
     for share, label in ((0.2, ": the default now"), (0.1, ""))}
 PRIORS |= TOP_ROWS
 CURRENT_ROW = "restart 0.15 at P0's top 20 %, 1 smoothing step: the default now"
+# rows proposed while the top-20 % walk was the default: compared with it
+LINK_ROWS = {f"the top-20 % walk, the part kept at the peak of a walk over each cell's {round(100 * share)} % most "
+             f"alike links (peak_links={share})": {**PRIORS[CURRENT_ROW], "peak_links": share}
+             for share in (0.125, 0.25)}
+PRIORS |= LINK_ROWS
 # rows that need a forward of their own (noise draws averaged, another source for P0): the pick by
 # contrast's prior settings with these, compared with it
 FORWARD_ROWS = {
@@ -68,6 +75,8 @@ ROWS = (*PRIORS, *FORWARD_ROWS)
 
 def baseline_of(row: str) -> str:
     """The row a row's gains are measured against."""
+    if row in LINK_ROWS:
+        return CURRENT_ROW
     return PICK_ROW if row in FORWARD_ROWS or row in TOP_ROWS else DEFAULT_ROW
 
 

@@ -117,6 +117,18 @@ def propagate(
     return normalise01(resize(p.reshape(affinity_grid), work_grid))
 
 
+def cut_links(affinity: torch.Tensor, features: torch.Tensor, affinity_grid: tuple[int, int], share: float
+              ) -> torch.Tensor:
+    """The affinity with each row kept only at the ``share`` of the cells whose ``features`` (C×h×w, any
+    grid) are most alike to its own in cosine, renormalised: a walk over it stays among alike cells (AnchorDiff's
+    remedy, links between different objects cut)."""
+    unit = torch.nn.functional.normalize(resize(features.float(), affinity_grid).flatten(1).T, dim=1)
+    kept = max(1, round(share * unit.shape[0]))
+    keep = torch.zeros_like(affinity).scatter_(1, (unit @ unit.T).topk(kept, dim=1).indices, 1.0)
+    cut = affinity * keep
+    return cut / cut.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def geometric_mean(attention: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     """High only where the words are attended to AND the instruction changes the denoiser's output."""
     return normalise01((normalise01(attention) * normalise01(relevance)).sqrt())

@@ -389,7 +389,7 @@ class EditSegmenter(PromptModes):
         if prior is not None:
             grid, shape = segmentation.prior_work.shape, segmentation.mask.shape
             supplied = confine_prior(fit_prior(prior, grid), segmentation.box, shape)
-            segmentation = replace(segmentation, prior_work=supplied.numpy(), confidence=1.0)
+            segmentation = replace(segmentation, prior_work=supplied.numpy(), confidence=1.0, peak_work=None)
         return delineate(
             segmentation, segmentation.settings.replace(**overrides),
             tuple(segmentation.positive) + _points("positive", positive),

@@ -151,6 +151,12 @@ class SegmentationSettings:
         "out most from the rest (which propagation suits differs between models); fixed: the anchored walk always "
         "(restart > 0) or A^k P0 (restart 0)", PRIOR,
     )
+    peak_links: float = _setting(
+        0.0, "keep=peak: the mask's part kept is the one at the peak of a second walk (the same restart and steps) "
+        "over the affinity with, per cell, only its links to this share of the cells whose features are most alike "
+        "(links between unlike cells, often different objects, cut), so the walk's peak stays on one object; "
+        "0 = the prior's own peak", PRIOR, minimum=0, maximum=1,
+    )
     feature_blocks: Union[tuple[str, ...], Auto] = _setting(
         AUTO, "blocks whose outputs are the features; auto = the family's choice (InstructPix2Pix: the two "
         "up-blocks before the last)", FORWARD
@@ -471,12 +477,13 @@ COMBINATIONS = (
 # differ where the shapes world measured a win (docs/method.md, "Defaults and the evidence").
 PAPER = {
     "prior_source": "attention", "token_norm": "none", "fg_select": "quantile", "bg_prototypes": 1,
-    "edge_refine": "none", "keep": "all", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed",
+    "edge_refine": "none", "keep": "all", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed", "peak_links": 0.0,
 }
 # What a record (napari_editseg.record) made before a setting existed was made with: the setting's
 # behaviour then. A setting added since takes this value on replay, not today's default, so the
 # labels come back as they were made (e.g. restart_share, added 2026-12-07, meant all of P0 before).
-BEFORE_IT_EXISTED = {"tiling": "off", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed", "restart_share": 1.0}
+BEFORE_IT_EXISTED = {"tiling": "off", "restart": 0.0, "smooth_steps": 0, "prior_pick": "fixed", "restart_share": 1.0,
+                     "peak_links": 0.0}
 SETTING_NAMES = tuple(SETTING_SPECS)
 DISCRIMINATE_SETTINGS = frozenset(name for name, spec in SETTING_SPECS.items() if spec.stage == DISCRIMINATE)
 FORWARD_SETTINGS = tuple(name for name, spec in SETTING_SPECS.items() if spec.stage == FORWARD)

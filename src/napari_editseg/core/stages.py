@@ -24,7 +24,7 @@ from .forward import CapturedMaps, Grid
 from .image import resize
 from .instances import Instance, describe, joined_where_free, sized_like, split_instances, without_painted
 from .mask import make_mask, score_contrast, to_image_size
-from .prior import PRIOR_SOURCES, expression_attention, peak_dominance, propagate
+from .prior import PRIOR_SOURCES, cut_links, expression_attention, peak_dominance, propagate
 from .prompts import Box, box_mask, box_prototypes, confine_prior
 from .settings import SegmentationSettings
 
@@ -74,6 +74,8 @@ class Segmentation:
     positive: tuple[Point, ...] = ()
     negative: tuple[Point, ...] = ()
     confidence: float = 1.0  # in [0, 1]: does the expression point at one thing? (see ``found``)
+    # float32 h×w: the map whose peak keep=peak keeps the mask's part at (peak_links); None: the prior's
+    peak_work: Optional[np.ndarray] = field(default=None, repr=False)
     box: Optional[Box] = None  # (row0, col0, row1, col1) pixels the prior and mask were confined to
     guide: Optional[ImageGuide] = field(default=None, repr=False)  # the image, for edge_refine in refine()
     # the prototypes the prior alone gives, with the settings that chose them: a re-threshold or
@@ -172,6 +174,19 @@ def expression_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: 
     return prior_work, peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
 
 
+def peak_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
+               box: Optional[Box] = None) -> Optional[torch.Tensor]:
+    """The map whose peak ``keep=peak`` keeps the mask's part at (``peak_links``): the walk of step 5 over
+    the affinity with links between unlike cells cut; None for the prior's own peak."""
+    if settings.peak_links == 0 or settings.propagation_steps == 0:
+        return None
+    work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
+    p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
+    affinity = cut_links(maps.affinity, maps.features[0], maps.affinity_grid, settings.peak_links)
+    return confine_prior(propagate(p0, affinity, maps.affinity_grid, settings.propagation_steps, settings.restart,
+                                   settings.smooth_steps, settings.restart_share), box, shape)
+
+
 def picked_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
                  box: Optional[Box] = None, guide: Optional[ImageGuide] = None) -> tuple[torch.Tensor, float]:
     """Step 5 as ``prior_pick`` says: the settings' own prior, or (contrast) per image the paper's
@@ -212,8 +227,10 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     """
     start = time.perf_counter()
     work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
+    peak_work = None
     if prior is None:
         prior_work, confidence = picked_prior(maps, settings, shape, box, guide)
+        peak_work = peak_prior(maps, settings, shape, box)
     else:
         prior_work, confidence = confine_prior(fit_prior(prior, work_grid), box, shape), 1.0
     prior_time = time.perf_counter() - start
@@ -224,7 +241,7 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         truncated=maps.instruction.truncated, mask=np.zeros(shape, bool), scores=np.zeros(shape, np.float32),
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
-        guide=guide, box=box, painted=painted, carried=carried, exemplar_areas=exemplar_areas,
+        peak_work=None if peak_work is None else peak_work.cpu().numpy(), guide=guide, box=box, painted=painted, carried=carried, exemplar_areas=exemplar_areas,
         exemplar_bounds=exemplar_bounds, alike_regions=alike_regions,
     )
     return delineate(base, settings, positive, negative)
@@ -263,7 +280,8 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     edges = time.perf_counter()
     prior_image = to_image_size(prior_work, shape)
     keep = "all" if settings.instances else settings.keep  # every object the words name, not one
-    mask = make_mask(scores, prior_image, settings.mask_threshold, keep, settings.fill_holes)
+    peak_image = prior_image if base.peak_work is None else to_image_size(torch.from_numpy(base.peak_work), shape)
+    mask = make_mask(scores, peak_image, settings.mask_threshold, keep, settings.fill_holes)
     if base.box is not None:
         mask &= box_mask(base.box, shape)
     labels, instance_scores = None, ()
