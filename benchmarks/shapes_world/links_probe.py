@@ -1,0 +1,126 @@
+"""Probe: does cutting the affinity's links between cells whose features differ keep the walk on one object?
+
+    python -m benchmarks.shapes_world.links_probe --scenes 150 --members m0 m1 m4
+
+The walk with restart spreads P0 over the self-attention affinity A; where A links a cell of the
+named object to a distractor's, the prior leaks across (AnchorDiff's remedy: cut links between
+different objects). Here each cell keeps only its links to the ``k`` cells whose decoder features
+(the first feature block, on the affinity grid) are most alike in cosine, rows renormalised, before
+the default's steps 6-7 (the walk restarting at P0's top 20 %). Per tuning member: prior on the named
+object (%), mIoU, and the paired 95 % bootstrap interval of each ``k``'s gain over the default.
+A probe, not a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+from benchmarks.shapes_world.grounding_probe import bootstrap
+from benchmarks.shapes_world.population import MEMBERS, world_module
+from benchmarks.shapes_world.population_eval import record
+
+KEPT = [4, 8, 16]  # links kept per cell, of the 8×8 = 64 cells of the shapes world's affinity grid
+
+
+def cut_links(maps, kept: int):
+    """``maps`` with each affinity row kept only at its ``kept`` most feature-alike cells, renormalised."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_editseg.core.image import resize
+
+    features = resize(maps.features[0], maps.affinity_grid).flatten(1).T  # N×C on the affinity grid
+    unit = F.normalize(features.float(), dim=1)
+    alike = unit @ unit.T
+    keep = torch.zeros_like(alike).scatter_(1, alike.topk(kept, dim=1).indices, 1.0)
+    affinity = maps.affinity * keep
+    return dataclasses.replace(maps, affinity=affinity / affinity.sum(dim=1, keepdim=True).clamp(min=1e-12))
+
+
+def part_by(result, prior: np.ndarray):
+    """``result`` with its mask cut to the connected part that holds ``prior``'s maximum (any grid), as keep=peak does."""
+    from scipy import ndimage
+
+    from napari_editseg.core.image import resize
+
+    import torch
+
+    parts, n = ndimage.label(result.mask)
+    if n < 2:
+        return result
+    weight = resize(torch.as_tensor(np.asarray(prior, np.float32)), result.mask.shape).numpy()
+    best = 1 + int(np.argmax(ndimage.maximum(weight, parts, index=np.arange(1, n + 1))))
+    return dataclasses.replace(result, mask=parts == best)
+
+
+def measure(member, scenes: int) -> dict:
+    import torch
+
+    from napari_editseg import EditSegmenter
+    from napari_editseg.core.edges import ImageGuide
+    from napari_editseg.core.image import to_rgb_float
+    from napari_editseg.core.stages import segment_maps
+
+    world = world_module(member.world)
+    samples = world.held_out(scenes, world.TUNE_SEEDS)
+    others = world.with_other_expressions(samples)
+    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
+    settings = segmenter.resolve_settings()
+    names = ["default", *(f"{k} links" for k in KEPT)]
+    rows = {name: {"own": [], "other": [], "iou": []} for name in [*names, *(f"default x {k} links" for k in KEPT),
+                                                                      *(f"default's parts, chosen by {k} links" for k in KEPT)]}
+    with torch.inference_mode():
+        for i, sample in enumerate(samples):
+            segmenter.set_image(sample.image)
+            shape, guide = sample.mask.shape, ImageGuide(to_rgb_float(sample.image))
+            forward = segmenter.forward([sample.expression, others[i].expression])
+            cut = {}
+            for name in names:
+                found = []
+                for k in range(2):
+                    maps = forward.maps(k)
+                    if name != "default":
+                        maps = cut_links(maps, int(name.split()[0]))
+                    found.append(segment_maps(maps, settings, shape, guide=guide))
+                record(rows[name], sample, *found)
+                cut[name] = found
+            every = [segment_maps(forward.maps(k), settings.replace(keep="all"), shape, guide=guide) for k in range(2)]
+            for kept in KEPT:  # the default's mask, keeping its part where the cut walk's prior is highest
+                record(rows[f"default's parts, chosen by {kept} links"], sample,
+                       *[part_by(every[k], cut[f"{kept} links"][k].prior) for k in range(2)])
+            for kept in KEPT:  # the cut walk's prior only as a weight on the default's: P = P_default · P_cut
+                both = []
+                for k in range(2):
+                    product = cut["default"][k].prior * cut[f"{kept} links"][k].prior
+                    both.append(segment_maps(forward.maps(k), settings, shape, guide=guide,
+                                             prior=product / max(float(product.max()), 1e-12)))
+                record(rows[f"default x {kept} links"], sample, *both)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes", type=int, default=150)
+    parser.add_argument("--members", nargs="+", default=["m0", "m1", "m4"])
+    parser.add_argument("--kept", nargs="+", type=int, default=list(KEPT))
+    args = parser.parse_args(argv)
+    KEPT[:] = args.kept
+    for name in args.members:
+        rows = measure(MEMBERS[name], args.scenes)
+        base = rows["default"]
+        for variant, row in rows.items():
+            line = (f"{name} {variant:>32}: on object {np.mean(row['own']) * 100:5.1f} % (other words "
+                    f"{np.mean(row['other']) * 100:4.1f}), mIoU {np.mean(row['iou']):5.1f}")
+            if variant != "default":
+                d_own = (np.array(row["own"], float) - np.array(base["own"], float)) * 100
+                d_iou = np.array(row["iou"]) - np.array(base["iou"])
+                line += (f"  | gain {d_own.mean():+.1f} {tuple(round(v, 1) for v in bootstrap(d_own))} points, "
+                         f"{d_iou.mean():+.1f} {tuple(round(v, 1) for v in bootstrap(d_iou))} mIoU")
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
