@@ -247,6 +247,12 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
     return delineate(base, settings, positive, negative)
 
 
+def peak_image(base: Segmentation, prior_image: np.ndarray) -> np.ndarray:
+    """The map whose peak ``keep=peak`` keeps the mask's part at: ``peak_links``' walk, else the prior."""
+    return prior_image if base.peak_work is None else to_image_size(torch.from_numpy(base.peak_work),
+                                                                    base.mask.shape)
+
+
 def delineate(base: Segmentation, settings: SegmentationSettings, positive: tuple[Point, ...] = (),
               negative: tuple[Point, ...] = ()) -> Segmentation:
     """Steps 6-7 on a segmentation's cached work-grid features and prior; ``positive`` / ``negative``:
@@ -280,8 +286,7 @@ def delineate(base: Segmentation, settings: SegmentationSettings, positive: tupl
     edges = time.perf_counter()
     prior_image = to_image_size(prior_work, shape)
     keep = "all" if settings.instances else settings.keep  # every object the words name, not one
-    peak_image = prior_image if base.peak_work is None else to_image_size(torch.from_numpy(base.peak_work), shape)
-    mask = make_mask(scores, peak_image, settings.mask_threshold, keep, settings.fill_holes)
+    mask = make_mask(scores, peak_image(base, prior_image), settings.mask_threshold, keep, settings.fill_holes)
     if base.box is not None:
         mask &= box_mask(base.box, shape)
     labels, instance_scores = None, ()
