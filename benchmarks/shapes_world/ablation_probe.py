@@ -32,7 +32,7 @@ from benchmarks.shapes_world.population_eval import record
 VARIANTS = ("default", "words", "default x words")
 
 
-def word_effect(full, without, grid) -> "torch.Tensor":
+def word_effect(full, without, grid):
     """Where leaving a word out changes the features: the relevance of the whole expression against
     the expression less the word, averaged over the feature blocks (as the default's relevance is)."""
     import torch

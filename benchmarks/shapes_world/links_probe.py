@@ -23,30 +23,22 @@ from benchmarks.shapes_world.population import MEMBERS, world_module
 from benchmarks.shapes_world.population_eval import record
 
 KEPT = [4, 8, 16]  # links kept per cell, of the 8×8 = 64 cells of the shapes world's affinity grid
+CELLS = 64
 
 
-def cut_links(maps, kept: int):
-    """``maps`` with each affinity row kept only at its ``kept`` most feature-alike cells, renormalised."""
-    import torch
-    import torch.nn.functional as F
+def with_links_cut(maps, share: float):
+    """``maps`` with each affinity row kept only at the ``share`` of cells most feature-alike (core's cut)."""
+    from napari_editseg.core.prior import cut_links
 
-    from napari_editseg.core.image import resize
-
-    features = resize(maps.features[0], maps.affinity_grid).flatten(1).T  # N×C on the affinity grid
-    unit = F.normalize(features.float(), dim=1)
-    alike = unit @ unit.T
-    keep = torch.zeros_like(alike).scatter_(1, alike.topk(kept, dim=1).indices, 1.0)
-    affinity = maps.affinity * keep
-    return dataclasses.replace(maps, affinity=affinity / affinity.sum(dim=1, keepdim=True).clamp(min=1e-12))
+    return dataclasses.replace(maps, affinity=cut_links(maps.affinity, maps.features[0], maps.affinity_grid, share))
 
 
 def part_by(result, prior: np.ndarray):
-    """``result`` with its mask cut to the connected part that holds ``prior``'s maximum (any grid), as keep=peak does."""
+    """``result`` with its mask cut to the connected part holding ``prior``'s maximum (any grid), as keep=peak."""
+    import torch
     from scipy import ndimage
 
     from napari_editseg.core.image import resize
-
-    import torch
 
     parts, n = ndimage.label(result.mask)
     if n < 2:
@@ -70,8 +62,8 @@ def measure(member, scenes: int) -> dict:
     segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
     settings = segmenter.resolve_settings()
     names = ["default", *(f"{k} links" for k in KEPT)]
-    rows = {name: {"own": [], "other": [], "iou": []} for name in [*names, *(f"default x {k} links" for k in KEPT),
-                                                                      *(f"default's parts, chosen by {k} links" for k in KEPT)]}
+    every = [*names, *(f"default x {k} links" for k in KEPT), *(f"default's parts, chosen by {k} links" for k in KEPT)]
+    rows = {name: {"own": [], "other": [], "iou": []} for name in every}
     with torch.inference_mode():
         for i, sample in enumerate(samples):
             segmenter.set_image(sample.image)
@@ -83,14 +75,14 @@ def measure(member, scenes: int) -> dict:
                 for k in range(2):
                     maps = forward.maps(k)
                     if name != "default":
-                        maps = cut_links(maps, int(name.split()[0]))
+                        maps = with_links_cut(maps, int(name.split()[0]) / CELLS)
                     found.append(segment_maps(maps, settings, shape, guide=guide))
                 record(rows[name], sample, *found)
                 cut[name] = found
-            every = [segment_maps(forward.maps(k), settings.replace(keep="all"), shape, guide=guide) for k in range(2)]
+            whole = [segment_maps(forward.maps(k), settings.replace(keep="all"), shape, guide=guide) for k in range(2)]
             for kept in KEPT:  # the default's mask, keeping its part where the cut walk's prior is highest
                 record(rows[f"default's parts, chosen by {kept} links"], sample,
-                       *[part_by(every[k], cut[f"{kept} links"][k].prior) for k in range(2)])
+                       *[part_by(whole[k], cut[f"{kept} links"][k].prior) for k in range(2)])
             for kept in KEPT:  # the cut walk's prior only as a weight on the default's: P = P_default · P_cut
                 both = []
                 for k in range(2):

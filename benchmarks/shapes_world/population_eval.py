@@ -342,7 +342,8 @@ def write_doc(doc: Path = DOC) -> None:
     if tuning_tune:
         held = [n for n in test if MEMBERS[n].held_out]
         lines += ["Decisions on the tuning scenes of the tuning members (rule: on neither metric a mean loss or a "
-                  "member worse beyond noise, and a mean gain on one; rows before 2026-12-07 had a gain on both), then the held-out member's test scenes (gain [paired 95 %]; it confirms where "
+                  "member worse beyond noise, and a mean gain on one; rows before 2026-12-07 had a gain on both), "
+                  "then the held-out member's test scenes (gain [paired 95 %]; it confirms where "
                   "neither gain lies wholly below zero). Gains against the paper's row; those of the later rows "
                   "(at P0's top share, or on a forward of their own) against the pick by contrast, the default "
                   "when they were proposed. Whether a row that passes becomes the default "

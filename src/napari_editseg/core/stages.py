@@ -241,7 +241,8 @@ def segment_maps(maps: CapturedMaps, settings: SegmentationSettings, shape: tupl
         truncated=maps.instruction.truncated, mask=np.zeros(shape, bool), scores=np.zeros(shape, np.float32),
         settings=settings, timings={**(timings or {}), "prior": prior_time}, features=features.cpu().numpy(),
         prior_work=prior_work.cpu().numpy(), fg_prototypes=empty, bg_prototypes=empty, confidence=confidence,
-        peak_work=None if peak_work is None else peak_work.cpu().numpy(), guide=guide, box=box, painted=painted, carried=carried, exemplar_areas=exemplar_areas,
+        peak_work=None if peak_work is None else peak_work.cpu().numpy(), guide=guide, box=box, painted=painted,
+        carried=carried, exemplar_areas=exemplar_areas,
         exemplar_bounds=exemplar_bounds, alike_regions=alike_regions,
     )
     return delineate(base, settings, positive, negative)
