@@ -202,8 +202,9 @@ def test_peak_links_walks_the_cut_affinity_and_one_keeps_every_link(segmenter, p
 def test_keep_peak_keeps_the_part_at_the_peak_links_map(segmenter, picture):
     from dataclasses import replace
 
-    from napari_editseg.core.stages import delineate
     from test_setting_effects import planted
+
+    from napari_editseg.core.stages import delineate
 
     segmenter.set_image(picture)
     base = planted(segmenter.segment("the disc", edge_refine="none"))  # two blobs: the prior peaks on the second

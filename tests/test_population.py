@@ -183,22 +183,47 @@ def test_the_held_out_member_confirms_only_where_it_loses_nothing_beyond_noise()
     assert not lost["confirms"] and lost["gains"]["iou"][0] == pytest.approx(-3.0, abs=0.2)
 
 
-@pytest.mark.parametrize("kind", ["FORWARD_ROWS", "TOP_ROWS"])
-def test_a_later_row_is_measured_against_the_default_it_was_proposed_beside(kind):
+@pytest.mark.parametrize("kind, base", [("FORWARD_ROWS", "PICK_ROW"), ("TOP_ROWS", "PICK_ROW"),
+                                        ("LINK_ROWS", "CURRENT_ROW")])
+def test_a_later_row_is_measured_against_the_default_it_was_proposed_beside(kind, base):
     """The noise-draw rows change the pick by contrast's forward, the top-share rows were proposed while it
-    was the default: their gain is over it, not over the paper's row (which it beats here by 5)."""
+    was the default, the cut-link rows while the top-share walk was: their gain is over that default, not
+    over the paper's row (which it beats here by 5)."""
     from benchmarks.shapes_world import population_eval
 
-    row = next(iter(getattr(population_eval, kind)))
+    row, base = next(iter(getattr(population_eval, kind))), getattr(population_eval, base)
     results = planted_results({"m0": 0.0, "m1": 0.0})
     for result in results.values():
-        now = np.asarray(result["rows"][population_eval.PICK_ROW]["iou"]) + 5.0
-        result["rows"][population_eval.PICK_ROW]["iou"] = list(now)
+        now = np.asarray(result["rows"][base]["iou"]) + 5.0
+        result["rows"][base]["iou"] = list(now)
         result["rows"][row] = {"own": [True] * len(now), "other": [False] * len(now), "iou": list(now + 1.0)}
     verdict = population_eval.decide(results, "iou")[row]
     assert verdict["mean gain"] == pytest.approx(1.0) and verdict["replaces the default"]
     gains = population_eval.held_out_gains(results["m0"], row)["gains"]["iou"]
     assert gains[0] == pytest.approx(1.0)
+
+
+def test_a_row_that_cannot_move_the_prior_passes_on_the_mask_alone_and_no_loss_is_allowed():
+    from benchmarks.shapes_world.population_eval import DEFAULT_ROW, decide, passes
+
+    results = planted_results({"m0": 2.0, "m1": 1.0})  # the prior's metric the same in every scene
+    assert passes(decide(results, "own")["restart 0.3"], decide(results, "iou")["restart 0.3"])
+    for result in results.values():  # now the prior is off the object in a third of the scenes
+        result["rows"]["restart 0.3"]["own"] = [i % 3 != 0 for i in range(len(result["rows"]["restart 0.3"]["own"]))]
+    assert not passes(decide(results, "own")["restart 0.3"], decide(results, "iou")["restart 0.3"])
+    flat = planted_results({"m0": 0.0, "m1": 0.0})
+    for result in flat.values():
+        result["rows"]["restart 0.3"]["iou"] = result["rows"][DEFAULT_ROW]["iou"]
+    assert not passes(decide(flat, "own")["restart 0.3"], decide(flat, "iou")["restart 0.3"])  # no gain at all
+
+
+def test_probes_look_at_scenes_of_their_own():
+    from benchmarks.shapes_world.population_eval import held_out_scenes
+
+    probe = {s.image.tobytes() for s in held_out_scenes(shapes_world, "probe", 20)}
+    tune = {s.image.tobytes() for s in held_out_scenes(shapes_world, "tune", 1000)}
+    assert len(probe) == 20 and not probe & tune
+    assert held_out_scenes(shapes_world, "test", 1)[0].image.tobytes() == shapes_world.held_out(1)[0].image.tobytes()
 
 
 def test_the_fusion_learns_which_signal_separates_from_the_tuning_members_only():

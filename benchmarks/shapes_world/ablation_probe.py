@@ -1,6 +1,6 @@
 """Probe: does each word's own effect, read by leaving it out, put the prior on the named object?
 
-    python -m benchmarks.shapes_world.ablation_probe --scenes 150 --members m0 m1 m4
+    python -m benchmarks.shapes_world.ablation_probe --scenes 150 --members m0 m1 m4   # --split tune: as first run
 
 The default prior reads where the whole instruction changes the denoiser's features against the
 template without the expression. A distractor that shares one word with the expression (the red
@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.shapes_world.grounding_probe import bootstrap
 from benchmarks.shapes_world.population import MEMBERS, world_module
-from benchmarks.shapes_world.population_eval import record
+from benchmarks.shapes_world.population_eval import held_out_scenes, record
 
 VARIANTS = ("default", "words", "default x words")
 
@@ -57,7 +57,7 @@ def priors(forward, words: list[str]) -> dict:
     return {"default": full.relevance, "words": mean, "default x words": normalise01(full.relevance * mean)}
 
 
-def measure(member, scenes: int) -> dict:
+def measure(member, scenes: int, split: str) -> dict:
     import torch
 
     from napari_editseg import EditSegmenter
@@ -66,7 +66,7 @@ def measure(member, scenes: int) -> dict:
     from napari_editseg.core.stages import segment_maps
 
     world = world_module(member.world)
-    samples = world.held_out(scenes, world.TUNE_SEEDS)
+    samples = held_out_scenes(world, split, scenes)
     others = world.with_other_expressions(samples)
     segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
     settings = segmenter.resolve_settings()
@@ -91,10 +91,12 @@ def measure(member, scenes: int) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=150)
+    parser.add_argument("--split", choices=("probe", "tune"), default="probe",
+                        help="probe: scenes of its own (the default); tune: the rule's (how it was run on 2026-12-07)")
     parser.add_argument("--members", nargs="+", default=["m0", "m1", "m4"])
     args = parser.parse_args(argv)
     for name in args.members:
-        rows = measure(MEMBERS[name], args.scenes)
+        rows = measure(MEMBERS[name], args.scenes, args.split)
         base = rows["default"]
         for variant in VARIANTS:
             row = rows[variant]

@@ -1,6 +1,6 @@
 """Probe: does cutting the affinity's links between cells whose features differ keep the walk on one object?
 
-    python -m benchmarks.shapes_world.links_probe --scenes 150 --members m0 m1 m4
+    python -m benchmarks.shapes_world.links_probe --scenes 150 --members m0 m1 m4   # --split tune: as first run
 
 The walk with restart spreads P0 over the self-attention affinity A; where A links a cell of the
 named object to a distractor's, the prior leaks across (AnchorDiff's remedy: cut links between
@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.shapes_world.grounding_probe import bootstrap
 from benchmarks.shapes_world.population import MEMBERS, world_module
-from benchmarks.shapes_world.population_eval import record
+from benchmarks.shapes_world.population_eval import held_out_scenes, record
 
 KEPT = [4, 8, 16]  # links kept per cell, of the 8×8 = 64 cells of the shapes world's affinity grid
 CELLS = 64
@@ -48,7 +48,7 @@ def part_by(result, prior: np.ndarray):
     return dataclasses.replace(result, mask=parts == best)
 
 
-def measure(member, scenes: int) -> dict:
+def measure(member, scenes: int, split: str) -> dict:
     import torch
 
     from napari_editseg import EditSegmenter
@@ -57,7 +57,7 @@ def measure(member, scenes: int) -> dict:
     from napari_editseg.core.stages import segment_maps
 
     world = world_module(member.world)
-    samples = world.held_out(scenes, world.TUNE_SEEDS)
+    samples = held_out_scenes(world, split, scenes)
     others = world.with_other_expressions(samples)
     segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
     settings = segmenter.resolve_settings()
@@ -96,12 +96,14 @@ def measure(member, scenes: int) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=150)
+    parser.add_argument("--split", choices=("probe", "tune"), default="probe",
+                        help="probe: scenes of its own (the default); tune: the rule's (how it was run on 2026-12-07)")
     parser.add_argument("--members", nargs="+", default=["m0", "m1", "m4"])
     parser.add_argument("--kept", nargs="+", type=int, default=list(KEPT))
     args = parser.parse_args(argv)
     KEPT[:] = args.kept
     for name in args.members:
-        rows = measure(MEMBERS[name], args.scenes)
+        rows = measure(MEMBERS[name], args.scenes, args.split)
         base = rows["default"]
         for variant, row in rows.items():
             line = (f"{name} {variant:>32}: on object {np.mean(row['own']) * 100:5.1f} % (other words "
