@@ -76,15 +76,26 @@ def test_the_alike_by_size_and_colour_choices_reach_the_run(dock, qtbot, monkeyp
     segmenter = widget.session.segmenters[widget._key()]
     seen = []
     real = segmenter.segment_like
-    names = ("exemplar_cue", "exemplar_size", "exemplar_colour")
+    names = ("exemplar_cue", "exemplar_size", "exemplar_colour", "exemplar_regions", "exemplar_granularity",
+             "granularity")
     monkeypatch.setattr(segmenter, "segment_like",
                         lambda *a, **k: seen.append(tuple(k[n] for n in names)) or real(*a, **k))
-    for cue, size, colour in (("colour", 0.0, False), ("both", 3.0, True)):
-        widget.objects.panel.exemplar_cue.value = cue
-        widget.objects.panel.exemplar_size.value = size
-        widget.objects.panel.exemplar_colour.value = colour
+    chosen = [("colour", 0.0, False, False, 0, 8), ("both", 3.0, True, True, 12, 20)]
+    for values in chosen:
+        for name, value in zip(names, values):
+            getattr(widget.objects.panel, name).value = value
         find(qtbot, widget, LIKE, "4, 9")
-    assert seen == [("colour", 0.0, False), ("both", 3.0, True)]
+    assert seen == chosen
+
+
+def test_region_kinds_reach_segment_everything(dock, qtbot, monkeypatch):
+    viewer, widget = dock
+    segmenter = widget.session.segmenters[widget._key()]
+    seen, real = [], segmenter.segment_everything
+    monkeypatch.setattr(segmenter, "segment_everything", lambda **k: seen.append(k["granularity"]) or real(**k))
+    widget.objects.panel.granularity.value = 5
+    find(qtbot, widget, EVERYTHING)
+    assert seen == [5]
 
 
 def test_an_exemplar_run_that_finds_nothing_names_the_rules_to_loosen(dock, qtbot):

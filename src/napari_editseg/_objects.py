@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 from napari.qt.threading import create_worker
 
 from . import _layers
@@ -21,6 +21,9 @@ from .core.settings import SETTING_SPECS
 
 TITLE = "Objects: every one, counted"
 WORDS, LIKE, EVERYTHING = "every object the words name", "more like these labels", "every region (no words)"
+
+
+EXEMPLAR_CONTROLS = ("exemplar_cue", "exemplar_size", "exemplar_colour", "exemplar_regions", "exemplar_granularity")
 
 
 def objects_panel() -> Container:
@@ -45,9 +48,19 @@ def objects_panel() -> Container:
                       value=SETTING_SPECS["exemplar_colour"].default)
     colour.native.setToolTip("Where the exemplars share a colour, drop objects of another colour (and anything "
                              "that hardly stands out from its surroundings)")
+    regions = CheckBox(name="exemplar_regions", text="also alike regions",
+                       value=SETTING_SPECS["exemplar_regions"].default)
+    regions.native.setToolTip(SETTING_SPECS["exemplar_regions"].help)
+    second_spec, kinds_spec = SETTING_SPECS["exemplar_granularity"], SETTING_SPECS["granularity"]
+    second = SpinBox(name="exemplar_granularity", label="2nd kinds", value=second_spec.default,
+                     min=second_spec.minimum, max=second_spec.maximum)
+    second.native.setToolTip(second_spec.help)
+    kinds = SpinBox(name="granularity", label="region kinds", value=kinds_spec.default, min=kinds_spec.minimum,
+                    max=kinds_spec.maximum)
+    kinds.native.setToolTip(f"{kinds_spec.help}; also the alike regions' first clustering")
     button = PushButton(name="objects_button", text="Find objects")
     button.native.setToolTip("One new label per object, in one undo step (Ctrl+Z takes them all back)")
-    return Container(widgets=[mode, layer, ids, cue, size, colour, button])
+    return Container(widgets=[mode, layer, ids, cue, size, colour, regions, second, kinds, button])
 
 
 def paint_instances(layer, index: tuple, instances: np.ndarray) -> list[int]:
@@ -109,8 +122,8 @@ class ObjectsFlow:
             widget._say(str(error), error=True)
             return
         settings = widget.setting_values()
-        like = {"exemplar_cue": self.panel.exemplar_cue.value, "exemplar_size": self.panel.exemplar_size.value,
-                "exemplar_colour": self.panel.exemplar_colour.value}
+        settings["granularity"] = self.panel.granularity.value
+        like = {name: getattr(self.panel, name).value for name in EXEMPLAR_CONTROLS}
 
         def start(key):
             segmenter, plane = widget.session.segmenters[key], source.plane(index)
