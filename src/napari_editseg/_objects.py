@@ -60,7 +60,7 @@ def objects_panel() -> Container:
     kinds.native.setToolTip(f"{kinds_spec.help}; also the alike regions' first clustering")
     button = PushButton(name="objects_button", text="Find objects")
     button.native.setToolTip("One new label per object, in one undo step (Ctrl+Z takes them all back)")
-    return Container(widgets=[mode, layer, ids, cue, size, colour, regions, second, kinds, button])
+    return Container(widgets=[mode, layer, ids, cue, size, colour, regions, kinds, second, button])
 
 
 def paint_instances(layer, index: tuple, instances: np.ndarray) -> list[int]:

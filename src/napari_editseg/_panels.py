@@ -191,6 +191,7 @@ class AutoNumber(Container):
         start = spec.start if spec.default == _controls.AUTO else spec.default
         self._number = number(min=spec.minimum, max=spec.maximum, step=spec.step, value=start)
         super().__init__(widgets=[self._auto, self._number], layout="horizontal", labels=False)
+        self.margins = (0, 0, 0, 0)  # a row as tall as the others
         self._auto.changed.connect(self._show)
         self._show()
 
