@@ -20,14 +20,10 @@ variant's gain over the default. Decides nothing by itself: a probe, not a defau
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
-import numpy as np
-
-from benchmarks.shapes_world.grounding_probe import bootstrap
-from benchmarks.shapes_world.population import MEMBERS, world_module
-from benchmarks.shapes_world.population_eval import held_out_scenes, record
+from benchmarks.shapes_world.population import MEMBERS
+from benchmarks.shapes_world.population_eval import print_gains, probe_parser, probe_setup, record
 
 VARIANTS = ("default", "words", "default x words")
 
@@ -60,16 +56,11 @@ def priors(forward, words: list[str]) -> dict:
 def measure(member, scenes: int, split: str) -> dict:
     import torch
 
-    from napari_editseg import EditSegmenter
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
 
-    world = world_module(member.world)
-    samples = held_out_scenes(world, split, scenes)
-    others = world.with_other_expressions(samples)
-    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
-    settings = segmenter.resolve_settings()
+    segmenter, settings, samples, others = probe_setup(member, split, scenes)
     rows = {name: {"own": [], "other": [], "iou": []} for name in VARIANTS}
     with torch.inference_mode():
         for i, sample in enumerate(samples):
@@ -89,26 +80,10 @@ def measure(member, scenes: int, split: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes", type=int, default=150)
-    parser.add_argument("--split", choices=("probe", "tune"), default="probe",
-                        help="probe: scenes of its own (the default); tune: the rule's (how it was run on 2026-12-07)")
-    parser.add_argument("--members", nargs="+", default=["m0", "m1", "m4"])
+    parser = probe_parser(__doc__)
     args = parser.parse_args(argv)
     for name in args.members:
-        rows = measure(MEMBERS[name], args.scenes, args.split)
-        base = rows["default"]
-        for variant in VARIANTS:
-            row = rows[variant]
-            own, iou = np.mean(row["own"]) * 100, np.mean(row["iou"])
-            line = f"{name} {variant:>16}: on object {own:5.1f} % (other words {np.mean(row['other']) * 100:4.1f}), " \
-                   f"mIoU {iou:5.1f}"
-            if variant != "default":
-                d_own = (np.array(row["own"], float) - np.array(base["own"], float)) * 100
-                d_iou = np.array(row["iou"]) - np.array(base["iou"])
-                line += (f"  | gain {d_own.mean():+.1f} {tuple(round(v, 1) for v in bootstrap(d_own))} points, "
-                         f"{d_iou.mean():+.1f} {tuple(round(v, 1) for v in bootstrap(d_iou))} mIoU")
-            print(line, flush=True)
+        print_gains(name, measure(MEMBERS[name], args.scenes, args.split))
 
 
 if __name__ == "__main__":

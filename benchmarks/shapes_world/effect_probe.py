@@ -14,13 +14,11 @@ probe split's scenes. A probe, not a default.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from benchmarks.shapes_world.grounding_probe import auroc
 from benchmarks.shapes_world.population import MEMBERS, world_module
-from benchmarks.shapes_world.population_eval import held_out_scenes
+from benchmarks.shapes_world.population_eval import held_out_scenes, probe_parser
 
 EFFECTS = ("effect", "effect inside the mask", "effect inside against outside", "effect at its peak")
 
@@ -73,10 +71,7 @@ def measure(member, scenes: int, split: str, read: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes", type=int, default=300)
-    parser.add_argument("--members", nargs="+", default=["m0", "m1", "m4"])
-    parser.add_argument("--split", choices=("probe", "tune"), default="probe")
+    parser = probe_parser(__doc__, scenes=300)
     parser.add_argument("--read", choices=("features", "noise"), default="features",
                         help="what the effect is read on: the decoder features or the noise prediction")
     args = parser.parse_args(argv)

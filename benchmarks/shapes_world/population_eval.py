@@ -84,6 +84,42 @@ def held_out_scenes(world, split: str, n: int) -> list:
     return world.held_out(n, start)
 
 
+def print_gains(member: str, rows: dict, base: str = "default") -> None:
+    """A probe's report: each row's share on the named object (own and other words) and mIoU, and its paired
+    gain [95 %] over ``base``."""
+    width = max(len(name) for name in rows)
+    for name, row in rows.items():
+        line = (f"{member} {name:>{width}}: on object {np.mean(row['own']) * 100:5.1f} % (other words "
+                f"{np.mean(row['other']) * 100:4.1f}), mIoU {np.mean(row['iou']):5.1f}")
+        if name != base:
+            d_own = (np.array(row["own"], float) - np.array(rows[base]["own"], float)) * 100
+            d_iou = np.array(row["iou"]) - np.array(rows[base]["iou"])
+            line += (f"  | gain {d_own.mean():+.1f} {tuple(round(v, 1) for v in bootstrap(d_own))} points, "
+                     f"{d_iou.mean():+.1f} {tuple(round(v, 1) for v in bootstrap(d_iou))} mIoU")
+        print(line, flush=True)
+
+
+def probe_parser(doc: str, scenes: int = 150) -> argparse.ArgumentParser:
+    """A probe's command line: --scenes, --split (its own scenes by default), --members (the tuning members)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--scenes", type=int, default=scenes)
+    parser.add_argument("--split", choices=("probe", "tune"), default="probe",
+                        help="probe: scenes of its own (the default); tune: the rule's (how it was run on 2026-12-07)")
+    parser.add_argument("--members", nargs="+", default=["m0", "m1", "m4"])
+    return parser
+
+
+def probe_setup(member, split: str, scenes: int):
+    """What a prior probe starts from: the member's segmenter, its resolved default settings, the scenes
+    and their other-words controls."""
+    from napari_editseg import EditSegmenter
+
+    world = world_module(member.world)
+    samples = held_out_scenes(world, split, scenes)
+    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
+    return segmenter, segmenter.resolve_settings(), samples, world.with_other_expressions(samples)
+
+
 def baseline_of(row: str) -> str:
     """The row a row's gains are measured against."""
     if row in LINK_ROWS:
