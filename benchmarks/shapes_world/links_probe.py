@@ -24,13 +24,6 @@ KEPT = [4, 8, 16]  # links kept per cell, of the 8×8 = 64 cells of the shapes w
 CELLS = 64
 
 
-def with_links_cut(maps, share: float):
-    """``maps`` with each affinity row kept only at the ``share`` of cells most feature-alike (core's cut)."""
-    from napari_editseg.core.prior import cut_links
-
-    return dataclasses.replace(maps, affinity=cut_links(maps.affinity, maps.features[0], maps.affinity_grid, share))
-
-
 def part_by(result, prior: np.ndarray):
     """``result`` with its mask cut to the connected part holding ``prior``'s maximum (any grid), as keep=peak."""
     import torch
@@ -51,7 +44,7 @@ def measure(member, scenes: int, split: str) -> dict:
 
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
-    from napari_editseg.core.stages import segment_maps
+    from napari_editseg.core.stages import segment_maps, with_links_cut
 
     segmenter, settings, samples, others = probe_setup(member, split, scenes)
     names = ["default", *(f"{k} links" for k in KEPT)]

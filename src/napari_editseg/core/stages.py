@@ -174,17 +174,19 @@ def expression_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: 
     return prior_work, peak_dominance(p0) if maps.decoy_rank is None else maps.decoy_rank
 
 
+def with_links_cut(maps: CapturedMaps, share: float) -> CapturedMaps:
+    """``maps`` whose affinity keeps, per cell, only its links to the ``share`` of cells most alike in the
+    first feature block (:func:`~napari_editseg.core.prior.cut_links`)."""
+    return replace(maps, affinity=cut_links(maps.affinity, maps.features[0], maps.affinity_grid, share))
+
+
 def peak_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
                box: Optional[Box] = None) -> Optional[torch.Tensor]:
     """The map whose peak ``keep=peak`` keeps the mask's part at (``peak_links``): the walk of step 5 over
     the affinity with links between unlike cells cut; None for the prior's own peak."""
     if settings.peak_links == 0 or settings.propagation_steps == 0:
         return None
-    work_grid = work_grid_of(maps.latent_grid, settings.work_resolution)
-    p0 = confine_prior(initial_prior(maps, settings, work_grid), box, shape)
-    affinity = cut_links(maps.affinity, maps.features[0], maps.affinity_grid, settings.peak_links)
-    return confine_prior(propagate(p0, affinity, maps.affinity_grid, settings.propagation_steps, settings.restart,
-                                   settings.smooth_steps, settings.restart_share), box, shape)
+    return expression_prior(with_links_cut(maps, settings.peak_links), settings, shape, box)[0]
 
 
 def picked_prior(maps: CapturedMaps, settings: SegmentationSettings, shape: tuple[int, int],
