@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from benchmarks.shapes_world.population import MEMBERS
-from benchmarks.shapes_world.population_eval import print_gains, probe_parser, probe_setup, record
+from benchmarks.shapes_world.population_eval import member_scenes, print_gains, probe_parser, record
 
 VARIANTS = ("default", "words", "default x words")
 
@@ -60,7 +60,8 @@ def measure(member, scenes: int, split: str) -> dict:
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
 
-    segmenter, settings, samples, others = probe_setup(member, split, scenes)
+    segmenter, world, samples = member_scenes(member, split, scenes)
+    settings, others = segmenter.resolve_settings(), world.with_other_expressions(samples)
     rows = {name: {"own": [], "other": [], "iou": []} for name in VARIANTS}
     with torch.inference_mode():
         for i, sample in enumerate(samples):

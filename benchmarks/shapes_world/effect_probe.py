@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.shapes_world.grounding_probe import auroc
-from benchmarks.shapes_world.population import MEMBERS, world_module
-from benchmarks.shapes_world.population_eval import held_out_scenes, probe_parser
+from benchmarks.shapes_world.population import MEMBERS
+from benchmarks.shapes_world.population_eval import member_scenes, probe_parser
 
 EFFECTS = ("effect", "effect inside the mask", "effect inside against outside", "effect at its peak")
 
@@ -48,15 +48,12 @@ def effects(forward, k: int, mask: np.ndarray) -> list[float]:
 def measure(member, scenes: int, split: str, read: str) -> dict:
     import torch
 
-    from napari_editseg import EditSegmenter
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
 
-    world = world_module(member.world)
-    samples = held_out_scenes(world, split, scenes)
+    segmenter, world, samples = member_scenes(member, split, scenes)
     absents = world.with_absent_expressions(samples, 0)
-    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
     settings = segmenter.resolve_settings(relevance_from=read)
     found = {"present": [], "absent": []}
     with torch.inference_mode():

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from benchmarks.shapes_world.population import MEMBERS
-from benchmarks.shapes_world.population_eval import print_gains, probe_parser, probe_setup, record
+from benchmarks.shapes_world.population_eval import member_scenes, print_gains, probe_parser, record
 
 KEPT = [4, 8, 16]  # links kept per cell, of the 8×8 = 64 cells of the shapes world's affinity grid
 CELLS = 64
@@ -46,7 +46,8 @@ def measure(member, scenes: int, split: str) -> dict:
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps, with_links_cut
 
-    segmenter, settings, samples, others = probe_setup(member, split, scenes)
+    segmenter, world, samples = member_scenes(member, split, scenes)
+    settings, others = segmenter.resolve_settings(), world.with_other_expressions(samples)
     names = ["default", *(f"{k} links" for k in KEPT)]
     every = [*names, *(f"default x {k} links" for k in KEPT), *(f"default's parts, chosen by {k} links" for k in KEPT)]
     rows = {name: {"own": [], "other": [], "iou": []} for name in every}

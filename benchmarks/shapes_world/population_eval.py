@@ -109,15 +109,14 @@ def probe_parser(doc: str, scenes: int = 150) -> argparse.ArgumentParser:
     return parser
 
 
-def probe_setup(member, split: str, scenes: int):
-    """What a prior probe starts from: the member's segmenter, its resolved default settings, the scenes
-    and their other-words controls."""
+def member_scenes(member, split: str, scenes: int):
+    """What a measurement on a member starts from: its segmenter (CPU), its world and ``scenes`` held-out
+    scenes of ``split`` (:func:`held_out_scenes`)."""
     from napari_editseg import EditSegmenter
 
     world = world_module(member.world)
-    samples = held_out_scenes(world, split, scenes)
     segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
-    return segmenter, segmenter.resolve_settings(), samples, world.with_other_expressions(samples)
+    return segmenter, world, held_out_scenes(world, split, scenes)
 
 
 def baseline_of(row: str) -> str:
@@ -145,15 +144,12 @@ def measure(member, split: str, scenes: int, seed: int = 0) -> dict:
     per scene: the confidences (peak dominance, decoy rank) of the present and the absent expression."""
     import torch
 
-    from napari_editseg import EditSegmenter
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
 
-    world = world_module(member.world)
-    samples = held_out_scenes(world, split, scenes)
+    segmenter, world, samples = member_scenes(member, split, scenes)
     others, absents = world.with_other_expressions(samples), world.with_absent_expressions(samples, seed)
-    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
     rows = {name: {"own": [], "other": [], "iou": []} for name in PRIORS}
     confidence = {"peak present": [], "peak absent": [], "decoys present": [], "decoys absent": []}
     with torch.inference_mode():
@@ -181,15 +177,12 @@ def measure_forward_rows(member, split: str, scenes: int, names) -> dict:
     other words), mask IoU, from a forward of the own and the other expression with the row's settings."""
     import torch
 
-    from napari_editseg import EditSegmenter
     from napari_editseg.core.edges import ImageGuide
     from napari_editseg.core.image import to_rgb_float
     from napari_editseg.core.stages import segment_maps
 
-    world = world_module(member.world)
-    samples = held_out_scenes(world, split, scenes)
+    segmenter, world, samples = member_scenes(member, split, scenes)
     others = world.with_other_expressions(samples)
-    segmenter = EditSegmenter.from_pretrained(str(member.checkpoint), device="cpu")
     rows = {name: {"own": [], "other": [], "iou": []} for name in names}
     with torch.inference_mode():
         for i, sample in enumerate(samples):
