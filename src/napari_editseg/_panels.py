@@ -127,7 +127,19 @@ def control(spec: _controls.Spec):
     return made
 
 
-class ThresholdControl(Container):
+class _NumberRow(Container):
+    """A row of widgets around one number (``self._number``), whose bounds are the control's."""
+
+    @property
+    def min(self) -> float:
+        return self._number.min
+
+    @property
+    def max(self) -> float:
+        return self._number.max
+
+
+class ThresholdControl(_NumberRow):
     """The mask threshold: an editable number, and a slider that walks the score map's own quantiles, so
     that each step moves the same share of the pixels (0.1 %) wherever the scores crowd."""
 
@@ -155,14 +167,6 @@ class ThresholdControl(Container):
     def value(self, value: float) -> None:
         self._number.value = value
 
-    @property
-    def min(self) -> float:
-        return self._number.min
-
-    @property
-    def max(self) -> float:
-        return self._number.max
-
     def set_scores(self, scores: Optional[np.ndarray]) -> None:
         """Walk ``scores``' quantiles from now on (None: evenly from min to max); the value stays."""
         self._ranked = _controls.ranked_scores(scores, self._low, self._high)
@@ -182,7 +186,7 @@ class ThresholdControl(Container):
             self._slider.value = _controls.position_of(self._ranked, value)
 
 
-class AutoNumber(Container):
+class AutoNumber(_NumberRow):
     """A setting that is "auto" or a number: a tick box for auto, the number beside it (greyed while auto)."""
 
     def __init__(self, spec: _controls.Spec):
@@ -204,14 +208,6 @@ class AutoNumber(Container):
         if value != _controls.AUTO:
             self._number.value = value
         self._auto.value = value == _controls.AUTO
-
-    @property
-    def min(self):
-        return self._number.min
-
-    @property
-    def max(self):
-        return self._number.max
 
     def _show(self, _=None) -> None:
         self._number.enabled = not self._auto.value
