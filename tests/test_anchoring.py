@@ -65,7 +65,7 @@ def test_restart_share_restarts_at_p0_s_highest_cells_only():
 
 def test_auto_propagation_is_the_top_share_walk_for_one_object_and_the_pick_for_instances(segmenter, picture):
     one, many = segmenter.resolve_settings(), segmenter.resolve_settings(instances=True)
-    assert (one.restart_share, one.prior_pick) == (0.2, "fixed")
+    assert (one.restart_share, one.prior_pick) == (0.1, "fixed")
     assert (many.restart_share, many.prior_pick) == (1.0, "contrast")
     mine = segmenter.resolve_settings(instances=True, restart_share=0.5, prior_pick="fixed")
     assert (mine.restart_share, mine.prior_pick) == (0.5, "fixed")  # a value given is kept
@@ -75,7 +75,7 @@ def test_auto_propagation_is_the_top_share_walk_for_one_object_and_the_pick_for_
     top_share = segmenter.segment("the disc", instances=True, restart_share=0.2, prior_pick="fixed")
     np.testing.assert_array_equal(auto.prior_work, pick.prior_work)
     assert not np.allclose(auto.prior_work, top_share.prior_work)
-    assert auto.settings.restart_share == 1.0 and segmenter.segment("the disc").settings.restart_share == 0.2
+    assert auto.settings.restart_share == 1.0 and segmenter.segment("the disc").settings.restart_share == 0.1
 
 
 def test_no_propagation_means_p0_whatever_the_walk_settings(segmenter, picture):

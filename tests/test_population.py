@@ -184,7 +184,7 @@ def test_the_held_out_member_confirms_only_where_it_loses_nothing_beyond_noise()
 
 
 @pytest.mark.parametrize("kind, base", [("FORWARD_ROWS", "PICK_ROW"), ("TOP_ROWS", "PICK_ROW"),
-                                        ("LINK_ROWS", "CURRENT_ROW")])
+                                        ("LINK_ROWS", "TOP20_ROW")])
 def test_a_later_row_is_measured_against_the_default_it_was_proposed_beside(kind, base):
     """The noise-draw rows change the pick by contrast's forward, the top-share rows were proposed while it
     was the default, the cut-link rows while the top-share walk was: their gain is over that default, not
@@ -201,6 +201,25 @@ def test_a_later_row_is_measured_against_the_default_it_was_proposed_beside(kind
     assert verdict["mean gain"] == pytest.approx(1.0) and verdict["replaces the default"]
     gains = population_eval.held_out_gains(results["m0"], row)["gains"]["iou"]
     assert gains[0] == pytest.approx(1.0)
+
+
+def test_the_recheck_judges_a_later_row_against_the_papers_row_not_the_default_it_was_proposed_beside():
+    """When a member joins, every row of the shared forward is judged again against the paper's row: a top-share
+    row that beat the pick by contrast by 1 but lies 2 below the paper's row fails there."""
+    from benchmarks.shapes_world import population_eval
+
+    row, pick = next(iter(population_eval.TOP_ROWS)), population_eval.PICK_ROW
+    results = planted_results({"m0": 0.0, "m1": 0.0})
+    for result in results.values():
+        paper = np.asarray(result["rows"][population_eval.DEFAULT_ROW]["iou"])
+        result["rows"][pick]["iou"] = list(paper - 3.0)
+        result["rows"][row]["iou"] = list(paper - 2.0)
+    proposed = population_eval.decide(results, "iou")[row]
+    again = population_eval.decide(results, "iou", against=population_eval.DEFAULT_ROW)[row]
+    assert proposed["replaces the default"] and proposed["mean gain"] == pytest.approx(1.0)
+    assert not again["replaces the default"] and again["mean gain"] == pytest.approx(-2.0)
+    assert population_eval.held_out_gains(results["m0"], row, population_eval.DEFAULT_ROW)["gains"]["iou"][0] \
+        == pytest.approx(-2.0)
 
 
 def test_a_row_that_cannot_move_the_prior_passes_on_the_mask_alone_and_no_loss_is_allowed():

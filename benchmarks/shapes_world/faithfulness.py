@@ -29,7 +29,7 @@ import numpy as np
 from benchmarks.docsection import replace_section
 from benchmarks.shapes_world.grounding_probe import bootstrap
 from benchmarks.shapes_world.population import MEMBERS, report_order, title, world_module
-from benchmarks.shapes_world.population_eval import CURRENT_ROW, DOC, RESULTS, results_path
+from benchmarks.shapes_world.population_eval import CURRENT_ROW, DOC, RESULTS, named, results_path
 
 SCENES = 100
 SWAPS = 4
@@ -106,7 +106,7 @@ def default_prior(name: str) -> list[bool]:
 def write_doc(saved: dict) -> None:
     lines = ["<!-- measured:prior-and-edit:start -->",
              "Written by `python -m benchmarks.shapes_world.faithfulness`: the first "
-             f"{SCENES} held-out test scenes of each member; the prior is the default's (`{CURRENT_ROW}`). "
+             f"{SCENES} held-out test scenes of each member; the prior is the default's (`{named(CURRENT_ROW)}`). "
              "Chance is 39 %.", "",
              "| member | full edit on the named object | default prior on it | prior on it where the edit is "
              "right [95 %] | where the edit is wrong | the prior right wherever the edit is |",

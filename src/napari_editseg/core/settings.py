@@ -138,7 +138,7 @@ class SegmentationSettings:
     )
     restart_share: Union[float, Auto] = _setting(
         AUTO, "the share of P0's cells, its highest, that the walk with restart restarts at (the rest set to zero), "
-        "so that P0's weaker places elsewhere pull it nowhere; 1 = all of P0; auto = 0.2 for one object, 1 with "
+        "so that P0's weaker places elsewhere pull it nowhere; 1 = all of P0; auto = 0.1 for one object, 1 with "
         "instances (there P0's weaker places are the other objects)", PRIOR, minimum=0, maximum=1, above=True,
     )
     smooth_steps: int = _setting(
@@ -437,11 +437,11 @@ def _spec(f: dataclasses.Field, annotation: Any) -> SettingSpec:
     )
 
 
-ONE_OBJECT_SHARE = 0.2  # restart_share "auto" for one object: the population's choice (docs/method.md)
+ONE_OBJECT_SHARE = 0.1  # restart_share "auto" for one object: the population's choice (docs/method.md; 0.2 until m3 joined)
 
 
 def resolve_propagation(settings: SegmentationSettings) -> SegmentationSettings:
-    """``restart_share`` and ``prior_pick`` "auto" by task. One object: the walk restarts at P0's top 20 %
+    """``restart_share`` and ``prior_pick`` "auto" by task. One object: the walk restarts at P0's top 10 %
     (decided on the proxy population for referring expressions); instance mode: all of P0 and the
     per-image pick, which the counting scenes measured better there (a cut at P0's top share drops
     the named objects P0 is weaker on)."""
