@@ -414,8 +414,8 @@ def write_doc(doc: Path = DOC) -> None:
                   "then the held-out member's test scenes (gain [paired 95 %]; it confirms where "
                   "neither gain lies wholly below zero). Gains against the paper's row; those of the later rows "
                   "(at P0's top share, or on a forward of their own) against the pick by contrast, the cut-link rows "
-                  "against the top-20 % walk: the default when they were proposed. Whether a row that passes becomes the default "
-                  "is said in the text:", ""]
+                  "against the top-20 % walk: the default when they were proposed. Whether a row that passes "
+                  "becomes the default is said in the text:", ""]
         lines += decision_lines(tuning_tune, test, held) + [""]
         lines += [f"Re-checked on all {len(tuning_tune)} tuning members ({', '.join(report_order(tuning_tune))}), "
                   "every row of the shared forward against the paper's row (the same rule and columns): a default "

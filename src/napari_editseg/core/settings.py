@@ -437,7 +437,8 @@ def _spec(f: dataclasses.Field, annotation: Any) -> SettingSpec:
     )
 
 
-ONE_OBJECT_SHARE = 0.1  # restart_share "auto" for one object: the population's choice (docs/method.md; 0.2 until m3 joined)
+# restart_share "auto" for one object: the population's choice (docs/method.md; 0.2 until m3 joined)
+ONE_OBJECT_SHARE = 0.1
 
 
 def resolve_propagation(settings: SegmentationSettings) -> SegmentationSettings:
