@@ -76,6 +76,9 @@ def test_auto_propagation_is_the_top_share_walk_for_one_object_and_the_pick_for_
     np.testing.assert_array_equal(auto.prior_work, pick.prior_work)
     assert not np.allclose(auto.prior_work, top_share.prior_work)
     assert auto.settings.restart_share == 1.0 and segmenter.segment("the disc").settings.restart_share == 0.1
+    one_auto = segmenter.segment("the disc")  # one object: the walk at P0's top 10 %, not the 20 % it was
+    np.testing.assert_array_equal(one_auto.prior_work, segmenter.segment("the disc", restart_share=0.1).prior_work)
+    assert not np.allclose(one_auto.prior_work, segmenter.segment("the disc", restart_share=0.2).prior_work)
 
 
 def test_no_propagation_means_p0_whatever_the_walk_settings(segmenter, picture):
